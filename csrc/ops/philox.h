@@ -1,0 +1,67 @@
+// Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC 2011), shared
+// by the CPU and CUDA kernels so that both draw the same stream. The pure-torch twin is
+// electra_fast/ops/_philox.py; tests check all of them against the Random123 known answers.
+#pragma once
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define EF_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define EF_HOST_DEVICE inline
+#endif
+
+namespace electra_fast {
+
+// Which op a stream belongs to: the third counter word, so that one seed reused across ops
+// never gives two ops the same numbers.
+enum PhiloxStream : uint32_t {
+  kStreamMasking = 1,
+  kStreamSampling = 2,
+  kStreamAttentionDropout = 3,
+};
+
+struct Philox4 {
+  uint32_t x[4];
+};
+
+EF_HOST_DEVICE void mulhilo32(uint32_t a, uint32_t b, uint32_t& hi, uint32_t& lo) {
+#if defined(__CUDA_ARCH__)
+  lo = a * b;
+  hi = __umulhi(a, b);
+#else
+  const uint64_t p = static_cast<uint64_t>(a) * b;
+  lo = static_cast<uint32_t>(p);
+  hi = static_cast<uint32_t>(p >> 32);
+#endif
+}
+
+EF_HOST_DEVICE Philox4 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3,
+                                     uint32_t k0, uint32_t k1) {
+  constexpr uint32_t kMul0 = 0xD2511F53u, kMul1 = 0xCD9E8D57u;
+  constexpr uint32_t kWeyl0 = 0x9E3779B9u, kWeyl1 = 0xBB67AE85u;
+#if defined(__CUDA_ARCH__)
+#pragma unroll
+#endif
+  for (int round = 0; round < 10; ++round) {
+    uint32_t hi0, lo0, hi1, lo1;
+    mulhilo32(kMul0, c0, hi0, lo0);
+    mulhilo32(kMul1, c2, hi1, lo1);
+    const uint32_t n0 = hi1 ^ c1 ^ k0, n2 = hi0 ^ c3 ^ k1;
+    c0 = n0;
+    c1 = lo1;
+    c2 = n2;
+    c3 = lo0;
+    k0 += kWeyl0;
+    k1 += kWeyl1;
+  }
+  return Philox4{{c0, c1, c2, c3}};
+}
+
+// The four numbers of element `index` (a 64-bit position in the op's own index space) of
+// `stream`, under the 64-bit key `seed`.
+EF_HOST_DEVICE Philox4 philox_element(uint64_t seed, uint64_t index, uint32_t stream) {
+  return philox4x32_10(static_cast<uint32_t>(index), static_cast<uint32_t>(index >> 32), stream,
+                       0u, static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+}
+
+}  // namespace electra_fast

@@ -1,0 +1,7 @@
+"""electra_fast: fast, faithful ELECTRA pretraining and finetuning in PyTorch."""
+
+from electra_fast import _extension  # noqa: F401  (loads the compiled kernels, or warns why not)
+from electra_fast.ops import MaskedTokens, mask_tokens
+
+__version__ = "0.1.0"
+__all__ = ["MaskedTokens", "mask_tokens"]

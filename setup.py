@@ -1,0 +1,108 @@
+"""Builds electra_fast._C, the torch extension that holds the C++ and CUDA kernels.
+
+Install with `pip install --no-build-isolation -e .` into an environment that already has torch.
+
+Environment:
+  ELECTRA_FAST_CUDA      unset: build the CUDA kernels when torch has CUDA and nvcc is found;
+                         0: never; 1: require them (their absence is an error).
+  TORCH_CUDA_ARCH_LIST   architectures to build for; with none given and no GPU visible, "8.0;9.0".
+  MAX_JOBS               parallel compile jobs (ninja).
+  CUDA_HOME              the CUDA toolkit; by default found from the nvcc on PATH.
+"""
+
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+from setuptools import setup
+
+try:
+    import torch
+except ImportError:
+    sys.exit(
+        "electra_fast: torch is not installed. Install torch first (for example "
+        "`pip install torch`), then `pip install --no-build-isolation -e .`."
+    )
+
+ROOT = Path(__file__).parent.resolve()
+sys.path.insert(0, str(ROOT))
+from build_support import find_cuda_home  # noqa: E402
+
+DEFAULT_ARCHS = "8.0;9.0"
+
+
+def want_cuda() -> bool:
+    setting = os.environ.get("ELECTRA_FAST_CUDA", "").strip()
+    if setting not in ("", "0", "1"):
+        sys.exit(f"electra_fast: ELECTRA_FAST_CUDA must be 0, 1 or unset, got {setting!r}")
+    if setting == "0":
+        return False
+    reasons = []
+    if torch.version.cuda is None:
+        reasons.append(f"the installed torch {torch.__version__} has no CUDA")
+    cuda_home = find_cuda_home()
+    if cuda_home is None:
+        reasons.append("no CUDA toolkit found (no nvcc on PATH and CUDA_HOME unset)")
+    if reasons:
+        if setting == "1":
+            sys.exit("electra_fast: ELECTRA_FAST_CUDA=1 but " + "; ".join(reasons))
+        print("electra_fast: building CPU kernels only: " + "; ".join(reasons))
+        return False
+    # torch.utils.cpp_extension reads CUDA_HOME when it is imported.
+    os.environ["CUDA_HOME"] = str(cuda_home)
+    if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+        os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCHS
+    return True
+
+
+WITH_CUDA = want_cuda()
+
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+
+
+def cuda_archs() -> list[str]:
+    from torch.utils.cpp_extension import _get_cuda_arch_flags
+
+    found = re.findall(r"arch=compute_(\d+)(a?)", " ".join(_get_cuda_arch_flags()))
+    return sorted({f"{int(num) // 10}.{int(num) % 10}{suffix}" for num, suffix in found})
+
+
+class BuildWithInfo(BuildExtension):
+    """Also writes _build_info.json beside the extension, so that a failed load can say why."""
+
+    def run(self):
+        super().run()
+        info = {
+            "torch": torch.__version__,
+            "torch_cuda": torch.version.cuda,
+            "cuda_built": WITH_CUDA,
+            "cuda_archs": cuda_archs() if WITH_CUDA else [],
+        }
+        out = Path(self.get_ext_fullpath("electra_fast._C")).parent / "_build_info.json"
+        out.write_text(json.dumps(info, indent=1) + "\n")
+
+
+def extension():
+    sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc/ops").glob("*.cpp"))
+    cxx = ["-O3", "-std=c++20", "-fopenmp", "-DPy_LIMITED_API=0x030A0000"]
+    if not WITH_CUDA:
+        return CppExtension(
+            "electra_fast._C", sources, extra_compile_args={"cxx": cxx}, py_limited_api=True
+        )
+    sources += sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc/ops/cuda").glob("*.cu"))
+    nvcc = ["-O3", "-std=c++20", "--expt-relaxed-constexpr", "-lineinfo"]
+    return CUDAExtension(
+        "electra_fast._C",
+        sources,
+        py_limited_api=True,
+        extra_compile_args={"cxx": cxx + ["-DELECTRA_FAST_CUDA"], "nvcc": nvcc},
+    )
+
+
+setup(
+    ext_modules=[extension()],
+    cmdclass={"build_ext": BuildWithInfo.with_options(use_ninja=True)},
+    options={"bdist_wheel": {"py_limited_api": "cp310"}},
+)

@@ -1,0 +1,25 @@
+import pytest
+import torch
+
+from electra_fast import _extension
+
+CUDA = torch.cuda.is_available()
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")]
+    ),
+]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    return torch.device(request.param)
+
+
+@pytest.fixture(params=["kernel", "reference"])
+def implementation(request, device):
+    """Which implementation of an op a test exercises; `kernel` skips where none is built."""
+    if request.param == "kernel" and not _extension.has_kernel("mask_tokens", device.type):
+        pytest.skip(f"no compiled {device.type} kernel in this build")
+    return request.param
