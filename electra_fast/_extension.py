@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 
 LIBRARY = "electra_fast"
+# The torch references, registered as opaque ops of their own (see electra_fast/ops/*.py).
+REFERENCE_LIBRARY = "electra_fast_ref"
 # Every op declared in csrc/ops/schemas.cpp.
 OP_NAMES = ("mask_tokens",)
 _BUILD_INFO = Path(__file__).with_name("_build_info.json")

@@ -118,7 +118,7 @@ def mask_tokens(
         out = torch.ops.electra_fast.mask_tokens.default(input_ids, attention_mask, key, *args)
     else:
         _check_ids(input_ids, vocab_size)
-        out = mask_tokens_reference(input_ids, attention_mask, key, *args)
+        out = torch.ops.electra_fast_ref.mask_tokens.default(input_ids, attention_mask, key, *args)
     return MaskedTokens(*out)
 
 
@@ -157,7 +157,10 @@ def _philox_key(device: torch.device, generator: torch.Generator | None, seed: i
             f"generator must be a {device.type} generator like input_ids' device, "
             f"got a {generator.device.type} one"
         )
-    return torch.empty((), dtype=torch.int64, device=device).random_(generator=generator)
+    # Out of place (not Tensor.random_), so that torch.compile traces it into the graph.
+    return torch.randint(
+        -(2**63), 2**63 - 1, (), dtype=torch.int64, device=device, generator=generator
+    )
 
 
 def _check_ids(input_ids: torch.Tensor, vocab_size: int) -> None:
@@ -232,32 +235,39 @@ def mask_tokens_reference(
     return masked, positions, labels, used.float()
 
 
-if _extension.EXTENSION_LOADED:
+def _mask_tokens_fake(
+    input_ids,
+    attention_mask,
+    seed,
+    special_ids,
+    mask_token_id,
+    vocab_size,
+    mask_prob,
+    max_predictions,
+    replace_prob,
+    random_prob,
+    bernoulli,
+):
+    torch._check(input_ids.dim() == 2, lambda: "input_ids must have shape [B, L]")
+    torch._check(
+        attention_mask.shape == input_ids.shape,
+        lambda: "attention_mask must have input_ids' shape",
+    )
+    slots = (input_ids.shape[0], max_predictions)
+    return (
+        torch.empty_like(input_ids),
+        input_ids.new_empty(slots, dtype=torch.int64),
+        input_ids.new_empty(slots, dtype=torch.int64),
+        input_ids.new_empty(slots, dtype=torch.float32),
+    )
 
-    @torch.library.register_fake(f"{_extension.LIBRARY}::{OP}")
-    def _mask_tokens_fake(
-        input_ids,
-        attention_mask,
-        seed,
-        special_ids,
-        mask_token_id,
-        vocab_size,
-        mask_prob,
-        max_predictions,
-        replace_prob,
-        random_prob,
-        bernoulli,
-    ):
-        torch._check(input_ids.dim() == 2, lambda: "input_ids must have shape [B, L]")
-        torch._check(
-            attention_mask.shape == input_ids.shape,
-            lambda: "attention_mask must have input_ids' shape",
-        )
-        B = input_ids.shape[0]
-        slots = (B, max_predictions)
-        return (
-            torch.empty_like(input_ids),
-            input_ids.new_empty(slots, dtype=torch.int64),
-            input_ids.new_empty(slots, dtype=torch.int64),
-            input_ids.new_empty(slots, dtype=torch.float32),
-        )
+
+# The reference as an opaque op of its own, so that torch.compile treats the fallback like the
+# kernel: one node in the graph. Traced into instead, inductor takes many minutes to generate code
+# for the ten Philox rounds fused with the sort.
+_mask_tokens_reference_op = torch.library.custom_op(
+    f"{_extension.REFERENCE_LIBRARY}::{OP}", mutates_args=()
+)(mask_tokens_reference)
+_mask_tokens_reference_op.register_fake(_mask_tokens_fake)
+if _extension.EXTENSION_LOADED:
+    torch.library.register_fake(f"{_extension.LIBRARY}::{OP}")(_mask_tokens_fake)

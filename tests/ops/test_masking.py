@@ -5,7 +5,6 @@ import torch
 
 import electra_fast
 from electra_fast import _extension
-from electra_fast.ops import masking
 from tests.ops.masking_cases import (
     CLS,
     MASK,
@@ -161,18 +160,24 @@ def test_same_seed_same_output(device):
     )
 
 
+def ops_called(fn) -> set[str]:
+    with torch.profiler.profile() as profile:
+        result = fn()
+    names = {event.name for event in profile.events()}
+    return result, {name for name in names if name.startswith("electra_fast")}
+
+
 def test_forced_reference_gives_the_kernels_result(monkeypatch, device):
     ids, attention = sample_inputs(6, 50, device=device)
-    compiled = public_call(ids, attention, seed=77)
+    dispatched, ran = ops_called(lambda: public_call(ids, attention, seed=77))
+    if _extension.has_kernel("mask_tokens", device.type):
+        assert ran == {"electra_fast::mask_tokens"}
+    else:
+        assert ran == {"electra_fast_ref::mask_tokens"}
     monkeypatch.setattr(_extension, "FORCE_REFERENCE", True)
-    called = []
-    original = masking.mask_tokens_reference
-    monkeypatch.setattr(
-        masking, "mask_tokens_reference", lambda *a: called.append(1) or original(*a)
-    )
-    forced = public_call(ids, attention, seed=77)
-    assert called
-    assert all(torch.equal(a, b) for a, b in zip(compiled, forced, strict=True))
+    forced, ran = ops_called(lambda: public_call(ids, attention, seed=77))
+    assert ran == {"electra_fast_ref::mask_tokens"}
+    assert all(torch.equal(a, b) for a, b in zip(dispatched, forced, strict=True))
 
 
 def test_default_slots_follow_the_official_formula():
@@ -181,29 +186,35 @@ def test_default_slots_follow_the_official_formula():
     assert public_call(ids, None, max_predictions=5).positions.shape == (2, 5)
 
 
-@needs_kernel
-def test_opcheck(device):
-    if not _extension.has_kernel("mask_tokens", device.type):
+@pytest.mark.parametrize("library", ["electra_fast", "electra_fast_ref"])
+def test_opcheck(device, library):
+    if library == "electra_fast" and not _extension.has_kernel("mask_tokens", device.type):
         pytest.skip(f"no {device.type} kernel")
+    op = getattr(torch.ops, library).mask_tokens.default
     ids, attention = sample_inputs(4, 33, device=device)
     key = torch.tensor(99, device=device)
     for bernoulli in (False, True):
-        torch.library.opcheck(
-            torch.ops.electra_fast.mask_tokens.default,
-            (ids, attention, key, SPECIALS, MASK, 1000, 0.2, 6, 0.8, 0.1, bernoulli),
-        )
+        args = (ids, attention, key, SPECIALS, MASK, 1000, 0.2, 6, 0.8, 0.1, bernoulli)
+        torch.library.opcheck(op, args)
 
 
-def test_compile_fullgraph():
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+@pytest.mark.parametrize("reference", [False, True], ids=["dispatch", "reference"])
+def test_compile_fullgraph(monkeypatch, backend, reference):
+    monkeypatch.setattr(_extension, "FORCE_REFERENCE", reference)
     ids, attention = sample_inputs(4, 40)
 
-    def step(ids, attention):
-        out = public_call(ids, attention, seed=42)
-        return out.masked_ids * 2, out.weights.sum()
+    def step(ids, attention, seed=None):
+        out = public_call(ids, attention, seed=seed)
+        return out.masked_ids * 2, out.weights.sum(), out.positions
 
-    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
-    got, want = compiled(ids, attention), step(ids, attention)
-    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    compiled = torch.compile(step, fullgraph=True, backend=backend)
+    got, want = compiled(ids, attention, 42), step(ids, attention, 42)
+    assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+    # With the key drawn inside the graph, every call draws a new one: it is not baked in.
+    first, second = compiled(ids, attention), compiled(ids, attention)
+    assert not torch.equal(first[2], second[2])
+    assert torch.equal(first[1], want[1])  # the count per row does not depend on the key
 
 
 BAD_CALLS = [  # (description, arguments to change, exception, words the message must contain)
