@@ -101,6 +101,10 @@ def mask_tokens(
         raise ValueError(
             f"special_token_ids must be in [0, vocab_size={vocab_size}), got {special_ids}"
         )
+    if random_prob > 0 and len(special_ids) >= vocab_size:
+        raise ValueError(
+            f"random_prob > 0 needs a non-special token, but all {vocab_size} ids are special"
+        )
     key = _philox_key(input_ids.device, generator, seed)
     args = (
         special_ids,

@@ -239,6 +239,12 @@ BAD_CALLS = [  # (description, arguments to change, exception, words the message
     ("mask id", dict(mask_token_id=1000), ValueError, "mask_token_id"),
     ("special id", dict(special_token_ids=[0, 5000]), ValueError, "special_token_ids"),
     ("seed", dict(seed=2**64), ValueError, "seed"),
+    (
+        "all special",
+        dict(input_ids=torch.full((2, 8), 2), vocab_size=4, random_prob=0.1, replace_prob=0.8),
+        ValueError,
+        "random_prob > 0 needs a non-special token",
+    ),
 ]
 
 
