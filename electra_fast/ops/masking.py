@@ -116,14 +116,11 @@ def mask_tokens(
         float(random_prob),
         strategy == "bernoulli",
     )
-    if _extension.use_kernel(OP, input_ids.device):
-        if input_ids.device.type != "cpu":  # the CPU kernel checks ids as it reads them
-            _check_ids(input_ids, vocab_size)
-        out = torch.ops.electra_fast.mask_tokens.default(input_ids, attention_mask, key, *args)
-    else:
+    kernel = _extension.use_kernel(OP, input_ids.device)
+    if not (kernel and input_ids.device.type == "cpu"):  # the CPU kernel checks ids as it reads
         _check_ids(input_ids, vocab_size)
-        out = torch.ops.electra_fast_ref.mask_tokens.default(input_ids, attention_mask, key, *args)
-    return MaskedTokens(*out)
+    op = torch.ops.electra_fast.mask_tokens if kernel else torch.ops.electra_fast_ref.mask_tokens
+    return MaskedTokens(*op.default(input_ids, attention_mask, key, *args))
 
 
 def _as_attention_mask(
