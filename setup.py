@@ -86,7 +86,8 @@ class BuildWithInfo(BuildExtension):
 
 def extension():
     sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc/ops").glob("*.cpp"))
-    cxx = ["-O3", "-std=c++20", "-fopenmp", "-DPy_LIMITED_API=0x030A0000"]
+    # No fused multiply-adds: the CPU kernels must round like the torch references and CUDA.
+    cxx = ["-O3", "-std=c++20", "-fopenmp", "-ffp-contract=off", "-DPy_LIMITED_API=0x030A0000"]
     if not WITH_CUDA:
         return CppExtension(
             "electra_fast._C", sources, extra_compile_args={"cxx": cxx}, py_limited_api=True

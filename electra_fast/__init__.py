@@ -1,7 +1,21 @@
 """electra_fast: fast, faithful ELECTRA pretraining and finetuning in PyTorch."""
 
 from electra_fast import _extension  # noqa: F401  (loads the compiled kernels, or warns why not)
-from electra_fast.ops import MaskedTokens, mask_tokens
+from electra_fast.ops import (
+    DiscriminatorInputs,
+    GeneratorStep,
+    MaskedTokens,
+    build_discriminator_inputs,
+    generator_step,
+    mask_tokens,
+)
 
 __version__ = "0.1.0"
-__all__ = ["MaskedTokens", "mask_tokens"]
+__all__ = [
+    "DiscriminatorInputs",
+    "GeneratorStep",
+    "MaskedTokens",
+    "build_discriminator_inputs",
+    "generator_step",
+    "mask_tokens",
+]

@@ -18,7 +18,13 @@ LIBRARY = "electra_fast"
 # The torch references, registered as opaque ops of their own (see electra_fast/ops/*.py).
 REFERENCE_LIBRARY = "electra_fast_ref"
 # Every op declared in csrc/ops/schemas.cpp.
-OP_NAMES = ("mask_tokens",)
+OP_NAMES = (
+    "mask_tokens",
+    "generator_step",
+    "generator_step_tile",
+    "generator_step_backward",
+    "generator_step_backward_",
+)
 _BUILD_INFO = Path(__file__).with_name("_build_info.json")
 
 

@@ -19,7 +19,9 @@ def device(request):
 
 @pytest.fixture(params=["kernel", "reference"])
 def implementation(request, device):
-    """Which implementation of an op a test exercises; `kernel` skips where none is built."""
-    if request.param == "kernel" and not _extension.has_kernel("mask_tokens", device.type):
+    """Which implementation of an op a test exercises; `kernel` skips where none is built.
+    The op is the test module's OP."""
+    op = request.module.OP
+    if request.param == "kernel" and not _extension.has_kernel(op, device.type):
         pytest.skip(f"no compiled {device.type} kernel in this build")
     return request.param

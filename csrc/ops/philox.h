@@ -57,6 +57,14 @@ EF_HOST_DEVICE Philox4 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint
   return Philox4{{c0, c1, c2, c3}};
 }
 
+// Word w (0..3) of r, chosen without indexing, so that r stays in registers on the GPU when w
+// is not a compile-time constant.
+EF_HOST_DEVICE uint32_t philox_word(const Philox4& r, uint32_t w) {
+  const uint32_t low = (w & 1u) ? r.x[1] : r.x[0];
+  const uint32_t high = (w & 1u) ? r.x[3] : r.x[2];
+  return (w & 2u) ? high : low;
+}
+
 // The four numbers of element `index` (a 64-bit position in the op's own index space) of
 // `stream`, under the 64-bit key `seed`.
 EF_HOST_DEVICE Philox4 philox_element(uint64_t seed, uint64_t index, uint32_t stream) {

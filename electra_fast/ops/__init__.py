@@ -2,5 +2,22 @@
 
 from electra_fast._extension import OP_NAMES
 from electra_fast.ops.masking import MaskedTokens, mask_tokens, mask_tokens_reference
+from electra_fast.ops.sampling import (
+    DiscriminatorInputs,
+    GeneratorStep,
+    build_discriminator_inputs,
+    generator_step,
+    generator_step_reference,
+)
 
-__all__ = ["OP_NAMES", "MaskedTokens", "mask_tokens", "mask_tokens_reference"]
+__all__ = [
+    "OP_NAMES",
+    "DiscriminatorInputs",
+    "GeneratorStep",
+    "MaskedTokens",
+    "build_discriminator_inputs",
+    "generator_step",
+    "generator_step_reference",
+    "mask_tokens",
+    "mask_tokens_reference",
+]

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from electra_fast import _extension
+from electra_fast.ops._common import may_synchronise, philox_key
 from electra_fast.ops._philox import STREAM_MASKING, philox_elements
 
 OP = "mask_tokens"
@@ -105,7 +106,7 @@ def mask_tokens(
         raise ValueError(
             f"random_prob > 0 needs a non-special token, but all {vocab_size} ids are special"
         )
-    key = _philox_key(input_ids.device, generator, seed)
+    key = philox_key(input_ids.device, generator, seed, like="input_ids")
     args = (
         special_ids,
         int(mask_token_id),
@@ -145,31 +146,8 @@ def _as_attention_mask(
     return attention_mask.to(input_ids.dtype).contiguous()
 
 
-def _philox_key(device: torch.device, generator: torch.Generator | None, seed: int | None):
-    """A 0-d int64 tensor on `device` holding the Philox key for one call."""
-    if seed is not None:
-        if not -(2**63) <= seed < 2**64:
-            raise ValueError(f"seed must fit in 64 bits, got {seed}")
-        return torch.tensor(
-            seed - 2**64 if seed >= 2**63 else seed, dtype=torch.int64, device=device
-        )
-    if generator is not None and generator.device.type != device.type:
-        raise ValueError(
-            f"generator must be a {device.type} generator like input_ids' device, "
-            f"got a {generator.device.type} one"
-        )
-    # Out of place (not Tensor.random_), so that torch.compile traces it into the graph.
-    return torch.randint(
-        -(2**63), 2**63 - 1, (), dtype=torch.int64, device=device, generator=generator
-    )
-
-
 def _check_ids(input_ids: torch.Tensor, vocab_size: int) -> None:
-    """Range check of the ids. It costs a device synchronisation, so it is skipped where none
-    may happen: while torch.compile traces and while a CUDA graph is captured."""
-    if input_ids.numel() == 0 or torch.compiler.is_compiling():
-        return
-    if input_ids.is_cuda and torch.cuda.is_current_stream_capturing():
+    if not may_synchronise(input_ids):
         return
     low, high = (int(v) for v in torch.aminmax(input_ids))
     if low < 0 or high >= vocab_size:

@@ -17,6 +17,7 @@ from tests.ops.masking_cases import (
     sample_inputs,
 )
 
+OP = "mask_tokens"
 needs_kernel = pytest.mark.skipif(
     not _extension.has_kernel("mask_tokens", "cpu"), reason="the extension is not built"
 )

@@ -10,6 +10,8 @@ from scipy.stats import chi2
 
 from tests.ops.masking_cases import CLS, MASK, PAD, SEP, run
 
+OP = "mask_tokens"
+
 DRAWS = 100_000
 SPECIALS = [PAD, CLS, SEP]
 VOCAB = 40

@@ -1,0 +1,244 @@
+// The generator step on the CPU: rows in parallel, one pass over each row's logits for the
+// logsumexp and the Gumbel argmax; the backward writes softmax - onehot from the saved logsumexp.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+
+#include "checks.h"
+#include "sampling.h"
+
+namespace electra_fast {
+
+void check_generator_step_args(const at::Tensor& logits, const at::Tensor& labels,
+                               const at::Tensor& seed, double temperature, bool disallow_labels,
+                               int64_t vocab_start, int64_t vocab_size) {
+  EF_CHECK_DIM(logits, 2);
+  EF_CHECK_DTYPE(logits, at::isReducedFloatingType(logits.scalar_type()) ||
+                             logits.scalar_type() == at::kFloat,
+                 "float32, bfloat16 or float16");
+  EF_CHECK_CONTIGUOUS(logits);
+  TORCH_CHECK_VALUE(logits.size(1) >= 1, "logits must have at least one column, got shape ",
+                    logits.sizes());
+  EF_CHECK_SHAPE(labels, logits.size(0));
+  EF_CHECK_DTYPE(labels, labels.scalar_type() == at::kLong, "int64");
+  EF_CHECK_DEVICE(labels, logits.device());
+  EF_CHECK_CONTIGUOUS(labels);
+  EF_CHECK_DIM(seed, 0);
+  EF_CHECK_DTYPE(seed, seed.scalar_type() == at::kLong, "int64");
+  EF_CHECK_DEVICE(seed, logits.device());
+  TORCH_CHECK_VALUE(temperature > 0.0 && std::isfinite(temperature),
+                    "temperature must be positive and finite, got ", temperature);
+  TORCH_CHECK_VALUE(vocab_start >= 0 && vocab_start + logits.size(1) <= vocab_size,
+                    "the logits' columns [", vocab_start, ", ", vocab_start + logits.size(1),
+                    ") must lie in the vocabulary [0, vocab_size=", vocab_size, ")");
+  TORCH_CHECK_VALUE(!disallow_labels || vocab_size >= 2,
+                    "disallow_labels needs at least two columns to sample from, got ", vocab_size);
+}
+
+void check_generator_step_backward_args(const at::Tensor& grad_loss, const at::Tensor& logits,
+                                        const at::Tensor& labels, const at::Tensor& lse,
+                                        int64_t vocab_start) {
+  EF_CHECK_DIM(logits, 2);
+  EF_CHECK_CONTIGUOUS(logits);
+  const int64_t rows = logits.size(0);
+  for (const at::Tensor* t : {&grad_loss, &lse}) {
+    TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == rows && t->scalar_type() == at::kFloat &&
+                          t->device() == logits.device(),
+                      t == &lse ? "lse" : "grad_loss", " must be float32 of shape [", rows,
+                      "] on ", logits.device(), ", got ", t->scalar_type(), " ", t->sizes(),
+                      " on ", t->device());
+  }
+  EF_CHECK_SHAPE(labels, rows);
+  EF_CHECK_DTYPE(labels, labels.scalar_type() == at::kLong, "int64");
+  EF_CHECK_DEVICE(labels, logits.device());
+  TORCH_CHECK_VALUE(vocab_start >= 0, "vocab_start must be non-negative, got ", vocab_start);
+}
+
+namespace {
+
+// The state of one row over its columns [vocab_start, vocab_start + n). `disallowed` is a
+// column never sampled (-1 for none); it still counts in the logsumexp. Two passes: the max,
+// then the sum of exp(x - max) and the Gumbel argmax. The sum is accumulated in double: a
+// sequential fp32 sum of 30k terms drifts by ~1e-5 (the CUDA kernel's tree of partial sums does
+// not need this).
+template <typename scalar_t>
+RowState scan_row(const scalar_t* x, int64_t n, int64_t row, int64_t vocab_start,
+                  int64_t vocab_size, uint64_t seed, float inverse_temperature,
+                  int64_t disallowed) {
+  RowState state = empty_row_state();
+  for (int64_t c = 0; c < n; ++c) {
+    const float logit = static_cast<float>(x[c]);
+    state.max = logit > state.max ? logit : state.max;  // NaN never becomes the max
+  }
+  double sum = 0.0;
+  Philox4 noise{};
+  int64_t group = -1;
+  for (int64_t c = 0; c < n; ++c) {
+    const int64_t v = vocab_start + c;
+    const float logit = static_cast<float>(x[c]);
+    if (logit != -std::numeric_limits<float>::infinity()) sum += std::exp(logit - state.max);
+    if ((v >> 2) != group) {
+      group = v >> 2;
+      noise = sampling_randoms(seed, row, group, vocab_size);
+    }
+    if (v == disallowed) continue;
+    add_candidate(state, gumbel_score(logit, inverse_temperature, gumbel_noise(noise.x[v & 3])),
+                  v);
+  }
+  state.sum = static_cast<float>(sum);  // rounding the total once costs 6e-8 in the lse
+  return state;
+}
+
+int64_t checked_label(const int64_t* labels, int64_t row, int64_t ignore_index,
+                      int64_t vocab_size) {
+  const int64_t label = labels[row];
+  TORCH_CHECK_VALUE(label == ignore_index || (label >= 0 && label < vocab_size),
+                    "labels must be in [0, vocab_size=", vocab_size, ") or ignore_index=",
+                    ignore_index, ", got ", label, " at [", row, "]");
+  return label;
+}
+
+int64_t grain(int64_t columns) { return std::max<int64_t>(1, 65536 / std::max<int64_t>(1, columns)); }
+
+std::array<int64_t, 1> row_shape(const at::Tensor& logits) { return {logits.size(0)}; }
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> generator_step_cpu(
+    const at::Tensor& logits, const at::Tensor& labels, const at::Tensor& seed,
+    double temperature, bool disallow_labels, int64_t ignore_index, bool /*inplace_backward*/) {
+  const int64_t V = logits.size(1);
+  check_generator_step_args(logits, labels, seed, temperature, disallow_labels, 0, V);
+  const auto f32 = logits.options().dtype(at::kFloat);
+  at::Tensor loss = at::empty(row_shape(logits), f32);
+  at::Tensor lse = at::empty(row_shape(logits), f32);
+  at::Tensor samples = at::empty(row_shape(logits), logits.options().dtype(at::kLong));
+  const uint64_t key = static_cast<uint64_t>(seed.item<int64_t>());
+  const float inverse_temperature = static_cast<float>(1.0 / temperature);
+  EF_DISPATCH_LOGITS(logits.scalar_type(), "generator_step_cpu", [&] {
+    const scalar_t* x = logits.const_data_ptr<scalar_t>();
+    const int64_t* label_ptr = labels.const_data_ptr<int64_t>();
+    float* loss_ptr = loss.mutable_data_ptr<float>();
+    float* lse_ptr = lse.mutable_data_ptr<float>();
+    int64_t* sample_ptr = samples.mutable_data_ptr<int64_t>();
+    at::parallel_for(0, logits.size(0), grain(V), [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const int64_t label = checked_label(label_ptr, r, ignore_index, V);
+        const bool ignored = label == ignore_index;
+        const int64_t disallowed = disallow_labels && !ignored ? label : -1;
+        const RowState s =
+            scan_row(x + r * V, V, r, 0, V, key, inverse_temperature, disallowed);
+        lse_ptr[r] = row_logsumexp(s);
+        loss_ptr[r] = ignored ? 0.0f : lse_ptr[r] - static_cast<float>(x[r * V + label]);
+        sample_ptr[r] = best_column(s, disallowed == 0 ? 1 : 0);
+      }
+    });
+  });
+  return {loss, samples, lse};
+}
+
+// One tile of columns of a step computed tile by tile (generator_step_linear): the tile's
+// logsumexp, the label's logit when the label is in the tile (else -inf), and the tile's best
+// Gumbel score and column.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> generator_step_tile_cpu(
+    const at::Tensor& logits, const at::Tensor& labels, const at::Tensor& seed,
+    double temperature, bool disallow_labels, int64_t ignore_index, int64_t vocab_start,
+    int64_t vocab_size) {
+  check_generator_step_args(logits, labels, seed, temperature, disallow_labels, vocab_start,
+                            vocab_size);
+  const int64_t n = logits.size(1);
+  const auto f32 = logits.options().dtype(at::kFloat);
+  at::Tensor lse = at::empty(row_shape(logits), f32);
+  at::Tensor label_logit = at::empty(row_shape(logits), f32);
+  at::Tensor best_score = at::empty(row_shape(logits), f32);
+  at::Tensor samples = at::empty(row_shape(logits), logits.options().dtype(at::kLong));
+  const uint64_t key = static_cast<uint64_t>(seed.item<int64_t>());
+  const float inverse_temperature = static_cast<float>(1.0 / temperature);
+  EF_DISPATCH_LOGITS(logits.scalar_type(), "generator_step_tile_cpu", [&] {
+    const scalar_t* x = logits.const_data_ptr<scalar_t>();
+    const int64_t* label_ptr = labels.const_data_ptr<int64_t>();
+    at::parallel_for(0, logits.size(0), grain(n), [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const int64_t label = checked_label(label_ptr, r, ignore_index, vocab_size);
+        const bool ignored = label == ignore_index;
+        const int64_t disallowed = disallow_labels && !ignored ? label : -1;
+        const RowState s =
+            scan_row(x + r * n, n, r, vocab_start, vocab_size, key, inverse_temperature,
+                     disallowed);
+        const bool in_tile = !ignored && label >= vocab_start && label < vocab_start + n;
+        lse.mutable_data_ptr<float>()[r] = row_logsumexp(s);
+        label_logit.mutable_data_ptr<float>()[r] =
+            in_tile ? static_cast<float>(x[r * n + label - vocab_start])
+                    : -std::numeric_limits<float>::infinity();
+        const int64_t fallback = disallowed == vocab_start && n > 1 ? vocab_start + 1 : vocab_start;
+        const int64_t best = best_column(s, fallback);
+        samples.mutable_data_ptr<int64_t>()[r] = best;
+        best_score.mutable_data_ptr<float>()[r] =
+            best == s.best_index ? s.best_score : -std::numeric_limits<float>::infinity();
+      }
+    });
+  });
+  return {lse, label_logit, best_score, samples};
+}
+
+// d loss / d logits into `grad` (which may be `logits` itself: each element is read before it
+// is written). Ignored rows get exact zeros.
+void step_backward_into(const at::Tensor& grad_loss, const at::Tensor& logits,
+                        const at::Tensor& labels, const at::Tensor& lse, int64_t ignore_index,
+                        int64_t vocab_start, const at::Tensor& grad) {
+  check_generator_step_backward_args(grad_loss, logits, labels, lse, vocab_start);
+  const int64_t n = logits.size(1);
+  EF_DISPATCH_LOGITS(logits.scalar_type(), "generator_step_backward_cpu", [&] {
+    const scalar_t* x = logits.const_data_ptr<scalar_t>();
+    scalar_t* out = grad.mutable_data_ptr<scalar_t>();
+    const int64_t* label_ptr = labels.const_data_ptr<int64_t>();
+    const float* g = grad_loss.const_data_ptr<float>();
+    const float* lse_ptr = lse.const_data_ptr<float>();
+    at::parallel_for(0, logits.size(0), grain(n), [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const int64_t label = label_ptr[r];
+        scalar_t* out_row = out + r * n;
+        if (label == ignore_index) {
+          std::fill(out_row, out_row + n, scalar_t(0));
+          continue;
+        }
+        const int64_t label_column = label - vocab_start;  // may lie outside this tile
+        const float row_lse = lse_ptr[r], row_grad = g[r];
+        const scalar_t* x_row = x + r * n;
+        for (int64_t c = 0; c < n; ++c) {
+          out_row[c] = static_cast<scalar_t>(
+              logit_gradient(static_cast<float>(x_row[c]), row_lse, c == label_column, row_grad));
+        }
+      }
+    });
+  });
+}
+
+at::Tensor generator_step_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& logits,
+                                       const at::Tensor& labels, const at::Tensor& lse,
+                                       int64_t ignore_index, int64_t vocab_start) {
+  at::Tensor grad = at::empty_like(logits);
+  step_backward_into(grad_loss, logits, labels, lse, ignore_index, vocab_start, grad);
+  return grad;
+}
+
+void generator_step_backward_inplace_cpu(const at::Tensor& grad_loss, const at::Tensor& logits,
+                                         const at::Tensor& labels, const at::Tensor& lse,
+                                         int64_t ignore_index, int64_t vocab_start) {
+  step_backward_into(grad_loss, logits, labels, lse, ignore_index, vocab_start, logits);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(electra_fast, CPU, m) {
+  m.impl("generator_step", &generator_step_cpu);
+  m.impl("generator_step_tile", &generator_step_tile_cpu);
+  m.impl("generator_step_backward", &generator_step_backward_cpu);
+  m.impl("generator_step_backward_", &generator_step_backward_inplace_cpu);
+}
+
+}  // namespace electra_fast

@@ -1,0 +1,144 @@
+// The generator step (MLM cross-entropy + Gumbel-max sampling over the generator's logits), the
+// parts shared by the CPU kernel (sampling.cpp) and the CUDA kernel (cuda/sampling.cu): the
+// random stream, the Gumbel noise and the per-row state, so that both kernels (and the torch
+// reference in electra_fast/ops/sampling.py) draw the same samples.
+//
+// The noise of row r, vocabulary column v (of a vocabulary of V columns) is word v % 4 of
+// Philox element r * ceil(V / 4) + v / 4 of the sampling stream: one Philox call serves four
+// columns. A tile of columns [vocab_start, vocab_start + n) uses the same numbers as the whole
+// row, so a step computed tile by tile samples exactly what the one-pass step samples.
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+
+#include "philox.h"
+
+#if defined(__CUDA_ARCH__)
+#define EF_LOG1PF log1pf
+#define EF_LOGF logf
+#define EF_EXPF expf
+#else
+#define EF_LOG1PF std::log1p
+#define EF_LOGF std::log
+#define EF_EXPF std::exp
+#endif
+
+// The logits' dtypes (float32, bfloat16, float16): no double instantiations nobody can call.
+#define EF_DISPATCH_LOGITS(TYPE, NAME, ...)                    \
+  AT_DISPATCH_SWITCH(TYPE, NAME,                               \
+                     AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__) \
+                     AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__) \
+                     AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__))
+
+namespace electra_fast {
+
+EF_HOST_DEVICE uint64_t sampling_groups(int64_t vocab_size) {
+  return static_cast<uint64_t>((vocab_size + 3) / 4);
+}
+
+EF_HOST_DEVICE Philox4 sampling_randoms(uint64_t seed, int64_t row, int64_t group,
+                                        int64_t vocab_size) {
+  return philox_element(seed, static_cast<uint64_t>(row) * sampling_groups(vocab_size) +
+                                  static_cast<uint64_t>(group),
+                        kStreamSampling);
+}
+
+// Gumbel(0, 1) noise from one 32-bit word, in fp32: t = (w + 1/2) / 2^32 is uniform in (0, 1)
+// (capped below 1), E = -log1p(-t) is Exp(1), and g = -log(E). log1p keeps small E exact, which
+// is where the large g that win the argmax come from: g reaches 22.9, against 17.3 for
+// -log(-log(u)) on a 24-bit u. The smallest g is -log(16.6) = -2.81; g is always finite.
+EF_HOST_DEVICE float gumbel_noise(uint32_t word) {
+  constexpr float kBelowOne = 0.99999994f;  // the largest float below 1
+#if defined(__CUDA_ARCH__)
+  // The product is exact (a power of two), so no contraction can change the sum.
+  float t = __fadd_rn(__fmul_rn(__uint2float_rn(word), 2.3283064e-10f), 1.1641532e-10f);
+#else
+  float t = static_cast<float>(word) * 2.3283064e-10f + 1.1641532e-10f;  // 2^-32, 2^-33
+#endif
+  t = t < kBelowOne ? t : kBelowOne;
+  return -EF_LOGF(-EF_LOG1PF(-t));
+}
+
+// The Gumbel-max score of one logit: x / T + g, as x * (1 / T) + g rounded twice, never fused,
+// so that every implementation gets the same float.
+EF_HOST_DEVICE float gumbel_score(float x, float inverse_temperature, float noise) {
+#if defined(__CUDA_ARCH__)
+  return __fadd_rn(__fmul_rn(x, inverse_temperature), noise);
+#else
+  return x * inverse_temperature + noise;  // setup.py builds with -ffp-contract=off
+#endif
+}
+
+// The running state of one row (or one thread's share of it): max and sum of exp(x - max) for
+// the logsumexp, and the best Gumbel score with its column (the smallest column among equal
+// scores, as torch.argmax). NaN scores never win, so a sample is always a real column.
+struct RowState {
+  float max;
+  float sum;
+  float best_score;
+  int64_t best_index;
+};
+
+EF_HOST_DEVICE RowState empty_row_state() {
+  return RowState{-std::numeric_limits<float>::infinity(), 0.0f,
+                  -std::numeric_limits<float>::infinity(), std::numeric_limits<int64_t>::max()};
+}
+
+// exp(from - to) for a running max that moves from `from` to `to` >= from; 0 from -inf.
+EF_HOST_DEVICE float rescale(float from, float to) {
+  return from == -std::numeric_limits<float>::infinity() ? 0.0f : EF_EXPF(from - to);
+}
+
+EF_HOST_DEVICE void add_candidate(RowState& s, float score, int64_t index) {
+  if (score > s.best_score || (score == s.best_score && index < s.best_index)) {
+    s.best_score = score;
+    s.best_index = index;
+  }
+}
+
+// Adds one logit to the logsumexp. A -inf logit adds nothing (and must not make exp(-inf + inf));
+// a NaN one makes the sum NaN; a +inf one makes it NaN too (inf - inf): the loss is not finite.
+EF_HOST_DEVICE void add_logit(RowState& s, float x) {
+  if (x > s.max) {
+    s.sum = s.sum * rescale(s.max, x) + 1.0f;
+    s.max = x;
+  } else if (x != -std::numeric_limits<float>::infinity()) {
+    s.sum += EF_EXPF(x - s.max);
+  }
+}
+
+EF_HOST_DEVICE void merge_row_states(RowState& into, const RowState& other) {
+  const float max = into.max > other.max ? into.max : other.max;
+  into.sum = into.sum * rescale(into.max, max) + other.sum * rescale(other.max, max);
+  into.max = max;
+  add_candidate(into, other.best_score, other.best_index);
+}
+
+EF_HOST_DEVICE float row_logsumexp(const RowState& s) { return s.max + EF_LOGF(s.sum); }
+
+// A row whose scores are all NaN has no best column; it gets `fallback` (a column it may
+// sample), so that a sample is always in range.
+EF_HOST_DEVICE int64_t best_column(const RowState& s, int64_t fallback) {
+  return s.best_index == std::numeric_limits<int64_t>::max() ? fallback : s.best_index;
+}
+
+// The gradient of one logit: (p - [v == label]) * g with p = exp(x - lse) and g the incoming
+// gradient of the row's loss (0 for an ignored row).
+EF_HOST_DEVICE float logit_gradient(float x, float lse, bool is_label, float grad_loss) {
+  return (EF_EXPF(x - lse) - (is_label ? 1.0f : 0.0f)) * grad_loss;
+}
+
+// Validates generator_step's arguments, naming the bad one. Defined in sampling.cpp, used by
+// both kernels. `vocab_start` and `vocab_size` describe a tile (the whole row: 0 and V).
+void check_generator_step_args(const at::Tensor& logits, const at::Tensor& labels,
+                               const at::Tensor& seed, double temperature, bool disallow_labels,
+                               int64_t vocab_start, int64_t vocab_size);
+void check_generator_step_backward_args(const at::Tensor& grad_loss, const at::Tensor& logits,
+                                        const at::Tensor& labels, const at::Tensor& lse,
+                                        int64_t vocab_start);
+
+}  // namespace electra_fast

@@ -1,0 +1,37 @@
+"""Pieces every op's Python wrapper needs: the Philox key of a call, and whether a validation
+that synchronises with the device may run."""
+
+from __future__ import annotations
+
+import torch
+
+
+def philox_key(
+    device: torch.device, generator: torch.Generator | None, seed: int | None, *, like: str
+) -> torch.Tensor:
+    """A 0-d int64 tensor on `device` holding the Philox key for one call: `seed` when given,
+    else a draw from `generator` (default: the device's default generator). `like` names the
+    tensor whose device the generator must match, for the error message."""
+    if seed is not None:
+        if not -(2**63) <= seed < 2**64:
+            raise ValueError(f"seed must fit in 64 bits, got {seed}")
+        return torch.tensor(
+            seed - 2**64 if seed >= 2**63 else seed, dtype=torch.int64, device=device
+        )
+    if generator is not None and generator.device.type != device.type:
+        raise ValueError(
+            f"generator must be a {device.type} generator like {like}'s device, "
+            f"got a {generator.device.type} one"
+        )
+    # Out of place (not Tensor.random_), so that torch.compile traces it into the graph.
+    return torch.randint(
+        -(2**63), 2**63 - 1, (), dtype=torch.int64, device=device, generator=generator
+    )
+
+
+def may_synchronise(tensor: torch.Tensor) -> bool:
+    """Whether a check that reads `tensor`'s values back to the host may run: not while
+    torch.compile traces, nor while a CUDA graph is captured, nor for an empty tensor."""
+    if tensor.numel() == 0 or torch.compiler.is_compiling():
+        return False
+    return not (tensor.is_cuda and torch.cuda.is_current_stream_capturing())
