@@ -7,6 +7,7 @@ from electra_fast.ops import (
     MaskedTokens,
     build_discriminator_inputs,
     generator_step,
+    generator_step_linear,
     mask_tokens,
 )
 
@@ -17,5 +18,6 @@ __all__ = [
     "MaskedTokens",
     "build_discriminator_inputs",
     "generator_step",
+    "generator_step_linear",
     "mask_tokens",
 ]

@@ -9,6 +9,7 @@ from electra_fast.ops.sampling import (
     generator_step,
     generator_step_reference,
 )
+from electra_fast.ops.sampling_linear import generator_step_linear
 
 __all__ = [
     "OP_NAMES",
@@ -17,6 +18,7 @@ __all__ = [
     "MaskedTokens",
     "build_discriminator_inputs",
     "generator_step",
+    "generator_step_linear",
     "generator_step_reference",
     "mask_tokens",
     "mask_tokens_reference",

@@ -75,7 +75,7 @@ def generator_step(
     logits = logits.contiguous()
     ops = step_ops(logits)
     if not (ops is torch.ops.electra_fast and logits.device.type == "cpu"):
-        _check_labels(labels, logits.shape[1], ignore_index)  # the CPU kernel checks as it reads
+        check_labels(labels, logits.shape[1], ignore_index)  # the CPU kernel checks as it reads
     loss, samples, _ = ops.generator_step.default(
         logits,
         labels,
@@ -133,27 +133,32 @@ def build_discriminator_inputs(
 def _check_step_inputs(logits, labels, temperature, disallow_labels, ignore_index) -> None:
     if not isinstance(logits, torch.Tensor):
         raise TypeError(f"logits must be a tensor, got {type(logits).__name__}")
-    if not isinstance(labels, torch.Tensor):
-        raise TypeError(f"labels must be a tensor, got {type(labels).__name__}")
     if logits.dtype not in LOGIT_DTYPES:
         raise TypeError(
             f"logits must be float32, bfloat16, float16 (or float64), got {logits.dtype}"
         )
     if logits.dim() != 2 or logits.shape[1] == 0:
         raise ValueError(f"logits must have shape [M, V] with V >= 1, got {tuple(logits.shape)}")
+    check_step_arguments(labels, *logits.shape, logits.device, temperature, disallow_labels)
+
+
+def check_step_arguments(labels, M, V, device, temperature, disallow_labels) -> None:
+    """The checks of generator_step's arguments besides the logits, for M rows of V columns."""
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"labels must be a tensor, got {type(labels).__name__}")
     if labels.dtype != torch.int64:
         raise TypeError(f"labels must be int64, got {labels.dtype}")
-    if labels.shape != logits.shape[:1]:
-        raise ValueError(f"labels must have shape [M={logits.shape[0]}], got {tuple(labels.shape)}")
-    if labels.device != logits.device:
-        raise ValueError(f"labels must be on logits' device {logits.device}, got {labels.device}")
+    if labels.shape != (M,):
+        raise ValueError(f"labels must have shape [M={M}], got {tuple(labels.shape)}")
+    if labels.device != device:
+        raise ValueError(f"labels must be on the logits' device {device}, got {labels.device}")
     if not (temperature > 0 and math.isfinite(temperature)):
         raise ValueError(f"temperature must be positive and finite, got {temperature}")
-    if disallow_labels and logits.shape[1] < 2:
-        raise ValueError("disallow_labels needs at least two columns in logits to sample from")
+    if disallow_labels and V < 2:
+        raise ValueError("disallow_labels needs at least two columns to sample from")
 
 
-def _check_labels(labels: torch.Tensor, vocab_size: int, ignore_index: int) -> None:
+def check_labels(labels: torch.Tensor, vocab_size: int, ignore_index: int) -> None:
     if not may_synchronise(labels):
         return
     bad = (labels != ignore_index) & ((labels < 0) | (labels >= vocab_size))

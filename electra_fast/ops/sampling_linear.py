@@ -1,0 +1,156 @@
+"""The generator step fused with its output layer: loss and samples from hidden states and the
+tied embedding matrix without ever holding the [M, V] logits (stage 2 of the generator step).
+
+The vocabulary is cut into tiles of columns. Forward: each tile's logits [M, tile] are computed
+by one matmul, reduced by generator_step_tile to a logsumexp, the label's logit and a best Gumbel
+score per row, and dropped; the tiles' results merge with an online logsumexp and a running
+argmax. Backward: each tile's logits are computed again, turned into their gradient in place,
+and give d weight and d bias for the tile's columns (each written once) and a term of d hidden
+(accumulated in fp32). Peak extra memory is one tile, not [M, V], the way Liger-Kernel's fused
+linear cross-entropy and Apple's Cut Cross-Entropy avoid the logits tensor.
+
+Samples equal generator_step's on `hidden @ weight.T + bias` for the same seed: the tiles use
+the same Philox words, and ties between tiles go to the earlier (smaller) column.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from electra_fast.ops._common import philox_key
+from electra_fast.ops.sampling import (
+    KERNEL_DTYPES,
+    GeneratorStep,
+    check_labels,
+    check_step_arguments,
+    step_ops,
+)
+
+DEFAULT_VOCAB_TILE = 4096
+
+
+def generator_step_linear(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    labels: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    disallow_labels: bool = False,
+    ignore_index: int = -100,
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+    vocab_tile: int = DEFAULT_VOCAB_TILE,
+) -> GeneratorStep:
+    """generator_step(hidden @ weight.T + bias, labels, ...) without the [M, V] logits.
+
+    Args:
+        hidden: [M, E], the generator head's output at the masked positions.
+        weight: [V, E], the (tied) word embeddings; bias: [V] or None. Same dtype and device as
+            hidden (float32, bfloat16 or float16).
+        labels, temperature, disallow_labels, ignore_index, generator, seed: as generator_step.
+        vocab_tile: columns per tile; memory grows with it, matmul efficiency too. Rounded up to
+            a multiple of 8 so that every tile's rows stay 16-byte aligned.
+
+    Returns:
+        GeneratorStep(loss [M] float32, differentiable in hidden, weight and bias; samples [M]).
+    """
+    _check_linear_inputs(hidden, weight, bias)
+    V = weight.shape[0]
+    check_step_arguments(labels, hidden.shape[0], V, hidden.device, temperature, disallow_labels)
+    if vocab_tile < 1:
+        raise ValueError(f"vocab_tile must be positive, got {vocab_tile}")
+    check_labels(labels, V, ignore_index)
+    key = philox_key(hidden.device, generator, seed, like="hidden")
+    loss, samples = _GeneratorStepLinear.apply(
+        hidden.contiguous(),
+        weight.contiguous(),
+        None if bias is None else bias.contiguous(),
+        labels.contiguous(),
+        key,
+        float(temperature),
+        bool(disallow_labels),
+        int(ignore_index),
+        8 * math.ceil(vocab_tile / 8),
+    )
+    return GeneratorStep(loss, samples)
+
+
+def _check_linear_inputs(hidden, weight, bias) -> None:
+    for name, t in (("hidden", hidden), ("weight", weight)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 2:
+            raise ValueError(f"{name} must be a 2-D tensor, got {getattr(t, 'shape', t)!r}")
+    if hidden.dtype not in KERNEL_DTYPES + (torch.float64,):
+        raise TypeError(f"hidden must be float32, bfloat16 or float16, got {hidden.dtype}")
+    if weight.shape[1] != hidden.shape[1]:
+        raise ValueError(
+            f"weight must have shape [V, E={hidden.shape[1]}], got {tuple(weight.shape)}"
+        )
+    if bias is not None and bias.shape != weight.shape[:1]:
+        raise ValueError(f"bias must have shape [V={weight.shape[0]}], got {tuple(bias.shape)}")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is None:
+            continue
+        if t.dtype != hidden.dtype:
+            raise TypeError(f"{name} must have hidden's dtype {hidden.dtype}, got {t.dtype}")
+        if t.device != hidden.device:
+            raise ValueError(f"{name} must be on hidden's device {hidden.device}, got {t.device}")
+
+
+def _tiles(V: int, tile: int):
+    return [(start, min(V, start + tile)) for start in range(0, V, tile)]
+
+
+def _tile_logits(hidden, weight, bias, start, end):
+    if bias is None:
+        return hidden @ weight[start:end].t()
+    return torch.addmm(bias[start:end], hidden, weight[start:end].t())
+
+
+class _GeneratorStepLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, labels, key, temperature, disallow, ignore_index, tile):
+        V = weight.shape[0]
+        ops = step_ops(hidden)
+        lse = label_logit = best = samples = None
+        for start, end in _tiles(V, tile):
+            logits = _tile_logits(hidden, weight, bias, start, end)
+            t_lse, t_label, t_best, t_samples = ops.generator_step_tile(
+                logits, labels, key, temperature, disallow, ignore_index, start, V
+            )
+            if lse is None:
+                lse, label_logit, best, samples = t_lse, t_label, t_best, t_samples
+                continue
+            lse = torch.logaddexp(lse, t_lse)
+            label_logit = torch.maximum(label_logit, t_label)  # -inf outside the label's tile
+            better = t_best > best  # strictly: on a tie the earlier tile's smaller column stays
+            best = torch.where(better, t_best, best)
+            samples = torch.where(better, t_samples, samples)
+        loss = torch.where(labels != ignore_index, lse - label_logit, 0.0)
+        ctx.save_for_backward(hidden, weight, bias, labels, lse)
+        ctx.ignore_index, ctx.tile = ignore_index, tile
+        ctx.mark_non_differentiable(samples)
+        return loss, samples
+
+    @staticmethod
+    def backward(ctx, grad_loss, grad_samples):
+        hidden, weight, bias, labels, lse = ctx.saved_tensors
+        need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
+        ops = step_ops(hidden)
+        grad_loss = grad_loss.to(lse.dtype).contiguous()
+        grad_hidden = torch.zeros(hidden.shape, dtype=lse.dtype, device=hidden.device)
+        grad_weight = torch.empty_like(weight) if need_weight else None
+        grad_bias = torch.empty_like(bias) if need_bias else None
+        for start, end in _tiles(weight.shape[0], ctx.tile):
+            grad = _tile_logits(hidden, weight, bias, start, end)
+            ops.generator_step_backward_(grad_loss, grad, labels, lse, ctx.ignore_index, start)
+            if need_hidden:
+                grad_hidden += grad @ weight[start:end]
+            if need_weight:
+                torch.mm(grad.t(), hidden, out=grad_weight[start:end])
+            if need_bias:
+                grad_bias[start:end] = grad.sum(0, dtype=lse.dtype)
+        grad_hidden = grad_hidden.to(hidden.dtype) if need_hidden else None
+        return grad_hidden, grad_weight, grad_bias, None, None, None, None, None, None
