@@ -40,3 +40,22 @@ def describe(benchmark, *, op: str, provider: str, mode: str, size: str, device:
         device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         torch=torch.__version__,
     )
+
+
+def peak_memory_mib(fn, device: torch.device) -> float | None:
+    """Device memory that one call of fn allocates at its peak beyond what was already in use,
+    in MiB; None on CPU, where torch keeps no such count."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+
+
+def smoke_size(benchmark, full: int, smoke: int) -> int:
+    """`full` when timing, `smoke` when the benchmarks only run once to prove they work
+    (`--benchmark-disable`, as `make test` does), to keep CI fast."""
+    return smoke if benchmark.disabled else full

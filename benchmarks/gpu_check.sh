@@ -20,6 +20,17 @@ cat "$out/info.json"
 
 PYTHONUNBUFFERED=1 "$python" -m pytest -q -p no:cacheprovider tests > "$out/tests.log" 2>&1 || status=1
 tail -4 "$out/tests.log"
+# Out-of-bounds and race checks of the kernels on small cases, where the toolkit has the tool.
+if command -v compute-sanitizer > /dev/null; then
+  for tool in memcheck racecheck; do
+    compute-sanitizer --tool $tool --error-exitcode 9 "$python" -m pytest -q -p no:cacheprovider \
+      tests/ops/test_masking.py tests/ops/test_sampling.py -k "cuda and kernel and not compile" \
+      -x > "$out/sanitizer_$tool.log" 2>&1 || status=1
+    tail -3 "$out/sanitizer_$tool.log"
+  done
+else
+  echo "compute-sanitizer not found: kernels not sanitised" | tee "$out/sanitizer.txt"
+fi
 PYTHONUNBUFFERED=1 "$python" -m pytest -q -p no:cacheprovider benchmarks \
   --benchmark-json "$out/bench.json" --benchmark-min-rounds 20 > "$out/bench.log" 2>&1 || status=1
 tail -2 "$out/bench.log"

@@ -2,8 +2,8 @@
 
     python benchmarks/report.py BENCH.json --markdown OUT.md --rows OUT.json
 
-One row per benchmark: op, provider, mode, size, device, p20/p50/p80 in milliseconds, and the
-machine and date the run was made on.
+One row per benchmark: op, provider, mode, size, device, p20/p50/p80 in milliseconds, the peak
+device memory the benchmark recorded (if it did), and the machine and date of the run.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ def rows(report: dict) -> list[dict]:
                 "p50_ms": percentile(data, 50) * 1e3,
                 "p80_ms": percentile(data, 80) * 1e3,
                 "rounds": len(data),
+                "peak_mib": info.get("peak_mib"),
                 "torch": info.get("torch", ""),
                 "date": date,
             }
@@ -50,13 +51,14 @@ def markdown(table: list[dict], machine: str) -> str:
     lines = [
         f"Machine: {machine}",
         "",
-        "| op | provider | mode | size | device | p20 ms | p50 ms | p80 ms | rounds |",
-        "|---|---|---|---|---|---:|---:|---:|---:|",
+        "| op | provider | mode | size | device | p20 ms | p50 ms | p80 ms | rounds | peak MiB |",
+        "|---|---|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in sorted(table, key=lambda r: (r["op"], r["mode"], r["size"], r["device"], r["p50_ms"])):
         lines.append(
             f"| {r['op']} | {r['provider']} | {r['mode']} | {r['size']} | {r['device']} "
-            f"| {r['p20_ms']:.4f} | {r['p50_ms']:.4f} | {r['p80_ms']:.4f} | {r['rounds']} |"
+            f"| {r['p20_ms']:.4f} | {r['p50_ms']:.4f} | {r['p80_ms']:.4f} | {r['rounds']} "
+            f"| {'' if r.get('peak_mib') is None else format(r['peak_mib'], '.1f')} |"
         )
     return "\n".join(lines) + "\n"
 
