@@ -62,35 +62,60 @@ void check_generator_step_backward_args(const at::Tensor& grad_loss, const at::T
 
 namespace {
 
+// Scratch rows of one thread, float32: a row's logits, its uniforms and its Gumbel noise. The
+// transcendental passes (log, exp) run as ATen's in-place ops on them: vectorised (Sleef) for the
+// CPU that torch runs on, and the very functions the torch reference calls.
+struct Scratch {
+  at::Tensor logits, uniform, noise;
+  explicit Scratch(int64_t n)
+      : logits(at::empty(std::array<int64_t, 1>{n}, at::TensorOptions().dtype(at::kFloat))),
+        uniform(at::empty_like(logits)),
+        noise(at::empty_like(logits)) {}
+};
+
+// The row's Gumbel noise (gumbel_noise in sampling.h), one pass per step so that the logs run
+// vectorised.
+void fill_gumbel_noise(Scratch& scratch, int64_t n, int64_t row, int64_t vocab_start,
+                       int64_t vocab_size, uint64_t seed) {
+  float* t = scratch.uniform.mutable_data_ptr<float>();
+  float* g = scratch.noise.mutable_data_ptr<float>();
+  for (int64_t c = 0; c < n;) {
+    const int64_t v = vocab_start + c;
+    const Philox4 words = sampling_randoms(seed, row, v >> 2, vocab_size);
+    for (int64_t w = v & 3; w < 4 && c < n; ++w, ++c) {
+      t[c] = gumbel_uniform(words.x[w]);
+      g[c] = 1.0f - t[c];
+    }
+  }
+  scratch.noise.log_();
+  for (int64_t c = 0; c < n; ++c) g[c] = gumbel_exponential(t[c], 1.0f - t[c], g[c]);
+  scratch.noise.log_().neg_();
+}
+
 // The state of one row over its columns [vocab_start, vocab_start + n). `disallowed` is a
-// column never sampled (-1 for none); it still counts in the logsumexp. Two passes: the max,
-// then the sum of exp(x - max) and the Gumbel argmax. The sum is accumulated in double: a
-// sequential fp32 sum of 30k terms drifts by ~1e-5 (the CUDA kernel's tree of partial sums does
-// not need this).
+// column never sampled (-1 for none); it still counts in the logsumexp. The sum of
+// exp(x - max) is accumulated in double: a sequential fp32 sum of 30k terms drifts by ~1e-5
+// (the CUDA kernel's tree of partial sums does not need this).
 template <typename scalar_t>
 RowState scan_row(const scalar_t* x, int64_t n, int64_t row, int64_t vocab_start,
                   int64_t vocab_size, uint64_t seed, float inverse_temperature,
-                  int64_t disallowed) {
+                  int64_t disallowed, Scratch& scratch) {
   RowState state = empty_row_state();
+  float* logits = scratch.logits.mutable_data_ptr<float>();
   for (int64_t c = 0; c < n; ++c) {
-    const float logit = static_cast<float>(x[c]);
-    state.max = logit > state.max ? logit : state.max;  // NaN never becomes the max
+    logits[c] = static_cast<float>(x[c]);
+    state.max = logits[c] > state.max ? logits[c] : state.max;  // NaN never becomes the max
   }
-  double sum = 0.0;
-  Philox4 noise{};
-  int64_t group = -1;
+  fill_gumbel_noise(scratch, n, row, vocab_start, vocab_size, seed);
+  const float* g = scratch.noise.const_data_ptr<float>();
   for (int64_t c = 0; c < n; ++c) {
     const int64_t v = vocab_start + c;
-    const float logit = static_cast<float>(x[c]);
-    if (logit != -std::numeric_limits<float>::infinity()) sum += std::exp(logit - state.max);
-    if ((v >> 2) != group) {
-      group = v >> 2;
-      noise = sampling_randoms(seed, row, group, vocab_size);
-    }
-    if (v == disallowed) continue;
-    add_candidate(state, gumbel_score(logit, inverse_temperature, gumbel_noise(noise.x[v & 3])),
-                  v);
+    if (v != disallowed) add_candidate(state, gumbel_score(logits[c], inverse_temperature, g[c]), v);
   }
+  if (state.max == -std::numeric_limits<float>::infinity()) return state;  // sum 0: lse -inf
+  scratch.logits.sub_(state.max).exp_();  // exp(x - max): 0 from -inf, NaN from NaN or inf - inf
+  double sum = 0.0;
+  for (int64_t c = 0; c < n; ++c) sum += logits[c];
   state.sum = static_cast<float>(sum);  // rounding the total once costs 6e-8 in the lse
   return state;
 }
@@ -126,12 +151,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> generator_step_cpu(
     float* lse_ptr = lse.mutable_data_ptr<float>();
     int64_t* sample_ptr = samples.mutable_data_ptr<int64_t>();
     at::parallel_for(0, logits.size(0), grain(V), [&](int64_t begin, int64_t end) {
+      Scratch scratch(V);
       for (int64_t r = begin; r < end; ++r) {
         const int64_t label = checked_label(label_ptr, r, ignore_index, V);
         const bool ignored = label == ignore_index;
         const int64_t disallowed = disallow_labels && !ignored ? label : -1;
         const RowState s =
-            scan_row(x + r * V, V, r, 0, V, key, inverse_temperature, disallowed);
+            scan_row(x + r * V, V, r, 0, V, key, inverse_temperature, disallowed, scratch);
         lse_ptr[r] = row_logsumexp(s);
         loss_ptr[r] = ignored ? 0.0f : lse_ptr[r] - static_cast<float>(x[r * V + label]);
         sample_ptr[r] = best_column(s, disallowed == 0 ? 1 : 0);
@@ -162,13 +188,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> generator_step_tile_c
     const scalar_t* x = logits.const_data_ptr<scalar_t>();
     const int64_t* label_ptr = labels.const_data_ptr<int64_t>();
     at::parallel_for(0, logits.size(0), grain(n), [&](int64_t begin, int64_t end) {
+      Scratch scratch(n);
       for (int64_t r = begin; r < end; ++r) {
         const int64_t label = checked_label(label_ptr, r, ignore_index, vocab_size);
         const bool ignored = label == ignore_index;
         const int64_t disallowed = disallow_labels && !ignored ? label : -1;
         const RowState s =
             scan_row(x + r * n, n, r, vocab_start, vocab_size, key, inverse_temperature,
-                     disallowed);
+                     disallowed, scratch);
         const bool in_tile = !ignored && label >= vocab_start && label < vocab_start + n;
         lse.mutable_data_ptr<float>()[r] = row_logsumexp(s);
         label_logit.mutable_data_ptr<float>()[r] =
@@ -199,6 +226,8 @@ void step_backward_into(const at::Tensor& grad_loss, const at::Tensor& logits,
     const float* g = grad_loss.const_data_ptr<float>();
     const float* lse_ptr = lse.const_data_ptr<float>();
     at::parallel_for(0, logits.size(0), grain(n), [&](int64_t begin, int64_t end) {
+      Scratch scratch(n);
+      float* p = scratch.logits.mutable_data_ptr<float>();
       for (int64_t r = begin; r < end; ++r) {
         const int64_t label = label_ptr[r];
         scalar_t* out_row = out + r * n;
@@ -206,12 +235,13 @@ void step_backward_into(const at::Tensor& grad_loss, const at::Tensor& logits,
           std::fill(out_row, out_row + n, scalar_t(0));
           continue;
         }
-        const int64_t label_column = label - vocab_start;  // may lie outside this tile
-        const float row_lse = lse_ptr[r], row_grad = g[r];
         const scalar_t* x_row = x + r * n;
+        for (int64_t c = 0; c < n; ++c) p[c] = static_cast<float>(x_row[c]);
+        scratch.logits.sub_(lse_ptr[r]).exp_();  // softmax, from the saved logsumexp
+        const int64_t label_column = label - vocab_start;  // may lie outside this tile
+        const float row_grad = g[r];
         for (int64_t c = 0; c < n; ++c) {
-          out_row[c] = static_cast<scalar_t>(
-              logit_gradient(static_cast<float>(x_row[c]), row_lse, c == label_column, row_grad));
+          out_row[c] = static_cast<scalar_t>((p[c] - (c == label_column ? 1.0f : 0.0f)) * row_grad);
         }
       }
     });

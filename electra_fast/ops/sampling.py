@@ -185,7 +185,10 @@ def gumbel_noise_reference(
     offset = vocab_start - 4 * first
     t = words[:, offset : offset + n].float() * 2.0**-32 + 2.0**-33
     t = t.clamp(max=float(np.nextafter(np.float32(1), np.float32(0))))
-    return -torch.log(-torch.log1p(-t))
+    u = 1 - t
+    # -log1p(-t) as t * log(u) / (u - 1), as gumbel_exponential in csrc/ops/sampling.h does.
+    exponential = torch.where(u == 1, t, t * torch.log(u) / (u - 1))
+    return -torch.log(exponential)
 
 
 def _row_chunks(rows: int, columns: int):
