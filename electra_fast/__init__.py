@@ -5,6 +5,7 @@ from electra_fast.ops import (
     DiscriminatorInputs,
     GeneratorStep,
     MaskedTokens,
+    attention,
     build_discriminator_inputs,
     generator_step,
     generator_step_linear,
@@ -13,6 +14,7 @@ from electra_fast.ops import (
 
 __version__ = "0.1.0"
 __all__ = [
+    "attention",
     "DiscriminatorInputs",
     "GeneratorStep",
     "MaskedTokens",

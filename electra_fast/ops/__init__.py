@@ -1,6 +1,7 @@
 """electra_fast's ops: one module per op, each with its compiled kernels and torch reference."""
 
 from electra_fast._extension import OP_NAMES
+from electra_fast.ops.attention import attention
 from electra_fast.ops.masking import MaskedTokens, mask_tokens, mask_tokens_reference
 from electra_fast.ops.sampling import (
     DiscriminatorInputs,
@@ -13,6 +14,7 @@ from electra_fast.ops.sampling_linear import generator_step_linear
 
 __all__ = [
     "OP_NAMES",
+    "attention",
     "DiscriminatorInputs",
     "GeneratorStep",
     "MaskedTokens",
