@@ -1,6 +1,7 @@
 """electra_fast: fast, faithful ELECTRA pretraining and finetuning in PyTorch."""
 
 from electra_fast import _extension  # noqa: F401  (loads the compiled kernels, or warns why not)
+from electra_fast.model import ElectraConfig, ElectraDiscriminator, ElectraGenerator
 from electra_fast.ops import (
     DiscriminatorInputs,
     GeneratorStep,
@@ -14,6 +15,9 @@ from electra_fast.ops import (
 
 __version__ = "0.1.0"
 __all__ = [
+    "ElectraConfig",
+    "ElectraDiscriminator",
+    "ElectraGenerator",
     "attention",
     "DiscriminatorInputs",
     "GeneratorStep",

@@ -39,6 +39,7 @@ def attention(
     softmax_scale: float | None = None,
     generator: torch.Generator | None = None,
     seed: int | None = None,
+    check_values: bool = True,
 ) -> torch.Tensor:
     """softmax(q k^T * scale) v per sequence and head, with padding or packed sequences.
 
@@ -54,11 +55,13 @@ def attention(
         dropout_p: dropout on the attention probabilities, in [0, 1).
         softmax_scale: default 1 / sqrt(D).
         generator, seed: where the Philox key of the dropout comes from, as for mask_tokens.
+        check_values: check the values of lengths / cu_seqlens (a device synchronisation);
+            callers that checked them once, like the encoder's layers, pass False.
 
     Returns:
         out, q's shape and dtype. Differentiable in q, k and v.
     """
-    packed = _check_inputs(q, k, v, lengths, cu_seqlens, max_seqlen, dropout_p)
+    packed = _check_inputs(q, k, v, lengths, cu_seqlens, max_seqlen, dropout_p, check_values)
     scale = float(softmax_scale) if softmax_scale is not None else q.shape[-1] ** -0.5
     if packed:
         lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
@@ -227,7 +230,7 @@ def _pad(t: torch.Tensor, index: torch.Tensor, B: int, L: int) -> torch.Tensor:
     return padded.index_copy(0, index, t).view(B, L, *t.shape[1:])
 
 
-def _check_inputs(q, k, v, lengths, cu_seqlens, max_seqlen, dropout_p) -> bool:
+def _check_inputs(q, k, v, lengths, cu_seqlens, max_seqlen, dropout_p, check_values) -> bool:
     """Validates the call; returns whether it uses the packed layout."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
@@ -252,9 +255,9 @@ def _check_inputs(q, k, v, lengths, cu_seqlens, max_seqlen, dropout_p) -> bool:
     if packed:
         if lengths is not None:
             raise ValueError("give lengths (padded layout) or cu_seqlens (packed), not both")
-        _check_cu_seqlens(cu_seqlens, max_seqlen, q)
+        _check_cu_seqlens(cu_seqlens, max_seqlen, q, check_values)
     elif lengths is not None:
-        _check_lengths(lengths, q)
+        _check_lengths(lengths, q, check_values)
     elif max_seqlen is not None:
         raise ValueError("max_seqlen belongs to the packed layout: give cu_seqlens with it")
     return packed
@@ -269,20 +272,20 @@ def _check_index_tensor(name: str, t, shape: tuple, q: torch.Tensor) -> None:
         raise ValueError(f"{name} must be on q's device {q.device}, got {t.device}")
 
 
-def _check_lengths(lengths, q) -> None:
+def _check_lengths(lengths, q, check_values) -> None:
     B, L = q.shape[:2]
     _check_index_tensor("lengths", lengths, (B,), q)
-    if may_synchronise(lengths) and bool(((lengths < 0) | (lengths > L)).any()):
+    if check_values and may_synchronise(lengths) and bool(((lengths < 0) | (lengths > L)).any()):
         raise ValueError(f"lengths must be in [0, L={L}], got {lengths.tolist()}")
 
 
-def _check_cu_seqlens(cu_seqlens, max_seqlen, q) -> None:
+def _check_cu_seqlens(cu_seqlens, max_seqlen, q, check_values) -> None:
     if cu_seqlens is None or cu_seqlens.dim() != 1 or cu_seqlens.shape[0] < 2:
         raise ValueError(f"cu_seqlens must have shape [B + 1] with B >= 1, got {cu_seqlens}")
     _check_index_tensor("cu_seqlens", cu_seqlens, tuple(cu_seqlens.shape), q)
     if max_seqlen is None or int(max_seqlen) < 1:
         raise ValueError(f"max_seqlen must be given with cu_seqlens, at least 1, got {max_seqlen}")
-    if not may_synchronise(cu_seqlens):
+    if not (check_values and may_synchronise(cu_seqlens)):
         return
     values = cu_seqlens.tolist()
     steps = [b - a for a, b in zip(values[:-1], values[1:], strict=True)]

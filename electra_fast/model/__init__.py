@@ -1,0 +1,6 @@
+"""ELECTRA's models: configuration, encoder, generator, discriminator, Hugging Face interop."""
+
+from electra_fast.model.config import ElectraConfig
+from electra_fast.model.models import ElectraDiscriminator, ElectraGenerator
+
+__all__ = ["ElectraConfig", "ElectraDiscriminator", "ElectraGenerator"]

@@ -1,0 +1,192 @@
+"""ELECTRA's encoder and heads (google-research/electra, model/modeling.py), on electra_fast's ops.
+
+A BERT-style post-LayerNorm encoder whose attention is electra_fast.attention. With padding, the
+encoder either keeps the padded layout (keys past each length are ignored) or, with
+`config.unpad`, packs the real tokens and runs every layer on them alone (cu_seqlens).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from electra_fast.model.config import ElectraConfig
+from electra_fast.ops import attention
+from electra_fast.ops._common import may_synchronise
+
+_ACTIVATIONS = {
+    "gelu": F.gelu,
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+}
+
+
+class Embeddings(nn.Module):
+    """Word + position + token type embeddings, LayerNorm, dropout (shared by the generator and
+    the discriminator during pretraining)."""
+
+    def __init__(self, config: ElectraConfig):
+        super().__init__()
+        E = config.embedding_size
+        self.word = nn.Embedding(config.vocab_size, E)
+        self.position = nn.Embedding(config.max_position_embeddings, E)
+        self.token_type = nn.Embedding(config.type_vocab_size, E)
+        self.norm = nn.LayerNorm(E, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        x = self.word(input_ids) + self.position(positions) + self.token_type(token_type_ids)
+        return self.dropout(self.norm(x))
+
+
+class Layer(nn.Module):
+    """Self-attention and feed-forward blocks, each followed by residual + LayerNorm. Query, key
+    and value come from one matmul."""
+
+    def __init__(self, config: ElectraConfig):
+        super().__init__()
+        H = config.hidden_size
+        self.heads, self.head_dim = config.num_attention_heads, config.head_dim
+        self.qkv = nn.Linear(H, 3 * H)
+        self.attention_out = nn.Linear(H, H)
+        self.attention_norm = nn.LayerNorm(H, eps=config.layer_norm_eps)
+        self.ffn_in = nn.Linear(H, config.intermediate_size)
+        self.ffn_out = nn.Linear(config.intermediate_size, H)
+        self.ffn_norm = nn.LayerNorm(H, eps=config.layer_norm_eps)
+        self.activation = _ACTIVATIONS[config.hidden_act]
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.attention_dropout = config.attention_probs_dropout_prob
+
+    def forward(self, x: torch.Tensor, layout: dict) -> torch.Tensor:
+        """x: [B, L, H] (layout: lengths) or packed [T, H] (layout: cu_seqlens, max_seqlen)."""
+        q, k, v = self.qkv(x).unflatten(-1, (3, self.heads, self.head_dim)).unbind(-3)
+        dropout_p = self.attention_dropout if self.training else 0.0
+        # The encoder checked the layout once for all layers.
+        context = attention(q, k, v, dropout_p=dropout_p, check_values=False, **layout)
+        context = context.flatten(-2)
+        x = self.attention_norm(x + self.dropout(self.attention_out(context)))
+        feed_forward = self.ffn_out(self.activation(self.ffn_in(x)))
+        return self.ffn_norm(x + self.dropout(feed_forward))
+
+
+class Encoder(nn.Module):
+    """Embeddings (optionally someone else's, to share them), a projection to the hidden size
+    when the embedding size differs, and the layers."""
+
+    def __init__(self, config: ElectraConfig, embeddings: Embeddings | None = None):
+        super().__init__()
+        self.config = config
+        self.embeddings = embeddings if embeddings is not None else Embeddings(config)
+        E, H = config.embedding_size, config.hidden_size
+        self.embeddings_project = nn.Linear(E, H) if E != H else None
+        self.layers = nn.ModuleList(Layer(config) for _ in range(config.num_hidden_layers))
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
+        """[B, L] ids → [B, L, H] hidden states (padded positions hold values of no meaning)."""
+        attention_mask, token_type_ids = check_encoder_inputs(
+            self.config, input_ids, attention_mask, token_type_ids
+        )
+        x = self.embeddings(input_ids, token_type_ids)
+        if self.embeddings_project is not None:
+            x = self.embeddings_project(x)
+        if attention_mask is None:
+            return self._layers(x, {})
+        lengths = attention_mask.sum(1)
+        if not self.config.unpad:
+            return self._layers(x, {"lengths": lengths})
+        keep = attention_mask.bool()
+        cu_seqlens = F.pad(lengths.cumsum(0), (1, 0)).int()
+        packed = self._layers(x[keep], {"cu_seqlens": cu_seqlens, "max_seqlen": x.shape[1]})
+        return x.new_zeros(x.shape).index_put((keep,), packed)
+
+    def _layers(self, x, layout):
+        for layer in self.layers:
+            x = layer(x, layout)
+        return x
+
+
+def check_encoder_inputs(config, input_ids, attention_mask, token_type_ids):
+    """Validates a batch; returns (attention_mask or None, token_type_ids)."""
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+        raise ValueError(
+            f"input_ids must be a [B, L] tensor, got {getattr(input_ids, 'shape', input_ids)}"
+        )
+    if input_ids.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"input_ids must be int32 or int64, got {input_ids.dtype}")
+    B, L = input_ids.shape
+    if L > config.max_position_embeddings:
+        raise ValueError(
+            f"input_ids has sequences of {L} tokens, more than "
+            f"max_position_embeddings={config.max_position_embeddings}"
+        )
+    for name, t in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
+        if t is not None and (t.shape != input_ids.shape or t.device != input_ids.device):
+            raise ValueError(
+                f"{name} must have input_ids' shape {tuple(input_ids.shape)} and device, "
+                f"got {tuple(t.shape)} on {t.device}"
+            )
+    if may_synchronise(input_ids):
+        low, high = (int(v) for v in torch.aminmax(input_ids))
+        if low < 0 or high >= config.vocab_size:
+            raise ValueError(
+                f"input_ids must be in [0, vocab_size={config.vocab_size}), got {low}..{high}"
+            )
+    if token_type_ids is None:
+        token_type_ids = torch.zeros_like(input_ids)
+    if attention_mask is not None:
+        attention_mask = attention_mask.long()
+        lengths = attention_mask.sum(1, keepdim=True)
+        if may_synchronise(attention_mask):
+            right_padded = attention_mask == (torch.arange(L, device=input_ids.device) < lengths)
+            if not bool(right_padded.all()):
+                raise ValueError("attention_mask must be 1s then 0s in each row (right padding)")
+    return attention_mask, token_type_ids
+
+
+class DiscriminatorHead(nn.Module):
+    """dense → activation → dense to one logit per token."""
+
+    def __init__(self, config: ElectraConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.prediction = nn.Linear(config.hidden_size, 1)
+        self.activation = _ACTIVATIONS[config.hidden_act]
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.prediction(self.activation(self.dense(hidden))).squeeze(-1)
+
+
+class GeneratorHead(nn.Module):
+    """dense to the embedding size → GELU → LayerNorm; the output layer is the word embedding
+    matrix (tied: passed in, not owned) plus `bias`. GELU whatever hidden_act is, as in Hugging
+    Face's model."""
+
+    def __init__(self, config: ElectraConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.embedding_size)
+        self.norm = nn.LayerNorm(config.embedding_size, eps=config.layer_norm_eps)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """The input of the output layer: [..., E]."""
+        return self.norm(F.gelu(self.dense(x)))
+
+    def forward(self, x: torch.Tensor, word_embeddings: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.hidden(x), word_embeddings, self.bias)
+
+
+def init_weights(module: nn.Module, initializer_range: float) -> None:
+    """BERT's initialisation: normal(0, 0.02) weights and embeddings, zero biases, LayerNorm 1/0."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=initializer_range)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, GeneratorHead):
+            nn.init.zeros_(m.bias)

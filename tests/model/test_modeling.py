@@ -1,0 +1,69 @@
+"""The encoder: padded and packed runs agree, padding changes nothing for the real tokens, and
+bad batches are refused with the argument named."""
+
+import pytest
+import torch
+
+from electra_fast import ElectraConfig, ElectraDiscriminator
+
+TINY = ElectraConfig(
+    vocab_size=50,
+    embedding_size=16,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    max_position_embeddings=24,
+)
+
+
+def test_padding_does_not_change_real_tokens():
+    torch.manual_seed(0)
+    model = ElectraDiscriminator(TINY).eval()
+    ids = torch.randint(0, 50, (1, 10))
+    padded = torch.cat([ids, torch.zeros(1, 6, dtype=torch.long)], 1)
+    mask = (torch.arange(16) < 10).long()[None]
+    with torch.no_grad():
+        alone, with_padding = model(ids), model(padded, mask)
+    torch.testing.assert_close(with_padding[:, :10], alone)
+
+
+def test_unpadded_encoder_equals_padded_one():
+    """Packing the real tokens (config.unpad) computes what the padded layout computes for
+    them. Dropout draws its masks over different shapes in the two layouts, so equality is
+    checked in eval mode; in training both must run and stay finite."""
+    torch.manual_seed(0)
+    padded_model = ElectraDiscriminator(TINY).train()
+    packed_model = ElectraDiscriminator(ElectraConfig(**{**TINY.__dict__, "unpad": True})).train()
+    packed_model.load_state_dict(padded_model.state_dict())
+    ids = torch.randint(0, 50, (3, 12))
+    mask = (torch.arange(12) < torch.tensor([[12], [5], [1]])).long()
+    torch.manual_seed(7)
+    a = padded_model(ids, mask)
+    torch.manual_seed(7)
+    b = packed_model(ids, mask)
+    keep = mask.bool()
+    assert torch.isfinite(a[keep]).all() and torch.isfinite(b[keep]).all()
+    padded_model.eval(), packed_model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(padded_model(ids, mask)[keep], packed_model(ids, mask)[keep])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "words"),
+    [
+        (dict(input_ids=torch.full((1, 4), 50)), ValueError, "vocab_size"),
+        (dict(input_ids=torch.zeros(1, 25, dtype=torch.long)), ValueError, "max_position"),
+        (dict(input_ids=torch.zeros(4, dtype=torch.long)), ValueError, "input_ids"),
+        (dict(input_ids=torch.zeros(1, 4)), TypeError, "input_ids"),
+        (dict(attention_mask=torch.ones(1, 3, dtype=torch.long)), ValueError, "attention_mask"),
+        (dict(token_type_ids=torch.zeros(2, 4, dtype=torch.long)), ValueError, "token_type_ids"),
+        (dict(attention_mask=torch.tensor([[0, 1, 1, 1]])), ValueError, "right padding"),
+    ],
+)
+def test_bad_batch_names_the_argument(kwargs, error, words):
+    model = ElectraDiscriminator(TINY)
+    args = dict(input_ids=torch.zeros(1, 4, dtype=torch.long))
+    args.update(kwargs)
+    with pytest.raises(error, match=words):
+        model(**args)
