@@ -2,5 +2,12 @@
 
 from electra_fast.model.config import ElectraConfig
 from electra_fast.model.models import ElectraDiscriminator, ElectraGenerator
+from electra_fast.model.pretraining import ElectraForPretraining, PretrainingOutput
 
-__all__ = ["ElectraConfig", "ElectraDiscriminator", "ElectraGenerator"]
+__all__ = [
+    "ElectraConfig",
+    "ElectraDiscriminator",
+    "ElectraForPretraining",
+    "ElectraGenerator",
+    "PretrainingOutput",
+]

@@ -130,9 +130,12 @@ class ElectraConfig:
 
     def to_hf_dict(self, architecture: str) -> dict:
         fields = {name: getattr(self, name) for name in HF_FIELDS}
-        extra = {
-            name: getattr(self, name) for name in ("mask_token_id", "special_token_ids", "unpad")
+        extra = {  # our pretraining settings, kept beside the fields transformers reads
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name not in HF_FIELDS
         }
+        extra["special_token_ids"] = list(self.special_token_ids)
         return {
             "architectures": [architecture],
             "model_type": "electra",

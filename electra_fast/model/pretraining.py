@@ -1,0 +1,174 @@
+"""ELECTRA's pretraining objective (google-research/electra, run_pretraining.py), step by step on
+electra_fast's ops: mask, generate at the masked positions only, sample, build the
+discriminator's input, discriminate; loss = gen_weight * MLM loss + disc_weight * disc loss."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from electra_fast.model.config import ElectraConfig
+from electra_fast.model.modeling import Embeddings
+from electra_fast.model.models import ElectraDiscriminator, ElectraGenerator
+from electra_fast.ops import build_discriminator_inputs, generator_step_linear, mask_tokens
+from electra_fast.ops.sampling_linear import DEFAULT_VOCAB_TILE
+
+
+@dataclass
+class PretrainingOutput:
+    loss: torch.Tensor  # gen_weight * gen_loss + disc_weight * disc_loss
+    gen_loss: torch.Tensor  # MLM cross-entropy averaged over the masked positions
+    disc_loss: torch.Tensor  # sigmoid cross-entropy averaged over the non-padding tokens
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)  # detached, in [0, 1]
+
+
+class ElectraForPretraining(nn.Module):
+    """A generator and a discriminator sharing one embedding module (unless
+    config.untied_generator_embeddings), trained jointly."""
+
+    def __init__(self, config: ElectraConfig, generator_config: ElectraConfig | None = None):
+        super().__init__()
+        self.config = config
+        generator_config = generator_config or config.generator_config()
+        if generator_config.embedding_size != config.embedding_size:
+            raise ValueError(
+                "the generator must have the discriminator's embedding size to share its "
+                f"embeddings, got {generator_config.embedding_size} and {config.embedding_size}"
+            )
+        shared = None if config.untied_generator_embeddings else Embeddings(config)
+        self.discriminator = ElectraDiscriminator(config, shared)
+        self.generator = ElectraGenerator(generator_config, shared)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        *,
+        generator: torch.Generator | None = None,
+        metrics: bool = True,
+    ) -> PretrainingOutput:
+        """One pretraining step's losses on a batch of [B, L] ids (no masking done yet).
+        `generator` is the torch generator the masking and the sampling draw from; `metrics`
+        adds MLM accuracy and the discriminator's accuracy, precision and recall."""
+        c = self.config
+        if not 0 <= c.mask_token_id < c.vocab_size:
+            raise ValueError(
+                f"config.mask_token_id must be in [0, vocab_size={c.vocab_size}), "
+                f"got {c.mask_token_id}"
+            )
+        masked = mask_tokens(
+            input_ids,
+            attention_mask,
+            mask_token_id=c.mask_token_id,
+            special_token_ids=c.special_token_ids,
+            vocab_size=c.vocab_size,
+            mask_prob=c.mask_prob,
+            generator=generator,
+        )
+        weights = masked.weights.flatten()
+        labels = torch.where(weights > 0, masked.labels.flatten(), -100)
+        hidden = self.generator.masked_hidden(
+            masked.masked_ids, attention_mask, token_type_ids, masked.positions
+        )
+        head = (hidden, self.generator.output_weight, self.generator.generator_head.bias)
+        step = generator_step_linear(
+            *head,
+            labels,
+            temperature=c.temperature,
+            disallow_labels=c.disallow_correct,
+            generator=generator,
+        )
+        gen_loss = (step.loss * weights).sum() / (weights.sum() + 1e-6)
+
+        disc = build_discriminator_inputs(input_ids, masked.positions, masked.weights, step.samples)
+        disc_logits = self.discriminator(disc.input_ids, attention_mask, token_type_ids)
+        tokens = torch.ones_like(disc.labels) if attention_mask is None else attention_mask.float()
+        per_token = F.binary_cross_entropy_with_logits(disc_logits, disc.labels, reduction="none")
+        disc_loss = (per_token * tokens).sum() / (tokens.sum() + 1e-6)
+        loss = c.gen_weight * gen_loss + c.disc_weight * disc_loss
+        out = PretrainingOutput(loss, gen_loss, disc_loss)
+        if metrics:
+            with torch.no_grad():
+                predictions = _argmax_over_tiles(*(t.detach() for t in head))
+                out.metrics = _metrics(
+                    predictions, step.samples, labels, weights, disc_logits, disc.labels, tokens
+                )
+        return out
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """`directory/discriminator` and `directory/generator`, each a Hugging Face checkpoint."""
+        directory = Path(directory)
+        self.generator.save_pretrained(directory / "generator")
+        self.discriminator.save_pretrained(directory / "discriminator")
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, **overrides) -> ElectraForPretraining:
+        """Restores both models from save_pretrained's layout, the embeddings shared again."""
+        directory = Path(directory)
+        config = ElectraConfig.load(directory / "discriminator")
+        generator_config = ElectraConfig.load(directory / "generator")
+        if overrides:
+            config = ElectraConfig(**{**config.__dict__, **overrides})
+            generator_config = ElectraConfig(**{**generator_config.__dict__, **overrides})
+        model = cls(config, generator_config)
+        model.generator.load_hf_state_dict(
+            _read(directory / "generator"), source=str(directory / "generator")
+        )
+        generator_embeddings = {
+            k: v.clone() for k, v in model.generator.encoder.embeddings.state_dict().items()
+        }
+        model.discriminator.load_hf_state_dict(
+            _read(directory / "discriminator"), source=str(directory / "discriminator")
+        )
+        if not config.untied_generator_embeddings:
+            shared = model.discriminator.encoder.embeddings.state_dict()
+            different = [
+                k for k, v in generator_embeddings.items() if not torch.equal(v, shared[k])
+            ]
+            if different:
+                raise ValueError(
+                    f"the generator's and the discriminator's embeddings at {directory} differ "
+                    f"({different}); load with untied_generator_embeddings=True to keep both"
+                )
+        return model
+
+
+def _read(directory: Path) -> dict[str, torch.Tensor]:
+    from electra_fast.model import hf
+
+    return hf.read_weights(directory)
+
+
+def _argmax_over_tiles(hidden, weight, bias, tile: int = DEFAULT_VOCAB_TILE) -> torch.Tensor:
+    """argmax over v of hidden @ weight.T + bias, a tile of columns at a time (no [M, V])."""
+    best = torch.full(hidden.shape[:1], -torch.inf, device=hidden.device)
+    index = torch.zeros(hidden.shape[:1], dtype=torch.long, device=hidden.device)
+    for start in range(0, weight.shape[0], tile):
+        logits = torch.addmm(bias[start : start + tile], hidden, weight[start : start + tile].t())
+        value, column = logits.float().max(dim=1)
+        better = value > best
+        best = torch.where(better, value, best)
+        index = torch.where(better, column + start, index)
+    return index
+
+
+def _metrics(predictions, samples, labels, weights, disc_logits, disc_labels, tokens):
+    def mean(hits, over):
+        return (hits.float() * over).sum() / (over.sum() + 1e-6)
+
+    predicted_fake = (disc_logits > 0).float()
+    fake = disc_labels * tokens
+    return {
+        "mlm_accuracy": mean(predictions == labels, weights),
+        "sampled_accuracy": mean(samples == labels, weights),
+        "disc_accuracy": mean(predicted_fake == disc_labels, tokens),
+        "disc_precision": (predicted_fake * fake).sum() / ((predicted_fake * tokens).sum() + 1e-6),
+        "disc_recall": (predicted_fake * fake).sum() / (fake.sum() + 1e-6),
+        "replaced_fraction": fake.sum() / (tokens.sum() + 1e-6),
+    }

@@ -1,0 +1,139 @@
+"""ElectraForPretraining: shared embeddings, losses against a hand computation, learning on one
+batch, save/load."""
+
+import torch
+import torch.nn.functional as F
+
+import electra_fast
+from electra_fast import ElectraConfig, ElectraForPretraining
+
+SPECIALS = (0, 1, 2, 3)
+MASK = 4
+
+
+def tiny(**overrides):
+    fields = dict(
+        vocab_size=40,
+        embedding_size=32,
+        hidden_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=256,
+        max_position_embeddings=32,
+        mask_token_id=MASK,
+        special_token_ids=SPECIALS,
+        generator_hidden_size=0.5,
+        mask_prob=0.25,
+    )
+    return ElectraConfig(**{**fields, **overrides})
+
+
+def batch(B=3, L=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, 40, (B, L), generator=g)
+    ids[:, 0] = 2
+    mask = (torch.arange(L) < torch.tensor([L, 11, 6])[:B, None]).long()
+    return ids * mask, mask
+
+
+def test_embeddings_are_shared_and_learn_from_both_losses():
+    model = ElectraForPretraining(tiny())
+    shared = model.discriminator.encoder.embeddings
+    assert model.generator.encoder.embeddings is shared
+    assert model.generator.config.hidden_size == 64 and model.generator.config.embedding_size == 32
+    ids, mask = batch()
+    for loss in ("gen_loss", "disc_loss"):
+        model.zero_grad()
+        getattr(model(ids, mask, metrics=False), loss).backward()
+        assert shared.word.weight.grad.abs().sum() > 0, loss
+    untied = ElectraForPretraining(tiny(untied_generator_embeddings=True))
+    assert untied.generator.encoder.embeddings is not untied.discriminator.encoder.embeddings
+
+
+def test_losses_equal_a_hand_computation():
+    """The same draws replayed step by step with the public ops and full [B, L, V] logits."""
+    torch.manual_seed(0)
+    model = ElectraForPretraining(tiny()).eval()
+    ids, mask = batch()
+    with torch.no_grad():
+        out = model(ids, mask, generator=torch.Generator().manual_seed(5))
+
+        replay = torch.Generator().manual_seed(5)  # the same key draws, in the same order
+        masked = electra_fast.mask_tokens(
+            ids,
+            mask,
+            mask_token_id=MASK,
+            special_token_ids=SPECIALS,
+            vocab_size=40,
+            mask_prob=0.25,
+            generator=replay,
+        )
+        logits = model.generator(masked.masked_ids, mask)  # [B, L, V], every position
+        at_slots = logits.gather(1, masked.positions[..., None].expand(-1, -1, 40)).double()
+        used = masked.weights.double()
+        log_probs = at_slots.log_softmax(-1).gather(-1, masked.labels[..., None])[..., 0]
+        gen_loss = -(log_probs * used).sum() / (used.sum() + 1e-6)
+        labels = torch.where(masked.weights > 0, masked.labels, -100).flatten()
+        samples = electra_fast.generator_step(
+            logits.gather(1, masked.positions[..., None].expand(-1, -1, 40)).flatten(0, 1),
+            labels,
+            generator=replay,
+        ).samples.view(masked.positions.shape)
+        corrupted = ids.clone()
+        for b, s in zip(*torch.nonzero(masked.weights, as_tuple=True), strict=True):
+            corrupted[b, masked.positions[b, s]] = samples[b, s]
+        replaced = (corrupted != ids).double()
+        x = model.discriminator(corrupted, mask).double()
+        per_token = F.softplus(x) - replaced * x  # sigmoid cross-entropy, written out
+        disc_loss = (per_token * mask).sum() / (mask.sum() + 1e-6)
+
+    torch.testing.assert_close(out.gen_loss.double(), gen_loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.disc_loss.double(), disc_loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.loss.double(), gen_loss + 50.0 * disc_loss, rtol=1e-5, atol=1e-5)
+    assert 0 <= float(out.metrics["replaced_fraction"]) <= 1
+    expected_replaced = float((replaced * mask).sum() / mask.sum())
+    assert abs(float(out.metrics["replaced_fraction"]) - expected_replaced) < 1e-6
+
+
+def evaluate(model, ids, mask):
+    """The loss under fixed draws, so that two evaluations compare like with like."""
+    model.eval()
+    with torch.no_grad():
+        draws = [torch.Generator().manual_seed(s) for s in range(8)]
+        loss = sum(float(model(ids, mask, generator=g, metrics=False).loss) for g in draws) / 8
+    model.train()
+    return loss
+
+
+def test_fifty_steps_on_one_batch_halve_the_loss():
+    torch.manual_seed(0)
+    model = ElectraForPretraining(tiny(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+    ids, mask = batch(B=2, L=16)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    before = evaluate(model, ids, mask)
+    for _ in range(50):
+        loss = model(ids, mask, metrics=False).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    after = evaluate(model, ids, mask)
+    assert after <= 0.5 * before, (before, after)
+
+
+def test_save_and_load_restore_both_models_with_shared_embeddings(tmp_path):
+    torch.manual_seed(1)
+    model = ElectraForPretraining(tiny()).eval()
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "discriminator" / "model.safetensors").is_file()
+    assert (tmp_path / "generator" / "config.json").is_file()
+    again = ElectraForPretraining.from_pretrained(tmp_path).eval()
+    assert again.generator.encoder.embeddings is again.discriminator.encoder.embeddings
+    for (name, a), (_, b) in zip(
+        model.state_dict().items(), again.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    ids, mask = batch()
+    with torch.no_grad():
+        first = model(ids, mask, generator=torch.Generator().manual_seed(3))
+        second = again(ids, mask, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(first.loss, second.loss)
