@@ -1,6 +1,11 @@
 """ELECTRA's models: configuration, encoder, generator, discriminator, Hugging Face interop."""
 
 from electra_fast.model.config import ElectraConfig
+from electra_fast.model.finetuning import (
+    ElectraForQuestionAnswering,
+    ElectraForSequenceClassification,
+    ElectraForTokenClassification,
+)
 from electra_fast.model.models import ElectraDiscriminator, ElectraGenerator
 from electra_fast.model.pretraining import ElectraForPretraining, PretrainingOutput
 
@@ -8,6 +13,9 @@ __all__ = [
     "ElectraConfig",
     "ElectraDiscriminator",
     "ElectraForPretraining",
+    "ElectraForQuestionAnswering",
+    "ElectraForSequenceClassification",
+    "ElectraForTokenClassification",
     "ElectraGenerator",
     "PretrainingOutput",
 ]

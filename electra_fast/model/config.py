@@ -157,9 +157,10 @@ class ElectraConfig:
         )
         return cls(**fields)
 
-    def save(self, directory: str | os.PathLike, architecture: str) -> None:
-        path = Path(directory) / "config.json"
-        write_atomically(path, json.dumps(self.to_hf_dict(architecture), indent=2) + "\n")
+    def save(self, directory: str | os.PathLike, architecture: str, extra: dict | None = None):
+        """config.json; `extra` adds top-level keys (a finetuned model's labels)."""
+        data = {**self.to_hf_dict(architecture), **(extra or {})}
+        write_atomically(Path(directory) / "config.json", json.dumps(data, indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ElectraConfig:

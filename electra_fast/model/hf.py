@@ -28,6 +28,10 @@ RENAMES = [
     ("generator_head.dense.", "generator_predictions.dense."),
     ("generator_head.norm.", "generator_predictions.LayerNorm."),
     ("generator_head.bias", "generator_lm_head.bias"),
+    # Finetuning heads keep Hugging Face's names.
+    ("classifier.", "classifier."),
+    ("qa_outputs.", "qa_outputs."),
+    ("answerable_head.", "answerable_head."),
 ]
 _QKV = re.compile(r"encoder\.layers\.(\d+)\.qkv\.(weight|bias)$")
 _HF_QKV = re.compile(
@@ -80,7 +84,8 @@ def from_hf(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], li
     Keys of a bare ElectraModel (no `electra.` prefix) are accepted too."""
     out, parts, unused = {}, {}, []
     for name, tensor in state.items():
-        if not name.startswith(("electra.", "discriminator_", "generator_")):
+        heads = ("discriminator_", "generator_", "classifier.", "qa_outputs.", "answerable_head.")
+        if not name.startswith(("electra.",) + heads):
             name = "electra." + name
         if _IGNORED.match(name):
             continue

@@ -3,6 +3,7 @@ checkpoint directories (config.json + model.safetensors)."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -33,17 +34,26 @@ class PretrainedModel(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         hf.write_weights(directory, hf.to_hf(self.state_dict()))
-        self.config.save(directory, self.architecture)  # last: a config means a whole checkpoint
+        # Last: a config.json means a whole checkpoint.
+        self.config.save(directory, self.architecture, self.config_extra())
+
+    def config_extra(self) -> dict:
+        """Keys besides the encoder's that config.json needs to rebuild this model."""
+        return {}
+
+    @classmethod
+    def init_arguments(cls, config_json: dict) -> dict:
+        """The constructor's arguments besides the config, from config.json."""
+        return {}
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, **overrides):
         """Loads a checkpoint directory (ours or Hugging Face's); `overrides` replace config
         fields (for example dropout or `unpad`)."""
         directory = Path(directory)
-        config = ElectraConfig.load(directory)
-        if overrides:
-            config = ElectraConfig(**{**config.__dict__, **overrides})
-        model = cls(config)
+        config = _with_overrides(ElectraConfig.load(directory), overrides)
+        arguments = cls.init_arguments(json.loads((directory / "config.json").read_text()))
+        model = cls(config, **arguments)
         model.load_hf_state_dict(hf.read_weights(directory), source=str(directory))
         return model
 
@@ -67,6 +77,10 @@ class PretrainedModel(nn.Module):
                 f"wrong shape {wrong}"
             )
         self.load_state_dict(converted)
+
+
+def _with_overrides(config: ElectraConfig, overrides: dict) -> ElectraConfig:
+    return ElectraConfig(**{**config.__dict__, **overrides}) if overrides else config
 
 
 def _hf_name(ours: str) -> str:

@@ -1,0 +1,181 @@
+"""Finetuning heads on a pretrained discriminator's encoder: sequence classification and
+regression, question answering, token classification. Parameter names follow Hugging Face's
+ElectraFor* classes, so their checkpoints load both ways (except where a head has no Hugging
+Face counterpart: the official classification head and the answerable classifier)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from electra_fast.model import hf
+from electra_fast.model.config import ElectraConfig
+from electra_fast.model.modeling import Encoder, init_weights
+from electra_fast.model.models import PretrainedModel
+
+HEADS = ("electra", "hf")
+
+
+class FinetuningModel(PretrainedModel):
+    """An encoder and a task head; `from_discriminator` starts from pretrained weights."""
+
+    def __init__(self, config: ElectraConfig):
+        super().__init__(config)
+        self.encoder = Encoder(config)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    @classmethod
+    def from_discriminator(cls, directory: str | os.PathLike, **arguments):
+        """A new model whose encoder is a pretrained discriminator's (a Hugging Face
+        ElectraForPreTraining directory, ours, or ElectraForPretraining's save directory) and
+        whose head is freshly initialised. `arguments` go to the constructor."""
+        directory = Path(directory)
+        if (directory / "discriminator").is_dir():
+            directory = directory / "discriminator"
+        model = cls(ElectraConfig.load(directory), **arguments)
+        converted, _ = hf.from_hf(hf.read_weights(directory))
+        encoder = {k: v for k, v in converted.items() if k.startswith("encoder.")}
+        expected = {k for k in model.state_dict() if k.startswith("encoder.")}
+        if set(encoder) != expected:
+            raise ValueError(
+                f"the checkpoint at {directory} does not hold this encoder: missing "
+                f"{sorted(expected - set(encoder))}, unexpected {sorted(set(encoder) - expected)}"
+            )
+        model.load_state_dict(encoder, strict=False)
+        return model
+
+
+class ClassificationHead(nn.Module):
+    """Hugging Face's: [CLS] → dropout → dense → GELU → dropout → out_proj."""
+
+    def __init__(self, config: ElectraConfig, num_labels: int):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.out_proj = nn.Linear(config.hidden_size, num_labels)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, cls: torch.Tensor) -> torch.Tensor:
+        x = F.gelu(self.dense(self.dropout(cls)))
+        return self.out_proj(self.dropout(x))
+
+
+class ElectraForSequenceClassification(FinetuningModel):
+    """Sequence classification (num_labels classes) or regression (regression=True, one value)
+    from the [CLS] vector. head="electra": the official head (dropout → dense); head="hf":
+    Hugging Face's, whose checkpoints transformers can load."""
+
+    architecture = "ElectraForSequenceClassification"
+
+    def __init__(self, config, num_labels: int = 2, head: str = "hf", regression: bool = False):
+        super().__init__(config)
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+        if regression:
+            num_labels = 1
+        if num_labels < 1:
+            raise ValueError(f"num_labels must be positive, got {num_labels}")
+        self.num_labels, self.head, self.regression = num_labels, head, regression
+        if head == "hf":
+            self.classifier = ClassificationHead(config, num_labels)
+        else:
+            self.classifier = nn.Linear(config.hidden_size, num_labels)
+        init_weights(self, config.initializer_range)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
+        """[B, num_labels] logits ([B, 1] predictions for regression)."""
+        cls = self.encoder(input_ids, attention_mask, token_type_ids)[:, 0]
+        if self.head == "hf":
+            return self.classifier(cls)
+        return self.classifier(self.dropout(cls))
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy over the classes, or mean squared error for regression."""
+        if self.regression:
+            return F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype))
+        return F.cross_entropy(logits, labels)
+
+    def config_extra(self) -> dict:
+        return {
+            "id2label": {str(i): f"LABEL_{i}" for i in range(self.num_labels)},
+            "problem_type": "regression" if self.regression else "single_label_classification",
+            "electra_fast_head": self.head,
+        }
+
+    @classmethod
+    def init_arguments(cls, config_json: dict) -> dict:
+        return {
+            "num_labels": len(config_json.get("id2label", {"0": 0, "1": 1})),
+            "head": config_json.get("electra_fast_head", "hf"),
+            "regression": config_json.get("problem_type") == "regression",
+        }
+
+
+class ElectraForTokenClassification(FinetuningModel):
+    """A label per token: dropout → dense (Hugging Face's head)."""
+
+    architecture = "ElectraForTokenClassification"
+
+    def __init__(self, config: ElectraConfig, num_labels: int = 2):
+        super().__init__(config)
+        if num_labels < 1:
+            raise ValueError(f"num_labels must be positive, got {num_labels}")
+        self.num_labels = num_labels
+        self.classifier = nn.Linear(config.hidden_size, num_labels)
+        init_weights(self, config.initializer_range)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
+        """[B, L, num_labels] logits."""
+        hidden = self.encoder(input_ids, attention_mask, token_type_ids)
+        return self.classifier(self.dropout(hidden))
+
+    def config_extra(self) -> dict:
+        return {"id2label": {str(i): f"LABEL_{i}" for i in range(self.num_labels)}}
+
+    @classmethod
+    def init_arguments(cls, config_json: dict) -> dict:
+        return {"num_labels": len(config_json.get("id2label", {"0": 0, "1": 1}))}
+
+
+class SpanLogits(NamedTuple):
+    start: torch.Tensor  # [B, L]
+    end: torch.Tensor  # [B, L]
+    answerable: torch.Tensor | None  # [B] logit that the question has an answer, if asked for
+
+
+class ElectraForQuestionAnswering(FinetuningModel):
+    """SQuAD-style spans: start and end logits per token (Hugging Face's qa_outputs), and with
+    answerable=True a [CLS] classifier for SQuAD 2.0's unanswerable questions."""
+
+    architecture = "ElectraForQuestionAnswering"
+
+    def __init__(self, config: ElectraConfig, answerable: bool = False):
+        super().__init__(config)
+        self.qa_outputs = nn.Linear(config.hidden_size, 2)
+        self.answerable_head = None
+        if answerable:
+            self.answerable_head = nn.Sequential(
+                nn.Linear(config.hidden_size, config.hidden_size),
+                nn.GELU(),
+                nn.Linear(config.hidden_size, 1),
+            )
+        init_weights(self, config.initializer_range)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None) -> SpanLogits:
+        hidden = self.encoder(input_ids, attention_mask, token_type_ids)
+        start, end = self.qa_outputs(hidden).unbind(-1)
+        answerable = None
+        if self.answerable_head is not None:
+            answerable = self.answerable_head(hidden[:, 0]).squeeze(-1)
+        return SpanLogits(start, end, answerable)
+
+    def config_extra(self) -> dict:
+        return {"electra_fast_answerable": self.answerable_head is not None}
+
+    @classmethod
+    def init_arguments(cls, config_json: dict) -> dict:
+        return {"answerable": bool(config_json.get("electra_fast_answerable", False))}
