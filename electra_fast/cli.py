@@ -1,0 +1,91 @@
+"""The `electra-fast` command: train-tokenizer, prepare."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _sentences(inputs: list[str]):
+    from electra_fast.data.corpus import ReplacementCounter, expand_inputs, read_lines, split_units
+
+    counter = ReplacementCounter()
+    for unit in split_units(expand_inputs(inputs)):
+        for line in read_lines(unit, counter):
+            if line.strip():
+                yield line
+
+
+def train_tokenizer(args) -> None:
+    from electra_fast.tokenization.sentencepiece import train_sentencepiece
+
+    tokenizer = train_sentencepiece(
+        _sentences(args.input),
+        args.out,
+        vocab_size=args.vocab_size,
+        model_type=args.model_type,
+        character_coverage=args.character_coverage,
+        input_sentence_size=args.input_sentence_size,
+        seed=args.seed,
+        num_threads=args.num_threads,
+    )
+    pieces = tokenizer.vocab_size
+    print(f"trained a {args.model_type} SentencePiece model of {pieces} pieces → {args.out}")
+
+
+def prepare(args) -> None:
+    from electra_fast.data import prepare as run
+
+    run(
+        args.input,
+        args.tokenizer,
+        args.out,
+        max_seq_length=args.max_seq_length,
+        num_processes=args.num_processes,
+        seed=args.seed,
+    )
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="electra-fast", description=__doc__)
+    commands = root.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("train-tokenizer", help="train a SentencePiece vocabulary")
+    p.add_argument("--input", nargs="+", required=True, help="files, directories or globs")
+    p.add_argument("--vocab-size", type=int, default=32000)
+    p.add_argument("--model-type", choices=("unigram", "bpe"), default="unigram")
+    p.add_argument("--character-coverage", type=float, default=0.9995)
+    p.add_argument(
+        "--input-sentence-size",
+        type=int,
+        default=10_000_000,
+        help="sentences sampled for training (large corpora)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-threads", type=int, default=1)
+    p.add_argument("--out", required=True, help="directory for spm.model and its config")
+    p.set_defaults(run=train_tokenizer)
+
+    p = commands.add_parser("prepare", help="tokenise a corpus into pretraining examples")
+    p.add_argument("--input", nargs="+", required=True, help="files, directories or globs")
+    p.add_argument("--tokenizer", required=True, help="a tokenizer directory (or .model/vocab.txt)")
+    p.add_argument("--max-seq-length", type=int, default=128)
+    p.add_argument("--num-processes", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="the dataset directory")
+    p.set_defaults(run=prepare)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"electra-fast {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""Reading a prepared dataset: memory-mapped shards, padded or packed batches, and a sampler
+that shards by rank and resumes where it stopped."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from electra_fast.data.shards import MANIFEST, open_shard
+
+
+class PretrainingDataset(torch.utils.data.Dataset):
+    """The examples of a `prepare` output directory; item i is a dict of 1-D int64 tensors
+    `input_ids` and `token_type_ids` (unpadded)."""
+
+    def __init__(self, directory: str | os.PathLike, tokenizer=None):
+        self.directory = Path(directory)
+        path = self.directory / MANIFEST
+        if not path.is_file():
+            raise FileNotFoundError(f"{self.directory} is not a prepared dataset (no {MANIFEST})")
+        self.manifest = json.loads(path.read_text())
+        if tokenizer is not None:
+            if isinstance(tokenizer, (str, os.PathLike)):
+                from electra_fast import tokenization
+
+                tokenizer = tokenization.load(tokenizer)
+            if tokenizer.checksum() != self.manifest["tokenizer_checksum"]:
+                raise ValueError(
+                    f"{self.directory} was prepared with another tokenizer "
+                    f"({self.manifest['tokenizer']}) than the one given"
+                )
+        self.max_seq_length = self.manifest["max_seq_length"]
+        self.pad_token_id = self.manifest["pad_token_id"]
+        self.vocab_size = self.manifest["vocab_size"]
+        shards = self.directory / "shards"
+        self._shards = [open_shard(shards, s["name"]) for s in self.manifest["shards"]]
+        counts = [len(index) - 1 for _, index in self._shards]
+        self._ends = np.cumsum(counts)
+
+    def __len__(self) -> int:
+        return int(self._ends[-1]) if len(self._ends) else 0
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"index {i} out of range for {len(self)} examples")
+        i %= len(self)
+        shard = int(np.searchsorted(self._ends, i, side="right"))
+        local = i - (int(self._ends[shard - 1]) if shard else 0)
+        ids, index = self._shards[shard]
+        start, first_length = (int(v) for v in index[local])
+        end = int(index[local + 1, 0])
+        input_ids = torch.from_numpy(ids[start:end].astype(np.int64))
+        token_type_ids = torch.zeros_like(input_ids)
+        token_type_ids[first_length:] = 1
+        return {"input_ids": input_ids, "token_type_ids": token_type_ids}
+
+
+def collate_padded(batch: list[dict], pad_token_id: int = 0, pad_to: int | None = None) -> dict:
+    """[B, L] input_ids, attention_mask and token_type_ids, right-padded to the longest example
+    (or to `pad_to`, for fixed shapes)."""
+    length = max(len(item["input_ids"]) for item in batch)
+    if pad_to is not None:
+        if pad_to < length:
+            raise ValueError(f"pad_to={pad_to} is shorter than an example of {length} tokens")
+        length = pad_to
+    out = {
+        "input_ids": torch.full((len(batch), length), pad_token_id, dtype=torch.long),
+        "attention_mask": torch.zeros((len(batch), length), dtype=torch.long),
+        "token_type_ids": torch.zeros((len(batch), length), dtype=torch.long),
+    }
+    for row, item in enumerate(batch):
+        n = len(item["input_ids"])
+        out["input_ids"][row, :n] = item["input_ids"]
+        out["attention_mask"][row, :n] = 1
+        out["token_type_ids"][row, :n] = item["token_type_ids"]
+    return out
+
+
+def collate_packed(batch: list[dict]) -> dict:
+    """The examples concatenated: input_ids and token_type_ids [T], cu_seqlens [B + 1] int32,
+    max_seqlen."""
+    lengths = torch.tensor([len(item["input_ids"]) for item in batch])
+    return {
+        "input_ids": torch.cat([item["input_ids"] for item in batch]),
+        "token_type_ids": torch.cat([item["token_type_ids"] for item in batch]),
+        "cu_seqlens": torch.nn.functional.pad(lengths.cumsum(0), (1, 0)).int(),
+        "max_seqlen": int(lengths.max()),
+    }
+
+
+class ResumableSampler(torch.utils.data.Sampler):
+    """Indices of one rank's share of each epoch (a permutation drawn from seed + epoch, dealt
+    round-robin to `world_size` ranks, the tail dropped so that every rank gets as many), from
+    a saved position on. A DataLoader's workers read ahead of the training loop, so the loop
+    says how many indices of the current pass it has used: `state_dict(consumed)`."""
+
+    def __init__(self, length: int, *, shuffle=True, seed=0, rank=0, world_size=1):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+        self.length, self.shuffle, self.seed = length, shuffle, seed
+        self.rank, self.world_size = rank, world_size
+        self.share = length // world_size
+        self.epoch, self.start = 0, 0
+        self._pass = (0, 0)  # (epoch, start) of the pass being iterated
+
+    def __len__(self) -> int:
+        return self.share - self.start
+
+    def __iter__(self):
+        epoch, start = self._pass = (self.epoch, self.start)
+        if self.shuffle:
+            order = torch.randperm(
+                self.length, generator=torch.Generator().manual_seed(self.seed + epoch)
+            )
+        else:
+            order = torch.arange(self.length)
+        mine = order[: self.share * self.world_size][self.rank :: self.world_size]
+        self.epoch, self.start = epoch + 1, 0  # where the next pass begins
+        yield from mine[start:].tolist()
+
+    def state_dict(self, consumed: int) -> dict:
+        """Where to resume after the loop used `consumed` indices of the current pass."""
+        epoch, start = self._pass
+        position = start + consumed
+        if position >= self.share:
+            epoch, position = epoch + 1, 0
+        return {"epoch": epoch, "position": position, "seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("seed", self.seed) != self.seed:
+            raise ValueError(f"the saved sampler used seed {state['seed']}, this one {self.seed}")
+        self.epoch, self.start = int(state["epoch"]), int(state["position"])

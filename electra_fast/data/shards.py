@@ -1,0 +1,63 @@
+"""The on-disk dataset: per unit of input, `NAME.ids.npy` (every example's tokens, concatenated,
+uint16 below 65,536 ids, else int32), `NAME.index.npy` (int64 [n + 1, 2]: each example's start
+offset, and the length of its [CLS] A [SEP] part) and `NAME.json` (counts; written last, so its
+presence means the shard is whole). `manifest.json` lists the shards and what made them."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from electra_fast.data.examples import Example
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+def token_dtype(vocab_size: int):
+    return np.uint16 if vocab_size < 65536 else np.int32
+
+
+def write_shard(directory: Path, name: str, examples: list[Example], vocab_size: int, stats: dict):
+    """Writes the shard's arrays through temporary files and renames, then its stats file."""
+    lengths = np.array([len(e.input_ids) for e in examples], dtype=np.int64)
+    index = np.zeros((len(examples) + 1, 2), dtype=np.int64)
+    index[1:, 0] = np.cumsum(lengths)
+    index[:-1, 1] = [e.first_length for e in examples]
+    ids = np.fromiter(
+        (t for e in examples for t in e.input_ids),
+        dtype=token_dtype(vocab_size),
+        count=int(index[-1, 0]),
+    )
+    for suffix, array in (("ids", ids), ("index", index)):
+        temporary = directory / f".{name}.{suffix}.tmp.npy"
+        np.save(temporary, array)
+        _fsync_replace(temporary, directory / f"{name}.{suffix}.npy")
+    write_json(directory / f"{name}.json", {**stats, "examples": len(examples), "tokens": len(ids)})
+
+
+def write_json(path: Path, data: dict) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(data, indent=1) + "\n")
+    _fsync_replace(temporary, path)
+
+
+def _fsync_replace(temporary: Path, path: Path) -> None:
+    with open(temporary, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(temporary, path)
+
+
+def shard_done(directory: Path, name: str) -> bool:
+    return (directory / f"{name}.json").is_file()
+
+
+def open_shard(directory: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, index), memory-mapped."""
+    return (
+        np.load(directory / f"{name}.ids.npy", mmap_mode="r"),
+        np.load(directory / f"{name}.index.npy", mmap_mode="r"),
+    )

@@ -1,0 +1,115 @@
+"""SentencePiece: training (unigram or BPE, the special tokens as control symbols, as the
+Japanese ELECTRA recipe does) and encoding through the `sentencepiece` library."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+
+from electra_fast.tokenization import file_checksum, write_config
+
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+MODEL_TYPES = ("unigram", "bpe")
+
+
+def _spm():
+    try:
+        import sentencepiece
+    except ImportError as error:  # pragma: no cover - a dependency, but say what to do
+        raise ImportError("SentencePiece tokenizers need `pip install sentencepiece`") from error
+    return sentencepiece
+
+
+class SentencePieceTokenizer:
+    def __init__(self, model_file: str | os.PathLike):
+        self.model_file = Path(model_file)
+        if not self.model_file.is_file():
+            raise FileNotFoundError(f"no SentencePiece model at {self.model_file}")
+        self._sp = _spm().SentencePieceProcessor(model_file=str(self.model_file))
+        self.vocab_size = self._sp.get_piece_size()
+        ids = {}
+        for piece in SPECIAL_TOKENS:
+            found = self._sp.piece_to_id(piece)
+            if found == self._sp.unk_id() and piece != "[UNK]":
+                raise ValueError(f"{self.model_file} has no {piece} piece")
+            ids[piece] = found
+        self.pad_token_id, self.unk_token_id = ids["[PAD]"], ids["[UNK]"]
+        self.cls_token_id, self.sep_token_id = ids["[CLS]"], ids["[SEP]"]
+        self.mask_token_id = ids["[MASK]"]
+
+    def encode(self, text: str) -> list[int]:
+        return self._sp.encode(text, out_type=int)
+
+    def encode_batch(self, texts: list[str], num_threads: int = 1) -> list[list[int]]:
+        return self._sp.encode(list(texts), out_type=int, num_threads=num_threads)
+
+    def decode(self, ids: list[int]) -> str:
+        return self._sp.decode(list(ids))
+
+    def save(self, directory: str | os.PathLike) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        target = directory / "spm.model"
+        if target.resolve() != self.model_file.resolve():
+            shutil.copyfile(self.model_file, target)
+        write_config(directory, {"type": "sentencepiece", "model": "spm.model"})
+
+    def checksum(self) -> str:
+        return file_checksum(self.model_file)
+
+
+def train_sentencepiece(
+    sentences: Iterable[str],
+    out: str | os.PathLike,
+    *,
+    vocab_size: int = 32000,
+    model_type: str = "unigram",
+    character_coverage: float = 0.9995,
+    input_sentence_size: int = 10_000_000,
+    seed: int = 0,
+    num_threads: int = 1,
+) -> SentencePieceTokenizer:
+    """Trains a model on `sentences` (one per item; blank ones are skipped) and writes it to the
+    directory `out` (spm.model + tokenizer_config.json). At most `input_sentence_size`
+    sentences, sampled with `seed`, feed the training, for corpora of any size."""
+    if model_type not in MODEL_TYPES:
+        raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {model_type!r}")
+    if vocab_size < len(SPECIAL_TOKENS) + 1:
+        raise ValueError(f"vocab_size must be more than {len(SPECIAL_TOKENS)}, got {vocab_size}")
+    spm = _spm()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    spm.set_random_generator_seed(seed)
+    prefix = out / ".spm-training"
+    options = dict(
+        sentence_iterator=(s for s in sentences if s.strip()),
+        model_prefix=str(prefix),
+        vocab_size=vocab_size,
+        model_type=model_type,
+        character_coverage=character_coverage,
+        input_sentence_size=input_sentence_size,
+        shuffle_input_sentence=True,
+        pad_id=0,
+        pad_piece="[PAD]",
+        unk_id=1,
+        unk_piece="[UNK]",
+        bos_id=-1,
+        eos_id=-1,
+        control_symbols=["[CLS]", "[SEP]", "[MASK]"],
+        num_threads=num_threads,
+        minloglevel=2,
+    )
+    try:
+        spm.SentencePieceTrainer.train(**options)
+    except RuntimeError as error:
+        if "Vocabulary size too high" in str(error):
+            raise ValueError(
+                f"vocab_size={vocab_size} is too large for this corpus: {error}"
+            ) from error
+        raise
+    os.replace(f"{prefix}.model", out / "spm.model")
+    Path(f"{prefix}.vocab").replace(out / "spm.vocab")
+    write_config(out, {"type": "sentencepiece", "model": "spm.model"})
+    return SentencePieceTokenizer(out / "spm.model")

@@ -1,0 +1,64 @@
+"""electra-fast train-tokenizer and prepare, end to end, and their error exit."""
+
+import pytest
+
+from electra_fast import tokenization
+from electra_fast.cli import main
+from electra_fast.data import PretrainingDataset
+from tests.data.corpus_cases import corpus_text, documents
+
+pytest.importorskip("sentencepiece")
+
+
+def test_train_tokenizer_then_prepare(tmp_path, capsys):
+    (tmp_path / "corpus.txt").write_text(corpus_text(documents(300)))
+    assert (
+        main(
+            [
+                "train-tokenizer",
+                "--input",
+                str(tmp_path / "corpus.txt"),
+                "--vocab-size",
+                "120",
+                "--out",
+                str(tmp_path / "tok"),
+            ]
+        )
+        == 0
+    )
+    assert tokenization.load(tmp_path / "tok").vocab_size == 120
+    assert (
+        main(
+            [
+                "prepare",
+                "--input",
+                str(tmp_path / "corpus.txt"),
+                "--tokenizer",
+                str(tmp_path / "tok"),
+                "--max-seq-length",
+                "64",
+                "--out",
+                str(tmp_path / "data"),
+            ]
+        )
+        == 0
+    )
+    assert "examples" in capsys.readouterr().err  # the summary line
+    dataset = PretrainingDataset(tmp_path / "data", tokenizer=tmp_path / "tok")
+    assert len(dataset) > 0 and max(len(dataset[i]["input_ids"]) for i in range(len(dataset))) <= 64
+
+
+def test_errors_exit_with_a_message(tmp_path, capsys):
+    code = main(
+        [
+            "prepare",
+            "--input",
+            str(tmp_path / "nothing"),
+            "--tokenizer",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
+    assert code == 2
+    assert "does not exist" in capsys.readouterr().err
