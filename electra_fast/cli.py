@@ -1,4 +1,4 @@
-"""The `electra-fast` command: train-tokenizer, prepare."""
+"""The `electra-fast` command: extract-wiki, train-tokenizer, prepare."""
 
 from __future__ import annotations
 
@@ -46,9 +46,26 @@ def prepare(args) -> None:
     )
 
 
+def extract_wiki(args) -> None:
+    from electra_fast.data.wiki import extract_wiki as run
+
+    counts = run(args.dump, args.out, language=args.split_sentences)
+    print(f"extracted {counts['articles']} articles, {counts['lines']} lines → {args.out}")
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="electra-fast", description=__doc__)
     commands = root.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("extract-wiki", help="a MediaWiki XML dump to plain text")
+    p.add_argument("dump", help="*-pages-articles*.xml(.bz2)")
+    p.add_argument("out", help="the text file to write")
+    p.add_argument(
+        "--split-sentences",
+        choices=("ja", "vi", "en"),
+        help="a sentence per line instead of a paragraph per line",
+    )
+    p.set_defaults(run=extract_wiki)
 
     p = commands.add_parser("train-tokenizer", help="train a SentencePiece vocabulary")
     p.add_argument("--input", nargs="+", required=True, help="files, directories or globs")
