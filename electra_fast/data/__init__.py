@@ -1,20 +1,25 @@
-"""Pretraining data: corpora, ELECTRA's example building, sharded binary datasets."""
+"""Pretraining data: corpora, ELECTRA's example building, sharded binary datasets. Names are
+imported on first use: the data workers need neither torch nor the dataset classes."""
 
-from electra_fast.data.dataset import (
-    PretrainingDataset,
-    ResumableSampler,
-    collate_packed,
-    collate_padded,
-)
-from electra_fast.data.examples import Example, ExampleBuilder
-from electra_fast.data.prepare import prepare
+from __future__ import annotations
 
-__all__ = [
-    "Example",
-    "ExampleBuilder",
-    "PretrainingDataset",
-    "ResumableSampler",
-    "collate_packed",
-    "collate_padded",
-    "prepare",
-]
+import importlib
+
+_EXPORTS = {
+    "Example": "electra_fast.data.examples",
+    "ExampleBuilder": "electra_fast.data.examples",
+    "PretrainingDataset": "electra_fast.data.dataset",
+    "ResumableSampler": "electra_fast.data.dataset",
+    "collate_packed": "electra_fast.data.dataset",
+    "collate_padded": "electra_fast.data.dataset",
+    "prepare": "electra_fast.data.prepare",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'electra_fast.data' has no attribute {name!r}")

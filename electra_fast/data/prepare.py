@@ -1,6 +1,6 @@
 """`electra-fast prepare`: text → tokenised ELECTRA examples in sharded binary files.
 
-Every unit of input (a plain file's ~16 MB slice cut at a blank line, or a compressed file)
+Every unit of input (a plain file's ~4 MB slice cut at a blank line, or a compressed file)
 becomes one shard, built with its own random stream seeded from (seed, file, unit). So the
 same input, tokenizer and seed give byte-identical shards whatever the number of processes,
 and a rerun skips the shards that are already whole.
