@@ -7,7 +7,7 @@ them.
 
 from __future__ import annotations
 
-import importlib
+from electra_fast._lazy import lazy_getattr
 
 __version__ = "0.1.0"
 _EXPORTS = {
@@ -26,13 +26,7 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'electra_fast' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)
 
 
 def __dir__():

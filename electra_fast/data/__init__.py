@@ -3,7 +3,7 @@ imported on first use: the data workers need neither torch nor the dataset class
 
 from __future__ import annotations
 
-import importlib
+from electra_fast._lazy import lazy_getattr
 
 _EXPORTS = {
     "Example": "electra_fast.data.examples",
@@ -16,10 +16,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'electra_fast.data' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)
