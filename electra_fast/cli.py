@@ -1,4 +1,4 @@
-"""The `electra-fast` command: extract-wiki, train-tokenizer, prepare."""
+"""The `electra-fast` command: extract-wiki, train-tokenizer, prepare, pretrain, export."""
 
 from __future__ import annotations
 
@@ -53,6 +53,20 @@ def extract_wiki(args) -> None:
     print(f"extracted {counts['articles']} articles, {counts['lines']} lines → {args.out}")
 
 
+def pretrain(args) -> None:
+    from electra_fast.pretraining.hparams import Hparams
+    from electra_fast.pretraining.trainer import pretrain as run
+
+    run(args.data, args.out, Hparams.from_json(args.hparams), resume=not args.no_resume,
+        stop_at_step=args.stop_at_step)  # fmt: skip
+
+
+def export(args) -> None:
+    from electra_fast.pretraining.trainer import export as run
+
+    print(f"exported → {run(args.run, args.checkpoint)}")
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="electra-fast", description=__doc__)
     commands = root.add_subparsers(dest="command", required=True)
@@ -65,7 +79,7 @@ def parser() -> argparse.ArgumentParser:
         choices=("ja", "vi", "en"),
         help="a sentence per line instead of a paragraph per line",
     )
-    p.set_defaults(run=extract_wiki)
+    p.set_defaults(handler=extract_wiki)
 
     p = commands.add_parser("train-tokenizer", help="train a SentencePiece vocabulary")
     p.add_argument("--input", nargs="+", required=True, help="files, directories or globs")
@@ -81,7 +95,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-threads", type=int, default=1)
     p.add_argument("--out", required=True, help="directory for spm.model and its config")
-    p.set_defaults(run=train_tokenizer)
+    p.set_defaults(handler=train_tokenizer)
 
     p = commands.add_parser("prepare", help="tokenise a corpus into pretraining examples")
     p.add_argument("--input", nargs="+", required=True, help="files, directories or globs")
@@ -90,14 +104,27 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--num-processes", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="the dataset directory")
-    p.set_defaults(run=prepare)
+    p.set_defaults(handler=prepare)
+
+    p = commands.add_parser("pretrain", help="pretrain a generator/discriminator pair")
+    p.add_argument("--data", required=True, help="a prepared dataset directory")
+    p.add_argument("--out", required=True, help="the run directory (rerun to resume)")
+    p.add_argument("--hparams", help="a JSON object or file, official key names")
+    p.add_argument("--no-resume", action="store_true", help="refuse to continue a run")
+    p.add_argument("--stop-at-step", type=int, help="stop (with a checkpoint) at this step")
+    p.set_defaults(handler=pretrain)
+
+    p = commands.add_parser("export", help="a run's checkpoint to Hugging Face models")
+    p.add_argument("run", help="the run directory")
+    p.add_argument("--checkpoint", help="a checkpoint file (default: the newest)")
+    p.set_defaults(handler=export)
     return root
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        args.run(args)
+        args.handler(args)
     except (ValueError, FileNotFoundError) as error:
         print(f"electra-fast {args.command}: error: {error}", file=sys.stderr)
         return 2

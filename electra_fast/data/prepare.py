@@ -60,6 +60,10 @@ def prepare(
         "tokenizer_checksum": tokenizer.checksum(),
         "vocab_size": tokenizer.vocab_size,
         "pad_token_id": tokenizer.pad_token_id,
+        "special_token_ids": {
+            name: getattr(tokenizer, f"{name}_token_id")
+            for name in ("pad", "unk", "cls", "sep", "mask")
+        },
         "max_seq_length": max_seq_length,
         "seed": seed,
         "inputs": [str(f) for f in files],

@@ -1,0 +1,54 @@
+"""Training checkpoints: one file per saved step, written atomically (temporary file, fsync,
+rename) so that an interrupted or failed save leaves the previous checkpoint whole; the last
+K kept."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import torch
+
+_NAME = re.compile(r"^step-(\d+)\.pt$")
+
+
+def checkpoints(directory: Path) -> list[tuple[int, Path]]:
+    """(step, path) of the saved checkpoints, oldest first."""
+    if not directory.is_dir():
+        return []
+    found = [
+        (int(m.group(1)), directory / m.group(0))
+        for p in directory.iterdir()
+        if (m := _NAME.match(p.name))
+    ]
+    return sorted(found)
+
+
+def save_checkpoint(directory: Path, step: int, state: dict, keep: int) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"step-{step:08d}.pt"
+    temporary = directory / f".step-{step:08d}.pt.tmp"
+    try:
+        with open(temporary, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    for _, old in checkpoints(directory)[:-keep]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def load_latest(directory: Path) -> tuple[dict, Path] | None:
+    """The newest checkpoint that loads (a damaged newest one is skipped, with a warning)."""
+    import warnings
+
+    for _, path in reversed(checkpoints(directory)):
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False), path
+        except Exception as error:  # noqa: BLE001 - any damage means: try the previous one
+            warnings.warn(f"skipping unreadable checkpoint {path}: {error}", stacklevel=2)
+    return None

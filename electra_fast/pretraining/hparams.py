@@ -1,0 +1,114 @@
+"""Pretraining hyper-parameters with the official names (configure_pretraining.py), the
+model-size presets, and their validation."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+PRESETS = {  # configure_pretraining.py and the paper's table 6
+    "small": dict(learning_rate=5e-4, train_batch_size=128, max_seq_length=128,
+                  mask_prob=0.15, generator_hidden_size=0.25),
+    "base": dict(learning_rate=2e-4, train_batch_size=256, max_seq_length=512,
+                 mask_prob=0.15, generator_hidden_size=1 / 3),
+    "large": dict(learning_rate=2e-4, train_batch_size=2048, max_seq_length=512,
+                  mask_prob=0.25, generator_hidden_size=0.25),
+}  # fmt: skip
+
+
+@dataclasses.dataclass
+class Hparams:
+    model_size: str = "small"
+    vocab_size: int | None = None  # default: the dataset's tokenizer
+    max_seq_length: int = 128
+    train_batch_size: int = 128  # the global batch: per device x accumulation x world size
+    gradient_accumulation_steps: int = 1
+    num_train_steps: int = 1_000_000
+    num_warmup_steps: int = 10_000
+    learning_rate: float = 5e-4
+    weight_decay_rate: float = 0.01
+    adam_epsilon: float = 1e-6
+    max_grad_norm: float = 1.0
+    mask_prob: float = 0.15
+    generator_hidden_size: float = 0.25
+    generator_layers: float = 1.0
+    gen_weight: float = 1.0
+    disc_weight: float = 50.0
+    temperature: float = 1.0
+    disallow_correct: bool = False
+    untied_generator_embeddings: bool = False
+    embedding_size: int | None = None
+    model_hparam_overrides: dict = dataclasses.field(default_factory=dict)
+    save_checkpoints_steps: int = 1000
+    keep_checkpoint_max: int = 5
+    iterations_per_loop: int = 100  # log every this many steps
+    precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU; or fp32, bf16, fp16
+    compile: bool = False
+    seed: int = 0
+    max_consecutive_nonfinite: int = 10
+
+    @classmethod
+    def from_json(cls, text_or_path: str | None) -> Hparams:
+        """From a JSON object or a path to a JSON file, official keys; the model size's preset
+        fills what is not given. An unknown key is an error that names it."""
+        data = {}
+        if text_or_path:
+            text = text_or_path
+            if not text.lstrip().startswith("{"):
+                path = Path(text)
+                if not path.is_file():
+                    raise ValueError(f"--hparams is neither a JSON object nor a file: {text!r}")
+                text = path.read_text()
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as error:
+                raise ValueError(
+                    f"--hparams is neither a JSON object nor a file: {error}"
+                ) from None
+        if not isinstance(data, dict):
+            raise ValueError(f"hparams must be a JSON object, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown hparams {unknown}; known: {sorted(known)}")
+        size = data.get("model_size", "small")
+        if size not in PRESETS:
+            raise ValueError(f"model_size must be one of {sorted(PRESETS)}, got {size!r}")
+        return cls(**{**PRESETS[size], **data})
+
+    def __post_init__(self):
+        for name in ("train_batch_size", "num_train_steps", "gradient_accumulation_steps",
+                     "max_seq_length", "save_checkpoints_steps", "keep_checkpoint_max",
+                     "iterations_per_loop"):  # fmt: skip
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.num_warmup_steps < 0 or self.learning_rate <= 0:
+            raise ValueError("num_warmup_steps must be >= 0 and learning_rate > 0")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
+
+    def model_config(self, vocab_size: int, special_ids: dict):
+        """The ElectraConfig these hyper-parameters describe."""
+        from electra_fast.model import ElectraConfig
+
+        fields = dict(
+            vocab_size=vocab_size,
+            max_position_embeddings=max(512, self.max_seq_length),
+            generator_hidden_size=self.generator_hidden_size,
+            generator_layers=self.generator_layers,
+            untied_generator_embeddings=self.untied_generator_embeddings,
+            gen_weight=self.gen_weight,
+            disc_weight=self.disc_weight,
+            mask_prob=self.mask_prob,
+            temperature=self.temperature,
+            disallow_correct=self.disallow_correct,
+            **special_ids,
+        )
+        if self.embedding_size is not None:
+            fields["embedding_size"] = self.embedding_size
+        fields.update(self.model_hparam_overrides)
+        return ElectraConfig.preset(self.model_size, **fields)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)

@@ -1,0 +1,329 @@
+"""The pretraining loop: `electra-fast pretrain --data DIR --out RUN --hparams ...`.
+
+One process:
+    electra-fast pretrain --data data --out run --hparams '{"model_size": "small"}'
+The GPUs of one machine:
+    torchrun --nproc-per-node 8 -m electra_fast.cli pretrain --data data --out run
+Several machines (on each, with its node rank R):
+    torchrun --nnodes 2 --node-rank R --rdzv-endpoint HOST:PORT --nproc-per-node 8 \\
+        -m electra_fast.cli pretrain --data data --out run
+
+Each rank reads its own share of the examples; gradients are averaged by DistributedDataParallel;
+only rank 0 logs and saves. Rerunning with the same --out resumes from the newest checkpoint:
+model, optimiser, step, random states and data position, so that the run ends as if it had
+never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from electra_fast.data import PretrainingDataset, ResumableSampler, collate_padded
+from electra_fast.model import ElectraForPretraining
+from electra_fast.pretraining.checkpoint import load_latest, save_checkpoint
+from electra_fast.pretraining.hparams import Hparams
+from electra_fast.pretraining.optimization import AdamWeightDecay, learning_rate, parameter_groups
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def _distributed() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def _device(rank: int) -> torch.device:
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", rank))
+        torch.cuda.set_device(local)
+        return torch.device("cuda", local)
+    return torch.device("cpu")
+
+
+def _autocast(hparams: Hparams, device: torch.device):
+    precision = hparams.precision
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision == "fp32":
+        return nullcontext(), None
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+    return torch.autocast(device.type, dtype=dtype), scaler
+
+
+def pretrain(
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    hparams: Hparams,
+    *,
+    resume: bool = True,
+    progress: bool = True,
+    stop_at_step: int | None = None,
+) -> dict:
+    """Runs (or resumes) a pretraining run; returns a summary. `stop_at_step` ends the run at
+    that step as an interruption would (a checkpoint, no export): for tests and time slots."""
+    finished = False
+    out = Path(out)
+    rank, world = _distributed()
+    device = _device(rank)
+    dataset = PretrainingDataset(data)
+    vocab_size = dataset.vocab_size
+    if hparams.vocab_size is not None and hparams.vocab_size != vocab_size:
+        raise ValueError(
+            f"hparams vocab_size={hparams.vocab_size} but the dataset's tokenizer has {vocab_size}"
+        )
+    if hparams.max_seq_length < dataset.max_seq_length:
+        raise ValueError(
+            f"hparams max_seq_length={hparams.max_seq_length} is shorter than the dataset's "
+            f"{dataset.max_seq_length}"
+        )
+    per_step = hparams.gradient_accumulation_steps * world
+    if hparams.train_batch_size % per_step:
+        raise ValueError(
+            f"train_batch_size={hparams.train_batch_size} must be a multiple of "
+            f"gradient_accumulation_steps x world size = {per_step}"
+        )
+    batch_size = hparams.train_batch_size // per_step
+    ids = dataset.manifest["special_token_ids"]
+    special = {
+        "mask_token_id": ids["mask"],
+        "special_token_ids": (ids["pad"], ids["unk"], ids["cls"], ids["sep"]),
+    }
+    config = hparams.model_config(vocab_size, special)
+
+    torch.manual_seed(hparams.seed)
+    model = ElectraForPretraining(config).to(device)
+    optimizer = AdamWeightDecay(
+        parameter_groups(model, hparams.weight_decay_rate),
+        lr=hparams.learning_rate,
+        eps=hparams.adam_epsilon,
+    )
+    sampler = ResumableSampler(len(dataset), seed=hparams.seed, rank=rank, world_size=world)
+    step, consecutive_nonfinite, skipped = 0, 0, 0
+    saved = load_latest(out / "checkpoints") if resume else None
+    if saved is None and not resume and (out / "checkpoints").is_dir():
+        raise ValueError(f"{out} already holds checkpoints and --no-resume was given")
+    if saved is not None:
+        state, path = saved
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        sampler.load_state_dict(state["sampler"])
+        step, skipped = state["step"], state.get("skipped", 0)
+        torch.set_rng_state(state["rng"]["torch"])
+        if device.type == "cuda" and state["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(state["rng"]["cuda"])
+        if rank == 0:
+            print(f"resuming {out} from {path.name} (step {step})", file=sys.stderr)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        effective = {
+            **hparams.to_dict(),
+            "vocab_size": vocab_size,
+            "world_size": world,
+            "per_device_batch_size": batch_size,
+            "data": str(Path(data).resolve()),
+        }
+        (out / "config.json").write_text(json.dumps(effective, indent=2) + "\n")
+
+    trained = model
+    if world > 1:
+        trained = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    if hparams.compile:
+        trained = torch.compile(trained)
+    autocast, scaler = _autocast(hparams, device)
+    collate = partial(
+        collate_padded, pad_token_id=dataset.pad_token_id, pad_to=dataset.max_seq_length
+    )
+    # The loader draws a seed from its generator at every new iterator: its own generator, so
+    # that the global stream (masking, sampling, dropout) is the same after a resume.
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        collate_fn=collate,
+        drop_last=True,
+        generator=torch.Generator().manual_seed(hparams.seed),
+    )
+    batches, consumed = iter(loader), 0
+
+    def next_batch():
+        nonlocal batches, consumed
+        try:
+            batch = next(batches)
+        except StopIteration:  # an epoch ended: the sampler starts the next one
+            batches, consumed = iter(loader), 0
+            batch = next(batches)
+        consumed += batch_size
+        return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+    stop_requested = []
+    previous_handlers = (
+        {
+            s: signal.signal(s, lambda *_: stop_requested.append(True))
+            for s in (signal.SIGINT, signal.SIGTERM)
+        }
+        if rank == 0 or world == 1
+        else {}
+    )
+
+    def checkpoint():
+        if rank != 0:
+            return
+        state = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "sampler": sampler.state_dict(consumed),
+            "step": step,
+            "skipped": skipped,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None,
+            },
+            "hparams": hparams.to_dict(),
+            "config": {**config.__dict__, "special_token_ids": list(config.special_token_ids)},
+        }
+        save_checkpoint(out / "checkpoints", step, state, hparams.keep_checkpoint_max)
+
+    log = open(out / "metrics.jsonl", "a") if rank == 0 else None  # noqa: SIM115
+    started, window_tokens, window_start = time.time(), 0, time.time()
+    last_stop = stop_at_step if stop_at_step is not None else hparams.num_train_steps
+    try:
+        while step < min(hparams.num_train_steps, last_stop):
+            if stop_requested:
+                break
+            totals = dict.fromkeys(("loss", "gen_loss", "disc_loss", "mlm_acc", "disc_acc"), 0.0)
+            logged = log is not None and (
+                (step + 1) % hparams.iterations_per_loop == 0 or step == 0
+            )
+            share = 1.0 / hparams.gradient_accumulation_steps
+            for micro in range(hparams.gradient_accumulation_steps):
+                batch = next_batch()
+                window_tokens += int(batch["attention_mask"].sum()) * world
+                sync = world > 1 and micro < hparams.gradient_accumulation_steps - 1
+                with trained.no_sync() if sync else nullcontext(), autocast:
+                    output = trained(
+                        batch["input_ids"],
+                        batch["attention_mask"],
+                        batch["token_type_ids"],
+                        metrics=logged,
+                    )
+                    loss = output.loss * share
+                (scaler.scale(loss) if scaler else loss).backward()
+                values = {
+                    "loss": output.loss,
+                    "gen_loss": output.gen_loss,
+                    "disc_loss": output.disc_loss,
+                }
+                if output.metrics:
+                    values["mlm_acc"] = output.metrics["mlm_accuracy"]
+                    values["disc_acc"] = output.metrics["disc_accuracy"]
+                for key, value in values.items():
+                    totals[key] += float(value.detach()) * share
+            if scaler:
+                scaler.unscale_(optimizer)
+            grad_norm = float(
+                torch.nn.utils.clip_grad_norm_(model.parameters(), hparams.max_grad_norm)
+            )
+            if not (math.isfinite(totals["loss"]) and math.isfinite(grad_norm)):
+                optimizer.zero_grad(set_to_none=True)
+                consecutive_nonfinite, skipped = consecutive_nonfinite + 1, skipped + 1
+                if consecutive_nonfinite >= hparams.max_consecutive_nonfinite:
+                    raise NonFiniteLoss(
+                        f"{consecutive_nonfinite} steps in a row had a non-finite loss or "
+                        f"gradient (at step {step}); stopping. The last good checkpoint is "
+                        f"intact in {out / 'checkpoints'}"
+                    )
+                if scaler:
+                    scaler.update()
+                continue
+            consecutive_nonfinite = 0
+            rate = learning_rate(
+                step, hparams.learning_rate, hparams.num_warmup_steps, hparams.num_train_steps
+            )
+            for group in optimizer.param_groups:
+                group["lr"] = rate
+            if scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            if logged:
+                elapsed = max(time.time() - window_start, 1e-9)
+                record = {
+                    "step": step,
+                    **{k: round(v, 6) for k, v in totals.items()},
+                    "lr": rate,
+                    "grad_norm": grad_norm,
+                    "tokens_per_s": round(window_tokens / elapsed, 1),
+                    "skipped": skipped,
+                }
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+                window_tokens, window_start = 0, time.time()
+                if progress:
+                    _progress(record, step, hparams.num_train_steps, started)
+            if step % hparams.save_checkpoints_steps == 0:
+                checkpoint()
+        checkpoint()
+        finished = step >= hparams.num_train_steps
+        if finished and rank == 0:
+            model.save_pretrained(out / "export")
+    finally:
+        if log is not None:
+            log.close()
+        for s, handler in previous_handlers.items():
+            signal.signal(s, handler)
+    if progress and rank == 0:
+        state = "finished" if finished else "stopped (resume by rerunning)"
+        print(f"\n{state} at step {step} → {out}", file=sys.stderr)
+    return {"step": step, "finished": finished, "skipped": skipped}
+
+
+def _progress(record: dict, step: int, total: int, started: float) -> None:
+    elapsed = time.time() - started
+    eta = elapsed / max(step, 1) * (total - step)
+    print(
+        f"\rstep {step}/{total} loss {record['loss']:.3f} disc_acc {record['disc_acc']:.3f} "
+        f"{record['tokens_per_s']:.0f} tok/s ETA {eta / 60:.1f} min",
+        end="",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def export(run: str | os.PathLike, checkpoint: str | os.PathLike | None = None) -> Path:
+    """Writes RUN/export/{discriminator,generator} (Hugging Face format) from a checkpoint
+    (default: the newest)."""
+    from electra_fast.model import ElectraConfig
+
+    run = Path(run)
+    if checkpoint is None:
+        saved = load_latest(run / "checkpoints")
+        if saved is None:
+            raise FileNotFoundError(f"no checkpoint in {run / 'checkpoints'}")
+        state = saved[0]
+    else:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    model = ElectraForPretraining(ElectraConfig(**state["config"]))
+    model.load_state_dict(state["model"])
+    model.save_pretrained(run / "export")
+    return run / "export"

@@ -1,0 +1,145 @@
+"""The pretraining loop on CPU with a tiny model: the loss falls on the sample data, an
+interrupted and resumed run ends with the parameters of an uninterrupted one, hparams are
+validated, checkpoints are atomic, the run exports Hugging Face models."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from electra_fast.cli import main
+from electra_fast.data import prepare
+from electra_fast.pretraining import checkpoint as checkpoints
+from electra_fast.pretraining.hparams import Hparams
+from electra_fast.pretraining.trainer import pretrain
+
+SAMPLES = Path(__file__).resolve().parents[2] / "data" / "samples"
+TINY = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+        "intermediate_size": 128, "embedding_size": 32}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    pytest.importorskip("sentencepiece")
+    from electra_fast.tokenization.sentencepiece import train_sentencepiece
+
+    root = tmp_path_factory.mktemp("data")
+    text = (SAMPLES / "en.txt").read_text(encoding="utf-8")
+    train_sentencepiece([x for x in text.splitlines() if x], root / "tok", vocab_size=500)
+    prepare([str(SAMPLES / "en.txt")], str(root / "tok"), str(root / "data"),
+            max_seq_length=32, progress=False)  # fmt: skip
+    return root / "data"
+
+
+def hparams(**overrides):
+    fields = dict(
+        model_size="small", max_seq_length=32, train_batch_size=16, num_train_steps=100,
+        num_warmup_steps=10, learning_rate=2e-3, model_hparam_overrides=TINY,
+        save_checkpoints_steps=1000, iterations_per_loop=10, generator_hidden_size=0.5,
+    )  # fmt: skip
+    fields.update(overrides)
+    return Hparams(**fields)
+
+
+def metrics(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_loss_falls_and_the_run_exports(dataset, tmp_path):
+    summary = pretrain(dataset, tmp_path / "run", hparams(), progress=False)
+    assert summary == {"step": 100, "finished": True, "skipped": 0}
+    records = metrics(tmp_path / "run")
+    first, last = records[0], records[-1]
+    assert last["step"] == 100 and last["loss"] < 0.7 * first["loss"], (first, last)
+    keys = {"step", "loss", "gen_loss", "disc_loss", "mlm_acc", "disc_acc", "lr", "grad_norm"}
+    assert keys | {"tokens_per_s"} <= set(last)
+    from electra_fast import ElectraDiscriminator
+
+    assert ElectraDiscriminator.from_pretrained(tmp_path / "run" / "export" / "discriminator")
+    effective = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert effective["vocab_size"] == 500 and effective["per_device_batch_size"] == 16
+
+
+def test_resumed_run_ends_like_an_uninterrupted_one(dataset, tmp_path):
+    settings = hparams(num_train_steps=12, gradient_accumulation_steps=2, save_checkpoints_steps=5)
+    pretrain(dataset, tmp_path / "straight", settings, progress=False)
+    stopped = pretrain(dataset, tmp_path / "resumed", settings, progress=False, stop_at_step=7)
+    assert stopped == {"step": 7, "finished": False, "skipped": 0}
+    pretrain(dataset, tmp_path / "resumed", settings, progress=False)
+    a = torch.load(tmp_path / "straight/checkpoints/step-00000012.pt", weights_only=False)
+    b = torch.load(tmp_path / "resumed/checkpoints/step-00000012.pt", weights_only=False)
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    assert a["sampler"] == b["sampler"]
+
+
+def test_hparams_validation(dataset, tmp_path):
+    with pytest.raises(ValueError, match=r"unknown hparams \['lerning_rate'\]"):
+        Hparams.from_json('{"lerning_rate": 0.1}')
+    with pytest.raises(ValueError, match="model_size"):
+        Hparams.from_json('{"model_size": "tiny"}')
+    with pytest.raises(ValueError, match="JSON"):
+        Hparams.from_json("{not json")
+    base = Hparams.from_json('{"model_size": "base"}')
+    assert (base.learning_rate, base.train_batch_size, base.max_seq_length) == (2e-4, 256, 512)
+    large = Hparams.from_json('{"model_size": "large", "num_train_steps": 10}')
+    assert (large.mask_prob, large.train_batch_size, large.num_train_steps) == (0.25, 2048, 10)
+    path = tmp_path / "h.json"
+    path.write_text('{"train_batch_size": 64}')
+    assert Hparams.from_json(str(path)).train_batch_size == 64
+    with pytest.raises(ValueError, match="vocab_size"):
+        pretrain(dataset, tmp_path / "r", hparams(vocab_size=999), progress=False)
+    with pytest.raises(ValueError, match="multiple of"):
+        pretrain(dataset, tmp_path / "r", hparams(gradient_accumulation_steps=3), progress=False)
+
+
+def test_failed_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    directory = tmp_path / "checkpoints"
+    checkpoints.save_checkpoint(directory, 1, {"step": 1}, keep=3)
+
+    def full_disk(state, f):
+        f.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoints.torch, "save", full_disk)
+    with pytest.raises(OSError, match="space"):
+        checkpoints.save_checkpoint(directory, 2, {"step": 2}, keep=3)
+    monkeypatch.undo()
+    assert [p.name for p in directory.iterdir()] == ["step-00000001.pt"]
+    state, path = checkpoints.load_latest(directory)
+    assert state == {"step": 1}
+    for step in range(2, 7):
+        checkpoints.save_checkpoint(directory, step, {"step": step}, keep=3)
+    assert [s for s, _ in checkpoints.checkpoints(directory)] == [4, 5, 6]
+
+
+def test_cli_pretrain_and_export(dataset, tmp_path):
+    settings = json.dumps({**hparams(num_train_steps=3).to_dict()})
+    assert main(["pretrain", "--data", str(dataset), "--out", str(tmp_path / "run"),
+                 "--hparams", settings, "--stop-at-step", "2"]) == 0  # fmt: skip
+    assert main(["export", str(tmp_path / "run")]) == 0
+    assert (tmp_path / "run" / "export" / "generator" / "model.safetensors").is_file()
+    code = main(["pretrain", "--data", str(dataset), "--out", str(tmp_path / "run"),
+                 "--hparams", settings, "--no-resume"])  # fmt: skip
+    assert code == 2
+
+
+def test_non_finite_steps_are_skipped_then_stop_the_run(dataset, tmp_path, monkeypatch):
+    from electra_fast.pretraining import trainer
+
+    settings = hparams(num_train_steps=20, save_checkpoints_steps=2, max_consecutive_nonfinite=3)
+    pretrain(dataset, tmp_path / "run", settings, progress=False, stop_at_step=4)
+    real = torch.nn.utils.clip_grad_norm_
+    calls = []
+
+    def exploding(parameters, max_norm):
+        calls.append(1)
+        norm = real(parameters, max_norm)
+        return norm if len(calls) == 1 else torch.tensor(float("inf"))  # one good step, then inf
+
+    monkeypatch.setattr(trainer.torch.nn.utils, "clip_grad_norm_", exploding)
+    with pytest.raises(trainer.NonFiniteLoss, match="3 steps in a row"):
+        pretrain(dataset, tmp_path / "run", settings, progress=False)
+    state, path = checkpoints.load_latest(tmp_path / "run" / "checkpoints")
+    assert state["step"] == 4 and path.name == "step-00000004.pt"  # the last good one, intact
