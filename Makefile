@@ -1,5 +1,6 @@
 # make install   create .venv if missing, install torch and electra_fast (editable, dev extras)
 # make test      install, then lint and the test suite
+# make demo      install, then the whole pipeline on the bundled sample (a few minutes on CPU)
 # make bench     install, then the benchmarks (pytest-benchmark); the table goes to .benchmarks/
 # make test-cpu-torch   the same suite against the CPU-only torch wheel (no CUDA code built), in a
 #                       temporary clone of HEAD so that its build leaves this tree's alone
@@ -8,7 +9,7 @@ VENV ?= .venv
 TORCH ?= torch
 PY := $(VENV)/bin/python
 
-.PHONY: install test lint bench test-cpu-torch clean
+.PHONY: install test lint bench demo test-cpu-torch clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +27,10 @@ lint: install
 test: lint
 	$(PY) -m pytest
 	$(PY) -m pytest -q benchmarks --benchmark-disable  # the benchmarks still run, untimed
+
+demo: install
+	$(PY) -m pip install -q matplotlib
+	$(PY) scripts/demo.py
 
 bench: install
 	$(PY) -m pytest benchmarks --benchmark-json .benchmarks/latest.json

@@ -1,4 +1,4 @@
-"""The `electra-fast` command: extract-wiki, train-tokenizer, prepare, pretrain, export."""
+"""The `electra-fast` command: extract-wiki, train-tokenizer, prepare, pretrain, export, plot."""
 
 from __future__ import annotations
 
@@ -67,6 +67,12 @@ def export(args) -> None:
     print(f"exported → {run(args.run, args.checkpoint)}")
 
 
+def plot(args) -> None:
+    from electra_fast.pretraining.plot import plot_run
+
+    print(f"wrote {plot_run(args.run)}")
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="electra-fast", description=__doc__)
     commands = root.add_subparsers(dest="command", required=True)
@@ -118,6 +124,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="the run directory")
     p.add_argument("--checkpoint", help="a checkpoint file (default: the newest)")
     p.set_defaults(handler=export)
+
+    p = commands.add_parser("plot", help="RUN/loss.png from RUN/metrics.jsonl")
+    p.add_argument("run", help="the run directory")
+    p.set_defaults(handler=plot)
     return root
 
 
@@ -125,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         args.handler(args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, ImportError) as error:
         print(f"electra-fast {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0

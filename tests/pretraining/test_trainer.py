@@ -120,6 +120,10 @@ def test_cli_pretrain_and_export(dataset, tmp_path):
                  "--hparams", settings, "--stop-at-step", "2"]) == 0  # fmt: skip
     assert main(["export", str(tmp_path / "run")]) == 0
     assert (tmp_path / "run" / "export" / "generator" / "model.safetensors").is_file()
+    pytest.importorskip("matplotlib")
+    assert main(["plot", str(tmp_path / "run")]) == 0
+    assert (tmp_path / "run" / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["plot", str(tmp_path)]) == 2  # not a run: a message, not a traceback
     code = main(["pretrain", "--data", str(dataset), "--out", str(tmp_path / "run"),
                  "--hparams", settings, "--no-resume"])  # fmt: skip
     assert code == 2
