@@ -18,7 +18,7 @@ MaskingParams make_masking_params(const at::Tensor& input_ids, const at::Tensor&
                                   const at::Tensor& seed, c10::IntArrayRef special_ids,
                                   int64_t mask_token_id, int64_t vocab_size, double mask_prob,
                                   int64_t max_predictions, double replace_prob, double random_prob,
-                                  bool bernoulli) {
+                                  bool bernoulli, int64_t row_offset) {
   EF_CHECK_DIM(input_ids, 2);
   EF_CHECK_DTYPE(input_ids, input_ids.scalar_type() == at::kLong ||
                                 input_ids.scalar_type() == at::kInt, "int32 or int64");
@@ -52,6 +52,8 @@ MaskingParams make_masking_params(const at::Tensor& input_ids, const at::Tensor&
   p.replace_prob = replace_prob;
   p.random_prob = random_prob;
   p.bernoulli = bernoulli;
+  TORCH_CHECK_VALUE(row_offset >= 0, "row_offset must be non-negative, got ", row_offset);
+  p.row_offset = row_offset;
   std::vector<int64_t> specials(special_ids.begin(), special_ids.end());
   specials.push_back(mask_token_id);
   std::sort(specials.begin(), specials.end());
@@ -99,7 +101,7 @@ void mask_rows(const MaskingParams& p, uint64_t seed, const id_t* ids, const id_
       if (row_mask[i] == 0) continue;
       ++num_tokens;
       if (is_special(p, id)) continue;
-      const uint32_t key = masking_randoms(seed, b, i, L).x[0];
+      const uint32_t key = masking_randoms(seed, p.row_offset + b, i, L).x[0];
       if (p.bernoulli && !bernoulli_included(p, key)) continue;
       keys.push_back((static_cast<uint64_t>(key) << 32) | static_cast<uint64_t>(i));
     }
@@ -119,7 +121,7 @@ void mask_rows(const MaskingParams& p, uint64_t seed, const id_t* ids, const id_
       weights[b * N + s] = used ? 1.0f : 0.0f;
       if (used) {
         masked[b * L + pos] =
-            static_cast<id_t>(masked_value(p, row[pos], masking_randoms(seed, b, pos, L)));
+            static_cast<id_t>(masked_value(p, row[pos], masking_randoms(seed, p.row_offset + b, pos, L)));
       }
     }
   }
@@ -128,10 +130,11 @@ void mask_rows(const MaskingParams& p, uint64_t seed, const id_t* ids, const id_
 MaskingOutputs mask_tokens_cpu(
     const at::Tensor& input_ids, const at::Tensor& attention_mask, const at::Tensor& seed,
     c10::IntArrayRef special_ids, int64_t mask_token_id, int64_t vocab_size, double mask_prob,
-    int64_t max_predictions, double replace_prob, double random_prob, bool bernoulli) {
-  const MaskingParams p =
-      make_masking_params(input_ids, attention_mask, seed, special_ids, mask_token_id, vocab_size,
-                          mask_prob, max_predictions, replace_prob, random_prob, bernoulli);
+    int64_t max_predictions, double replace_prob, double random_prob, bool bernoulli,
+    int64_t row_offset) {
+  const MaskingParams p = make_masking_params(input_ids, attention_mask, seed, special_ids,
+                                              mask_token_id, vocab_size, mask_prob, max_predictions,
+                                              replace_prob, random_prob, bernoulli, row_offset);
   const int64_t B = input_ids.size(0);
   auto outputs = empty_masking_outputs(input_ids, max_predictions);
   auto& [masked, positions, labels, weights] = outputs;

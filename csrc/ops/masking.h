@@ -31,6 +31,7 @@ struct MaskingParams {
   double replace_prob;
   double random_prob;
   bool bernoulli;
+  int64_t row_offset;  // the first row's index in the random stream
   int32_t num_special;
   int64_t special_ids[kMaxSpecialIds];  // sorted, unique, mask_token_id included
 };
@@ -85,7 +86,7 @@ MaskingParams make_masking_params(const at::Tensor& input_ids, const at::Tensor&
                                   const at::Tensor& seed, c10::IntArrayRef special_ids,
                                   int64_t mask_token_id, int64_t vocab_size, double mask_prob,
                                   int64_t max_predictions, double replace_prob, double random_prob,
-                                  bool bernoulli);
+                                  bool bernoulli, int64_t row_offset);
 
 using MaskingOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 

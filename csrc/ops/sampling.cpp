@@ -17,7 +17,8 @@ namespace electra_fast {
 
 void check_generator_step_args(const at::Tensor& logits, const at::Tensor& labels,
                                const at::Tensor& seed, double temperature, bool disallow_labels,
-                               int64_t vocab_start, int64_t vocab_size) {
+                               int64_t vocab_start, int64_t vocab_size, int64_t row_offset) {
+  TORCH_CHECK_VALUE(row_offset >= 0, "row_offset must be non-negative, got ", row_offset);
   EF_CHECK_DIM(logits, 2);
   EF_CHECK_DTYPE(logits, at::isReducedFloatingType(logits.scalar_type()) ||
                              logits.scalar_type() == at::kFloat,
@@ -135,9 +136,10 @@ std::array<int64_t, 1> row_shape(const at::Tensor& logits) { return {logits.size
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> generator_step_cpu(
     const at::Tensor& logits, const at::Tensor& labels, const at::Tensor& seed,
-    double temperature, bool disallow_labels, int64_t ignore_index, bool /*inplace_backward*/) {
+    double temperature, bool disallow_labels, int64_t ignore_index, bool /*inplace_backward*/,
+    int64_t row_offset) {
   const int64_t V = logits.size(1);
-  check_generator_step_args(logits, labels, seed, temperature, disallow_labels, 0, V);
+  check_generator_step_args(logits, labels, seed, temperature, disallow_labels, 0, V, row_offset);
   const auto f32 = logits.options().dtype(at::kFloat);
   at::Tensor loss = at::empty(row_shape(logits), f32);
   at::Tensor lse = at::empty(row_shape(logits), f32);
@@ -157,7 +159,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> generator_step_cpu(
         const bool ignored = label == ignore_index;
         const int64_t disallowed = disallow_labels && !ignored ? label : -1;
         const RowState s =
-            scan_row(x + r * V, V, r, 0, V, key, inverse_temperature, disallowed, scratch);
+            scan_row(x + r * V, V, row_offset + r, 0, V, key, inverse_temperature, disallowed,
+                     scratch);
         lse_ptr[r] = row_logsumexp(s);
         loss_ptr[r] = ignored ? 0.0f : lse_ptr[r] - static_cast<float>(x[r * V + label]);
         sample_ptr[r] = best_column(s, disallowed == 0 ? 1 : 0);
@@ -173,9 +176,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> generator_step_cpu(
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> generator_step_tile_cpu(
     const at::Tensor& logits, const at::Tensor& labels, const at::Tensor& seed,
     double temperature, bool disallow_labels, int64_t ignore_index, int64_t vocab_start,
-    int64_t vocab_size) {
+    int64_t vocab_size, int64_t row_offset) {
   check_generator_step_args(logits, labels, seed, temperature, disallow_labels, vocab_start,
-                            vocab_size);
+                            vocab_size, row_offset);
   const int64_t n = logits.size(1);
   const auto f32 = logits.options().dtype(at::kFloat);
   at::Tensor lse = at::empty(row_shape(logits), f32);
@@ -194,7 +197,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> generator_step_tile_c
         const bool ignored = label == ignore_index;
         const int64_t disallowed = disallow_labels && !ignored ? label : -1;
         const RowState s =
-            scan_row(x + r * n, n, r, vocab_start, vocab_size, key, inverse_temperature,
+            scan_row(x + r * n, n, row_offset + r, vocab_start, vocab_size, key, inverse_temperature,
                      disallowed, scratch);
         const bool in_tile = !ignored && label >= vocab_start && label < vocab_start + n;
         lse.mutable_data_ptr<float>()[r] = row_logsumexp(s);

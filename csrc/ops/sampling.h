@@ -151,7 +151,7 @@ EF_HOST_DEVICE float logit_gradient(float x, float lse, bool is_label, float gra
 // both kernels. `vocab_start` and `vocab_size` describe a tile (the whole row: 0 and V).
 void check_generator_step_args(const at::Tensor& logits, const at::Tensor& labels,
                                const at::Tensor& seed, double temperature, bool disallow_labels,
-                               int64_t vocab_start, int64_t vocab_size);
+                               int64_t vocab_start, int64_t vocab_size, int64_t row_offset);
 void check_generator_step_backward_args(const at::Tensor& grad_loss, const at::Tensor& logits,
                                         const at::Tensor& labels, const at::Tensor& lse,
                                         int64_t vocab_start);

@@ -12,24 +12,28 @@ extern "C" PyObject* PyInit__C(void) {
 
 TORCH_LIBRARY(electra_fast, m) {
   // ELECTRA's masking (pretrain_helpers.mask). `seed` is a 0-d int64 tensor holding the Philox
-  // key, drawn by the Python wrapper, so the op itself is a pure function of its inputs.
+  // key, drawn by the Python wrapper, so the op itself is a pure function of its inputs. Row b
+  // draws the numbers of row row_offset + b: a batch split across ranks masks as if whole.
   m.def(
       "mask_tokens(Tensor input_ids, Tensor attention_mask, Tensor seed, int[] special_ids, "
       "int mask_token_id, int vocab_size, float mask_prob, int max_predictions, "
-      "float replace_prob, float random_prob, bool bernoulli) -> (Tensor, Tensor, Tensor, Tensor)");
+      "float replace_prob, float random_prob, bool bernoulli, int row_offset) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
 
   // The generator step (the MLM loss, a Gumbel-max sample per row and the logsumexp that the
-  // backward needs) over logits [M, V]. `seed` as for mask_tokens. `inplace_backward` is read by
-  // the autograd formula only: the gradient then overwrites the logits.
+  // backward needs) over logits [M, V]. `seed` and `row_offset` as for mask_tokens.
+  // `inplace_backward` is read by the autograd formula only: the gradient then overwrites the
+  // logits.
   m.def(
       "generator_step(Tensor logits, Tensor labels, Tensor seed, float temperature, "
-      "bool disallow_labels, int ignore_index, bool inplace_backward) -> (Tensor, Tensor, Tensor)");
+      "bool disallow_labels, int ignore_index, bool inplace_backward, int row_offset) "
+      "-> (Tensor, Tensor, Tensor)");
   // The same over a tile of columns [vocab_start, vocab_start + n) of a vocabulary of
   // vocab_size: (logsumexp, label logit, best Gumbel score, its column) of each row, to be merged
   // across tiles. Samples equal generator_step's for the same seed.
   m.def(
       "generator_step_tile(Tensor logits, Tensor labels, Tensor seed, float temperature, "
-      "bool disallow_labels, int ignore_index, int vocab_start, int vocab_size) "
+      "bool disallow_labels, int ignore_index, int vocab_start, int vocab_size, int row_offset) "
       "-> (Tensor, Tensor, Tensor, Tensor)");
   // d loss / d logits = (softmax - onehot(label)) * grad_loss, from the saved logsumexp; for a
   // tile, `vocab_start` is its first column. The `_` variant writes it over the logits.

@@ -93,17 +93,21 @@ def collate_packed(batch: list[dict]) -> dict:
 
 
 class ResumableSampler(torch.utils.data.Sampler):
-    """Indices of one rank's share of each epoch (a permutation drawn from seed + epoch, dealt
-    round-robin to `world_size` ranks, the tail dropped so that every rank gets as many), from
-    a saved position on. A DataLoader's workers read ahead of the training loop, so the loop
-    says how many indices of the current pass it has used: `state_dict(consumed)`."""
+    """Indices of one rank's share of each epoch, from a saved position on. The epoch's
+    permutation (drawn from seed + epoch) is cut into global batches of batch_size x
+    world_size; rank r takes the r-th block of batch_size of each (so its rows are rows
+    r * batch_size ... of the global batch), the tail dropped so that every rank gets as many.
+    A DataLoader's workers read ahead of the training loop, so the loop says how many indices
+    of the current pass it has used: `state_dict(consumed)`."""
 
-    def __init__(self, length: int, *, shuffle=True, seed=0, rank=0, world_size=1):
+    def __init__(self, length: int, *, shuffle=True, seed=0, rank=0, world_size=1, batch_size=1):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.length, self.shuffle, self.seed = length, shuffle, seed
-        self.rank, self.world_size = rank, world_size
-        self.share = length // world_size
+        self.rank, self.world_size, self.batch_size = rank, world_size, batch_size
+        self.share = length // (world_size * batch_size) * batch_size
         self.epoch, self.start = 0, 0
         self._pass = (0, 0)  # (epoch, start) of the pass being iterated
 
@@ -118,7 +122,8 @@ class ResumableSampler(torch.utils.data.Sampler):
             )
         else:
             order = torch.arange(self.length)
-        mine = order[: self.share * self.world_size][self.rank :: self.world_size]
+        blocks = order[: self.share * self.world_size].view(-1, self.world_size, self.batch_size)
+        mine = blocks[:, self.rank].flatten()
         self.epoch, self.start = epoch + 1, 0  # where the next pass begins
         yield from mine[start:].tolist()
 

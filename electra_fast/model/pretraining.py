@@ -52,10 +52,17 @@ class ElectraForPretraining(nn.Module):
         *,
         generator: torch.Generator | None = None,
         metrics: bool = True,
+        row_offset: int = 0,
+        sync_counts: bool = False,
     ) -> PretrainingOutput:
         """One pretraining step's losses on a batch of [B, L] ids (no masking done yet).
         `generator` is the torch generator the masking and the sampling draw from; `metrics`
-        adds MLM accuracy and the discriminator's accuracy, precision and recall."""
+        adds MLM accuracy and the discriminator's accuracy, precision and recall.
+
+        Data parallelism: with row_offset = rank * B (the rank's first row in the global
+        batch) and sync_counts=True (the masked-token and token counts all-reduced, each
+        loss normalised by the global count times the world size), the gradients that
+        DistributedDataParallel averages are those of one process on the whole batch."""
         c = self.config
         if not 0 <= c.mask_token_id < c.vocab_size:
             raise ValueError(
@@ -70,6 +77,7 @@ class ElectraForPretraining(nn.Module):
             vocab_size=c.vocab_size,
             mask_prob=c.mask_prob,
             generator=generator,
+            row_offset=row_offset,
         )
         weights = masked.weights.flatten()
         labels = torch.where(weights > 0, masked.labels.flatten(), -100)
@@ -83,14 +91,15 @@ class ElectraForPretraining(nn.Module):
             temperature=c.temperature,
             disallow_labels=c.disallow_correct,
             generator=generator,
+            row_offset=row_offset * masked.positions.shape[1],
         )
-        gen_loss = (step.loss * weights).sum() / (weights.sum() + 1e-6)
+        gen_loss = (step.loss * weights).sum() / _count(weights.sum(), sync_counts)
 
         disc = build_discriminator_inputs(input_ids, masked.positions, masked.weights, step.samples)
         disc_logits = self.discriminator(disc.input_ids, attention_mask, token_type_ids)
         tokens = torch.ones_like(disc.labels) if attention_mask is None else attention_mask.float()
         per_token = F.binary_cross_entropy_with_logits(disc_logits, disc.labels, reduction="none")
-        disc_loss = (per_token * tokens).sum() / (tokens.sum() + 1e-6)
+        disc_loss = (per_token * tokens).sum() / _count(tokens.sum(), sync_counts)
         loss = c.gen_weight * gen_loss + c.disc_weight * disc_loss
         out = PretrainingOutput(loss, gen_loss, disc_loss)
         if metrics:
@@ -137,6 +146,18 @@ class ElectraForPretraining(nn.Module):
                     f"({different}); load with untied_generator_embeddings=True to keep both"
                 )
         return model
+
+
+def _count(local: torch.Tensor, sync: bool) -> torch.Tensor:
+    """The normaliser of a loss: the local count, or with `sync` the global count divided by
+    the world size (so that averaging the ranks' gradients gives the global mean's)."""
+    import torch.distributed as dist
+
+    if sync and dist.is_initialized() and dist.get_world_size() > 1:
+        total = local.detach().clone()
+        dist.all_reduce(total)
+        return total / dist.get_world_size() + 1e-6
+    return local + 1e-6
 
 
 def _read(directory: Path) -> dict[str, torch.Tensor]:

@@ -42,6 +42,7 @@ def mask_tokens(
     strategy: str = "fixed",
     generator: torch.Generator | None = None,
     seed: int | None = None,
+    row_offset: int = 0,
 ) -> MaskedTokens:
     """Choose positions to predict and corrupt them, as ELECTRA's pretraining does.
 
@@ -65,6 +66,9 @@ def mask_tokens(
             default: the device's default generator, so torch.manual_seed makes runs repeatable.
         seed: an explicit Philox key instead of a draw; the same seed gives the same result on
             every device and implementation.
+        row_offset: the index of the first row in the random stream. Data-parallel ranks that
+            share a key and pass rank * B mask their slices exactly as one process would mask
+            the whole batch.
 
     Returns:
         MaskedTokens(masked_ids [B, L], positions [B, N], labels [B, N], weights [B, N]). Shapes
@@ -106,6 +110,8 @@ def mask_tokens(
         raise ValueError(
             f"random_prob > 0 needs a non-special token, but all {vocab_size} ids are special"
         )
+    if row_offset < 0:
+        raise ValueError(f"row_offset must be non-negative, got {row_offset}")
     key = philox_key(input_ids.device, generator, seed, like="input_ids")
     args = (
         special_ids,
@@ -116,6 +122,7 @@ def mask_tokens(
         float(replace_prob),
         float(random_prob),
         strategy == "bernoulli",
+        int(row_offset),
     )
     kernel = _extension.use_kernel(OP, input_ids.device)
     if not (kernel and input_ids.device.type == "cpu"):  # the CPU kernel checks ids as it reads
@@ -168,6 +175,7 @@ def mask_tokens_reference(
     replace_prob: float,
     random_prob: float,
     bernoulli: bool,
+    row_offset: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The op in vectorised torch, argument for argument like torch.ops.electra_fast.mask_tokens.
 
@@ -180,7 +188,7 @@ def mask_tokens_reference(
     is_token = attention_mask != 0
     candidate = is_token & ~torch.isin(ids, torch.tensor(specials, device=device))
     index = torch.arange(B * L, device=device).view(B, L)
-    key, decision, token_draw, _ = philox_elements(seed, index, STREAM_MASKING)
+    key, decision, token_draw, _ = philox_elements(seed, index + row_offset * L, STREAM_MASKING)
     mask_prob32 = float(np.float32(mask_prob))
     if bernoulli:
         candidate &= key.double() < mask_prob32 * 2.0**32
@@ -226,6 +234,7 @@ def _mask_tokens_fake(
     replace_prob,
     random_prob,
     bernoulli,
+    row_offset,
 ):
     torch._check(input_ids.dim() == 2, lambda: "input_ids must have shape [B, L]")
     torch._check(

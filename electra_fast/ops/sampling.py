@@ -47,6 +47,7 @@ def generator_step(
     generator: torch.Generator | None = None,
     seed: int | None = None,
     inplace_backward: bool = False,
+    row_offset: int = 0,
 ) -> GeneratorStep:
     """The generator's MLM loss and one sample per row, in one pass over the logits.
 
@@ -65,12 +66,16 @@ def generator_step(
         inplace_backward: let the backward write the gradient over `logits` (saves an [M, V]
             tensor); only when nothing else needs the logits afterwards. Ignored under
             torch.compile.
+        row_offset: the index of the first row in the random stream (as for mask_tokens: ranks
+            passing rank * M draw what one process would draw for the whole batch).
 
     Returns:
         GeneratorStep(loss [M] float32, differentiable with respect to logits; samples [M] int64).
         Rows with non-finite logits get a non-finite loss and some sample in [0, V).
     """
     _check_step_inputs(logits, labels, temperature, disallow_labels, ignore_index)
+    if row_offset < 0:
+        raise ValueError(f"row_offset must be non-negative, got {row_offset}")
     key = philox_key(logits.device, generator, seed, like="logits")
     logits = logits.contiguous()
     ops = step_ops(logits)
@@ -84,6 +89,7 @@ def generator_step(
         bool(disallow_labels),
         int(ignore_index),
         bool(inplace_backward),
+        int(row_offset),
     )
     return GeneratorStep(loss, samples)
 
@@ -205,6 +211,7 @@ def generator_step_tile_reference(
     ignore_index: int,
     vocab_start: int,
     vocab_size: int,
+    row_offset: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per row of a tile: (logsumexp, label logit or -inf, best Gumbel score, its column)."""
     M, n = logits.shape
@@ -222,7 +229,7 @@ def generator_step_tile_reference(
         column = torch.where(in_tile, label - vocab_start, 0)[:, None]
         lse[rows] = torch.logsumexp(x, dim=1)
         label_logit[rows] = torch.where(in_tile, x.gather(1, column)[:, 0], -math.inf)
-        row_index = torch.arange(M, device=device)[rows]
+        row_index = torch.arange(M, device=device)[rows] + row_offset
         noise = gumbel_noise_reference(seed, row_index, vocab_start, n, vocab_size)
         score = x * inverse_temperature + noise
         score = torch.where(torch.isnan(score), -math.inf, score)  # NaN never wins
@@ -243,11 +250,12 @@ def generator_step_reference(
     disallow_labels: bool,
     ignore_index: int,
     inplace_backward: bool,
+    row_offset: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """generator_step in plain torch: (loss, samples, lse)."""
     V = logits.shape[1]
     lse, label_logit, _, samples = generator_step_tile_reference(
-        logits, labels, seed, temperature, disallow_labels, ignore_index, 0, V
+        logits, labels, seed, temperature, disallow_labels, ignore_index, 0, V, row_offset
     )
     loss = torch.where(labels != ignore_index, lse - label_logit, 0.0)
     return loss, samples, lse
@@ -302,12 +310,12 @@ def _rows_like(logits, dtype=None):
     return logits.new_empty(logits.shape[:1], dtype=dtype or _accumulation_dtype(logits))
 
 
-def _step_fake(logits, labels, seed, temperature, disallow_labels, ignore_index, inplace):
+def _step_fake(logits, labels, seed, temperature, disallow_labels, ignore_index, inplace, offset):
     torch._check(logits.dim() == 2, lambda: "logits must have shape [M, V]")
     return _rows_like(logits), _rows_like(logits, torch.int64), _rows_like(logits)
 
 
-def _tile_fake(logits, labels, seed, temperature, disallow_labels, ignore_index, start, V):
+def _tile_fake(logits, labels, seed, temperature, disallow_labels, ignore_index, start, V, offset):
     torch._check(logits.dim() == 2, lambda: "logits must have shape [M, n]")
     rows = _rows_like(logits)
     return rows, torch.empty_like(rows), torch.empty_like(rows), _rows_like(logits, torch.int64)
@@ -322,7 +330,7 @@ def _backward_inplace_fake(grad_loss, logits, labels, lse, ignore_index, vocab_s
 
 
 def _setup_context(ctx, inputs, output):
-    logits, labels, _, _, _, ignore_index, inplace_backward = inputs
+    logits, labels, _, _, _, ignore_index, inplace_backward, _ = inputs
     _, samples, lse = output
     ctx.mark_non_differentiable(samples, lse)
     ctx.save_for_backward(logits, labels, lse)
@@ -333,7 +341,7 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad_loss, grad_samples, grad_lse):
     logits, labels, lse = ctx.saved_tensors
     if not ctx.needs_input_grad[0]:
-        return (None,) * 7
+        return (None,) * 8
     ops = step_ops(logits)
     grad_loss = grad_loss.to(lse.dtype).contiguous()
     # AOTAutograd cannot trace a write into a forward input, so under compile the gradient gets
@@ -343,7 +351,7 @@ def _backward(ctx, grad_loss, grad_samples, grad_lse):
         grad = logits
     else:
         grad = ops.generator_step_backward(grad_loss, logits, labels, lse, ctx.ignore_index, 0)
-    return grad, None, None, None, None, None, None
+    return grad, None, None, None, None, None, None, None
 
 
 def step_ops(logits: torch.Tensor):

@@ -43,6 +43,7 @@ def generator_step_linear(
     generator: torch.Generator | None = None,
     seed: int | None = None,
     vocab_tile: int = DEFAULT_VOCAB_TILE,
+    row_offset: int = 0,
 ) -> GeneratorStep:
     """generator_step(hidden @ weight.T + bias, labels, ...) without the [M, V] logits.
 
@@ -50,7 +51,8 @@ def generator_step_linear(
         hidden: [M, E], the generator head's output at the masked positions.
         weight: [V, E], the (tied) word embeddings; bias: [V] or None. Same dtype and device as
             hidden (float32, bfloat16 or float16).
-        labels, temperature, disallow_labels, ignore_index, generator, seed: as generator_step.
+        labels, temperature, disallow_labels, ignore_index, generator, seed, row_offset: as
+            generator_step.
         vocab_tile: columns per tile; memory grows with it, matmul efficiency too. Rounded up to
             a multiple of 8 so that every tile's rows stay 16-byte aligned.
 
@@ -62,6 +64,8 @@ def generator_step_linear(
     check_step_arguments(labels, hidden.shape[0], V, hidden.device, temperature, disallow_labels)
     if vocab_tile < 1:
         raise ValueError(f"vocab_tile must be positive, got {vocab_tile}")
+    if row_offset < 0:
+        raise ValueError(f"row_offset must be non-negative, got {row_offset}")
     check_labels(labels, V, ignore_index)
     key = philox_key(hidden.device, generator, seed, like="hidden")
     loss, samples = _GeneratorStepLinear.apply(
@@ -74,6 +78,7 @@ def generator_step_linear(
         bool(disallow_labels),
         int(ignore_index),
         8 * math.ceil(vocab_tile / 8),
+        int(row_offset),
     )
     return GeneratorStep(loss, samples)
 
@@ -111,14 +116,16 @@ def _tile_logits(hidden, weight, bias, start, end):
 
 class _GeneratorStepLinear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, key, temperature, disallow, ignore_index, tile):
+    def forward(
+        ctx, hidden, weight, bias, labels, key, temperature, disallow, ignore_index, tile, offset
+    ):
         V = weight.shape[0]
         ops = step_ops(hidden)
         lse = label_logit = best = samples = None
         for start, end in _tiles(V, tile):
             logits = _tile_logits(hidden, weight, bias, start, end)
             t_lse, t_label, t_best, t_samples = ops.generator_step_tile(
-                logits, labels, key, temperature, disallow, ignore_index, start, V
+                logits, labels, key, temperature, disallow, ignore_index, start, V, offset
             )
             if lse is None:
                 lse, label_logit, best, samples = t_lse, t_label, t_best, t_samples
@@ -153,4 +160,4 @@ class _GeneratorStepLinear(torch.autograd.Function):
             if need_bias:
                 grad_bias[start:end] = grad.sum(0, dtype=lse.dtype)
         grad_hidden = grad_hidden.to(hidden.dtype) if need_hidden else None
-        return grad_hidden, grad_weight, grad_bias, None, None, None, None, None, None
+        return grad_hidden, grad_weight, grad_bias, None, None, None, None, None, None, None

@@ -113,7 +113,9 @@ def pretrain(
         lr=hparams.learning_rate,
         eps=hparams.adam_epsilon,
     )
-    sampler = ResumableSampler(len(dataset), seed=hparams.seed, rank=rank, world_size=world)
+    sampler = ResumableSampler(
+        len(dataset), seed=hparams.seed, rank=rank, world_size=world, batch_size=batch_size
+    )
     step, consecutive_nonfinite, skipped = 0, 0, 0
     saved = load_latest(out / "checkpoints") if resume else None
     if saved is None and not resume and (out / "checkpoints").is_dir():
@@ -223,6 +225,8 @@ def pretrain(
                         batch["attention_mask"],
                         batch["token_type_ids"],
                         metrics=logged,
+                        row_offset=rank * batch_size,  # masks and samples as one process would
+                        sync_counts=world > 1,
                     )
                     loss = output.loss * share
                 (scaler.scale(loss) if scaler else loss).backward()

@@ -177,3 +177,11 @@ def test_sampler_shards_by_rank_and_resumes():
     again.load_state_dict(state)
     assert used + list(again) == first_epoch
     assert list(again) == second_epoch  # and the next epoch follows
+
+
+def test_sampler_gives_each_rank_a_block_of_every_global_batch():
+    single = list(ResumableSampler(64, seed=3, batch_size=8))
+    ranks = [list(ResumableSampler(64, seed=3, rank=r, world_size=2, batch_size=4)) for r in (0, 1)]
+    for step in range(8):  # global batch `step` of 8 = rank 0's 4 rows, then rank 1's 4
+        want = single[8 * step : 8 * step + 8]
+        assert ranks[0][4 * step : 4 * step + 4] + ranks[1][4 * step : 4 * step + 4] == want

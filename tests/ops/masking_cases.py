@@ -51,6 +51,7 @@ def run(
     replace_prob=0.85,
     random_prob=0.0,
     bernoulli=False,
+    row_offset=0,
 ):
     """The op or its reference, called with exactly the same arguments."""
     if max_predictions is None:
@@ -68,6 +69,7 @@ def run(
         replace_prob,
         random_prob,
         bernoulli,
+        row_offset,
     )
     if implementation == "kernel":
         return torch.ops.electra_fast.mask_tokens.default(*args)

@@ -14,8 +14,8 @@ def step_inputs(M, V, *, device="cpu", dtype=torch.float32, seed=0, ignored=0.2,
     return logits.to(device), labels.to(device)
 
 
-def raw_step(library: str, logits, labels, *, seed=0, temperature=1.0, disallow=False):
+def raw_step(library, logits, labels, *, seed=0, temperature=1.0, disallow=False, row_offset=0):
     """(loss, samples, lse) from torch.ops.<library>.generator_step with an explicit key."""
     key = torch.tensor(seed, dtype=torch.int64, device=logits.device)
     op = getattr(torch.ops, library).generator_step.default
-    return op(logits, labels, key, temperature, disallow, IGNORE, False)
+    return op(logits, labels, key, temperature, disallow, IGNORE, False, row_offset)

@@ -196,7 +196,7 @@ def test_opcheck(device, library):
     ids, attention = sample_inputs(4, 33, device=device)
     key = torch.tensor(99, device=device)
     for bernoulli in (False, True):
-        args = (ids, attention, key, SPECIALS, MASK, 1000, 0.2, 6, 0.8, 0.1, bernoulli)
+        args = (ids, attention, key, SPECIALS, MASK, 1000, 0.2, 6, 0.8, 0.1, bernoulli, 3)
         torch.library.opcheck(op, args)
 
 
@@ -276,12 +276,30 @@ def test_op_checks_its_own_arguments():
     key = torch.tensor(1)
     op = torch.ops.electra_fast.mask_tokens.default
     with pytest.raises(ValueError, match="attention_mask must have shape"):
-        op(ids, attention[:, :4], key, SPECIALS, MASK, 1000, 0.15, 2, 0.85, 0.0, False)
+        op(ids, attention[:, :4], key, SPECIALS, MASK, 1000, 0.15, 2, 0.85, 0.0, False, 0)
     with pytest.raises(ValueError, match="mask_prob"):
-        op(ids, attention, key, SPECIALS, MASK, 1000, 0.0, 2, 0.85, 0.0, False)
+        op(ids, attention, key, SPECIALS, MASK, 1000, 0.0, 2, 0.85, 0.0, False, 0)
     with pytest.raises(ValueError, match="input_ids must be in"):
-        op(ids + 1000, attention, key, SPECIALS, MASK, 1000, 0.15, 2, 0.85, 0.0, False)
+        op(ids + 1000, attention, key, SPECIALS, MASK, 1000, 0.15, 2, 0.85, 0.0, False, 0)
     with pytest.raises(TypeError, match="seed must be int64"):
-        op(ids, attention, key.int(), SPECIALS, MASK, 1000, 0.15, 2, 0.85, 0.0, False)
+        op(ids, attention, key.int(), SPECIALS, MASK, 1000, 0.15, 2, 0.85, 0.0, False, 0)
     with pytest.raises(ValueError, match="at most 63"):
-        op(ids, attention, key, list(range(4, 80)), MASK, 1000, 0.15, 2, 0.85, 0.0, False)
+        op(ids, attention, key, list(range(4, 80)), MASK, 1000, 0.15, 2, 0.85, 0.0, False, 0)
+    with pytest.raises(ValueError, match="row_offset"):
+        op(ids, attention, key, SPECIALS, MASK, 1000, 0.15, 2, 0.85, 0.0, False, -1)
+
+
+@pytest.mark.parametrize("bernoulli", [False, True])
+def test_a_split_batch_masks_as_the_whole(implementation, device, bernoulli):
+    """Ranks that share a key and pass row_offset = rank * B get, together, exactly the
+    single-process result: a data-parallel run masks as one process would."""
+    ids, attention = sample_inputs(8, 40, device=device)
+    kwargs = dict(seed=13, bernoulli=bernoulli, random_prob=0.1)
+    whole = run(implementation, ids, attention, **kwargs)
+    halves = [
+        run(implementation, ids[r * 4 : (r + 1) * 4], attention[r * 4 : (r + 1) * 4],
+            row_offset=4 * r, **kwargs)
+        for r in range(2)
+    ]  # fmt: skip
+    for got, want in zip(zip(*halves, strict=True), whole, strict=True):
+        assert torch.equal(torch.cat(got), want)

@@ -180,11 +180,11 @@ def test_opcheck(device, library):
     grad = torch.rand(5, device=device)
     torch.library.opcheck(
         ops.generator_step.default,
-        (logits.requires_grad_(), labels, key, 0.8, True, IGNORE, False),
+        (logits.requires_grad_(), labels, key, 0.8, True, IGNORE, False, 2),
     )
     tile = logits.detach()[:, 8:24].contiguous()
     torch.library.opcheck(
-        ops.generator_step_tile.default, (tile, labels, key, 1.0, True, IGNORE, 8, 43)
+        ops.generator_step_tile.default, (tile, labels, key, 1.0, True, IGNORE, 8, 43, 3)
     )
     torch.library.opcheck(
         ops.generator_step_backward.default, (grad, logits.detach(), labels, lse, IGNORE, 0)
@@ -276,3 +276,17 @@ def test_kernel_rejects_bad_labels_itself():
         raw_step("electra_fast", logits, torch.tensor([0, 10, 1]))
     with pytest.raises(ValueError, match="temperature"):
         raw_step("electra_fast", logits, torch.tensor([0, 1, 1]), temperature=0.0)
+
+
+def test_a_split_batch_samples_as_the_whole(step, device):
+    """Ranks sharing a key with row_offset = rank * M draw what one process draws."""
+    logits, labels = step_inputs(64, 301, device=device, scale=0.5)
+    whole = step(logits, labels, seed=21, disallow_labels=True).samples
+    halves = [
+        step(logits[r * 32 : (r + 1) * 32], labels[r * 32 : (r + 1) * 32], seed=21,
+             disallow_labels=True, row_offset=32 * r).samples
+        for r in range(2)
+    ]  # fmt: skip
+    assert torch.equal(torch.cat(halves), whole)
+    with pytest.raises(ValueError, match="row_offset"):
+        step(logits, labels, row_offset=-1)

@@ -48,6 +48,7 @@ struct StepParams {
   int64_t vocab_start;  // the tile's first column in the vocabulary
   int64_t vocab_size;   // V, which fixes the Philox layout
   int64_t ignore_index;
+  int64_t row_offset;  // the first row's index in the random stream
   float inverse_temperature;
   bool disallow_labels;
 };
@@ -149,19 +150,22 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t label = labels[r];
   const bool ignored = label == p.ignore_index;
   const int64_t disallowed = p.disallow_labels && !ignored ? label : -1;
+  const int64_t stream_row = p.row_offset + r;  // the row's numbers in the random stream
 
   RowState s = empty_row_state();
   const RowSplit<scalar_t> split(row, n);
-  if (threadIdx.x < split.head) scan_scalar(s, row, threadIdx.x, p, seed, r, disallowed);
+  if (threadIdx.x < split.head) {
+    scan_scalar(s, row, threadIdx.x, p, seed, stream_row, disallowed);
+  }
   switch ((p.vocab_start + split.head) & 3) {
-    case 0: scan_vectors<0>(s, row, split.head, split.vectors, p, seed, r, disallowed); break;
-    case 1: scan_vectors<1>(s, row, split.head, split.vectors, p, seed, r, disallowed); break;
-    case 2: scan_vectors<2>(s, row, split.head, split.vectors, p, seed, r, disallowed); break;
-    default: scan_vectors<3>(s, row, split.head, split.vectors, p, seed, r, disallowed); break;
+    case 0: scan_vectors<0>(s, row, split.head, split.vectors, p, seed, stream_row, disallowed); break;
+    case 1: scan_vectors<1>(s, row, split.head, split.vectors, p, seed, stream_row, disallowed); break;
+    case 2: scan_vectors<2>(s, row, split.head, split.vectors, p, seed, stream_row, disallowed); break;
+    default: scan_vectors<3>(s, row, split.head, split.vectors, p, seed, stream_row, disallowed); break;
   }
   const int64_t tail = split.head + split.vectors * Vec<scalar_t>::kSize;
   for (int64_t c = tail + threadIdx.x; c < n; c += kThreads) {
-    scan_scalar(s, row, c, p, seed, r, disallowed);
+    scan_scalar(s, row, c, p, seed, stream_row, disallowed);
   }
   s = block_merge(s);
   if (threadIdx.x != 0) return;
@@ -224,8 +228,9 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 StepParams make_params(const at::Tensor& logits, double temperature, bool disallow_labels,
-                       int64_t ignore_index, int64_t vocab_start, int64_t vocab_size) {
-  return StepParams{logits.size(1), vocab_start, vocab_size, ignore_index,
+                       int64_t ignore_index, int64_t vocab_start, int64_t vocab_size,
+                       int64_t row_offset) {
+  return StepParams{logits.size(1), vocab_start, vocab_size, ignore_index, row_offset,
                     static_cast<float>(1.0 / temperature), disallow_labels};
 }
 
@@ -248,15 +253,16 @@ std::array<int64_t, 1> row_shape(const at::Tensor& logits) { return {logits.size
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> generator_step_cuda(
     const at::Tensor& logits, const at::Tensor& labels, const at::Tensor& seed,
-    double temperature, bool disallow_labels, int64_t ignore_index, bool /*inplace_backward*/) {
+    double temperature, bool disallow_labels, int64_t ignore_index, bool /*inplace_backward*/,
+    int64_t row_offset) {
   const int64_t V = logits.size(1);
-  check_generator_step_args(logits, labels, seed, temperature, disallow_labels, 0, V);
+  check_generator_step_args(logits, labels, seed, temperature, disallow_labels, 0, V, row_offset);
   const auto f32 = logits.options().dtype(at::kFloat);
   at::Tensor loss = at::empty(row_shape(logits), f32);
   at::Tensor lse = at::empty(row_shape(logits), f32);
   at::Tensor samples = at::empty(row_shape(logits), logits.options().dtype(at::kLong));
   launch_step(logits, labels, seed,
-              make_params(logits, temperature, disallow_labels, ignore_index, 0, V),
+              make_params(logits, temperature, disallow_labels, ignore_index, 0, V, row_offset),
               StepOutputs{loss.mutable_data_ptr<float>(), lse.mutable_data_ptr<float>(), nullptr,
                           nullptr, samples.mutable_data_ptr<int64_t>()});
   return {loss, samples, lse};
@@ -265,9 +271,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> generator_step_cuda(
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> generator_step_tile_cuda(
     const at::Tensor& logits, const at::Tensor& labels, const at::Tensor& seed,
     double temperature, bool disallow_labels, int64_t ignore_index, int64_t vocab_start,
-    int64_t vocab_size) {
+    int64_t vocab_size, int64_t row_offset) {
   check_generator_step_args(logits, labels, seed, temperature, disallow_labels, vocab_start,
-                            vocab_size);
+                            vocab_size, row_offset);
   const auto f32 = logits.options().dtype(at::kFloat);
   at::Tensor lse = at::empty(row_shape(logits), f32);
   at::Tensor label_logit = at::empty(row_shape(logits), f32);
@@ -275,7 +281,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> generator_step_tile_c
   at::Tensor samples = at::empty(row_shape(logits), logits.options().dtype(at::kLong));
   launch_step(logits, labels, seed,
               make_params(logits, temperature, disallow_labels, ignore_index, vocab_start,
-                          vocab_size),
+                          vocab_size, row_offset),
               StepOutputs{nullptr, lse.mutable_data_ptr<float>(),
                           label_logit.mutable_data_ptr<float>(),
                           best_score.mutable_data_ptr<float>(),
