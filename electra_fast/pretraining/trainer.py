@@ -10,12 +10,13 @@ Several machines (on each, with its node rank R):
 
 Each rank reads its own share of the examples; gradients are averaged by DistributedDataParallel;
 only rank 0 logs and saves. Rerunning with the same --out resumes from the newest checkpoint:
-model, optimiser, step, random states and data position, so that the run ends as if it had
-never stopped.
+model, optimiser, step and data position (the random draws are functions of the step), so that
+the run ends as if it had never stopped.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -126,9 +127,6 @@ def pretrain(
         optimizer.load_state_dict(state["optimizer"])
         sampler.load_state_dict(state["sampler"])
         step, skipped = state["step"], state.get("skipped", 0)
-        torch.set_rng_state(state["rng"]["torch"])
-        if device.type == "cuda" and state["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(state["rng"]["cuda"])
         if rank == 0:
             print(f"resuming {out} from {path.name} (step {step})", file=sys.stderr)
     if rank == 0:
@@ -175,6 +173,15 @@ def pretrain(
         consumed += batch_size
         return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
+    # Randomness is a function of (seed, step, micro-batch): the masking and sampling keys come
+    # from a generator every rank seeds alike (ranks then differ by row_offset only), dropout
+    # from the default generator seeded per rank. A resumed run needs no saved random state.
+    key_generator = torch.Generator(device=device)
+
+    def seed_step(micro: int) -> None:
+        key_generator.manual_seed(_step_seed(hparams.seed, step, micro, "keys"))
+        torch.manual_seed(_step_seed(hparams.seed, step, micro, f"dropout/{rank}"))
+
     stop_requested = []
     previous_handlers = (
         {
@@ -194,10 +201,6 @@ def pretrain(
             "sampler": sampler.state_dict(consumed),
             "step": step,
             "skipped": skipped,
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None,
-            },
             "hparams": hparams.to_dict(),
             "config": {**config.__dict__, "special_token_ids": list(config.special_token_ids)},
         }
@@ -217,6 +220,7 @@ def pretrain(
             share = 1.0 / hparams.gradient_accumulation_steps
             for micro in range(hparams.gradient_accumulation_steps):
                 batch = next_batch()
+                seed_step(micro)
                 window_tokens += int(batch["attention_mask"].sum()) * world
                 sync = world > 1 and micro < hparams.gradient_accumulation_steps - 1
                 with trained.no_sync() if sync else nullcontext(), autocast:
@@ -225,6 +229,7 @@ def pretrain(
                         batch["attention_mask"],
                         batch["token_type_ids"],
                         metrics=logged,
+                        generator=key_generator,
                         row_offset=rank * batch_size,  # masks and samples as one process would
                         sync_counts=world > 1,
                     )
@@ -300,6 +305,11 @@ def pretrain(
         state = "finished" if finished else "stopped (resume by rerunning)"
         print(f"\n{state} at step {step} → {out}", file=sys.stderr)
     return {"step": step, "finished": finished, "skipped": skipped}
+
+
+def _step_seed(seed: int, step: int, micro: int, stream: str) -> int:
+    digest = hashlib.sha256(f"{seed}/{step}/{micro}/{stream}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
 def _progress(record: dict, step: int, total: int, started: float) -> None:
