@@ -51,7 +51,7 @@ class PretrainedModel(nn.Module):
         """Loads a checkpoint directory (ours or Hugging Face's); `overrides` replace config
         fields (for example dropout or `unpad`)."""
         directory = Path(directory)
-        config = _with_overrides(ElectraConfig.load(directory), overrides)
+        config = with_overrides(ElectraConfig.load(directory), overrides)
         arguments = cls.init_arguments(json.loads((directory / "config.json").read_text()))
         model = cls(config, **arguments)
         model.load_hf_state_dict(hf.read_weights(directory), source=str(directory))
@@ -79,7 +79,8 @@ class PretrainedModel(nn.Module):
         self.load_state_dict(converted)
 
 
-def _with_overrides(config: ElectraConfig, overrides: dict) -> ElectraConfig:
+def with_overrides(config: ElectraConfig, overrides: dict) -> ElectraConfig:
+    """`config` with some fields replaced (validated again)."""
     return ElectraConfig(**{**config.__dict__, **overrides}) if overrides else config
 
 

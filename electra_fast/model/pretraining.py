@@ -12,11 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from electra_fast.model import hf
 from electra_fast.model.config import ElectraConfig
 from electra_fast.model.modeling import Embeddings
-from electra_fast.model.models import ElectraDiscriminator, ElectraGenerator
+from electra_fast.model.models import ElectraDiscriminator, ElectraGenerator, with_overrides
 from electra_fast.ops import build_discriminator_inputs, generator_step_linear, mask_tokens
-from electra_fast.ops.sampling_linear import DEFAULT_VOCAB_TILE
+from electra_fast.ops.sampling_linear import DEFAULT_VOCAB_TILE, tile_logits, vocab_tiles
 
 
 @dataclass
@@ -123,17 +124,17 @@ class ElectraForPretraining(nn.Module):
         config = ElectraConfig.load(directory / "discriminator")
         generator_config = ElectraConfig.load(directory / "generator")
         if overrides:
-            config = ElectraConfig(**{**config.__dict__, **overrides})
-            generator_config = ElectraConfig(**{**generator_config.__dict__, **overrides})
+            config = with_overrides(config, overrides)
+            generator_config = with_overrides(generator_config, overrides)
         model = cls(config, generator_config)
         model.generator.load_hf_state_dict(
-            _read(directory / "generator"), source=str(directory / "generator")
+            hf.read_weights(directory / "generator"), source=str(directory / "generator")
         )
         generator_embeddings = {
             k: v.clone() for k, v in model.generator.encoder.embeddings.state_dict().items()
         }
         model.discriminator.load_hf_state_dict(
-            _read(directory / "discriminator"), source=str(directory / "discriminator")
+            hf.read_weights(directory / "discriminator"), source=str(directory / "discriminator")
         )
         if not config.untied_generator_embeddings:
             shared = model.discriminator.encoder.embeddings.state_dict()
@@ -160,19 +161,12 @@ def _count(local: torch.Tensor, sync: bool) -> torch.Tensor:
     return local + 1e-6
 
 
-def _read(directory: Path) -> dict[str, torch.Tensor]:
-    from electra_fast.model import hf
-
-    return hf.read_weights(directory)
-
-
 def _argmax_over_tiles(hidden, weight, bias, tile: int = DEFAULT_VOCAB_TILE) -> torch.Tensor:
     """argmax over v of hidden @ weight.T + bias, a tile of columns at a time (no [M, V])."""
     best = torch.full(hidden.shape[:1], -torch.inf, device=hidden.device)
     index = torch.zeros(hidden.shape[:1], dtype=torch.long, device=hidden.device)
-    for start in range(0, weight.shape[0], tile):
-        logits = torch.addmm(bias[start : start + tile], hidden, weight[start : start + tile].t())
-        value, column = logits.float().max(dim=1)
+    for start, end in vocab_tiles(weight.shape[0], tile):
+        value, column = tile_logits(hidden, weight, bias, start, end).float().max(dim=1)
         better = value > best
         best = torch.where(better, value, best)
         index = torch.where(better, column + start, index)

@@ -21,7 +21,7 @@ import torch
 
 from electra_fast.ops._common import philox_key
 from electra_fast.ops.sampling import (
-    KERNEL_DTYPES,
+    LOGIT_DTYPES,
     GeneratorStep,
     check_labels,
     check_step_arguments,
@@ -87,7 +87,7 @@ def _check_linear_inputs(hidden, weight, bias) -> None:
     for name, t in (("hidden", hidden), ("weight", weight)):
         if not isinstance(t, torch.Tensor) or t.dim() != 2:
             raise ValueError(f"{name} must be a 2-D tensor, got {getattr(t, 'shape', t)!r}")
-    if hidden.dtype not in KERNEL_DTYPES + (torch.float64,):
+    if hidden.dtype not in LOGIT_DTYPES:
         raise TypeError(f"hidden must be float32, bfloat16 or float16, got {hidden.dtype}")
     if weight.shape[1] != hidden.shape[1]:
         raise ValueError(
@@ -104,11 +104,13 @@ def _check_linear_inputs(hidden, weight, bias) -> None:
             raise ValueError(f"{name} must be on hidden's device {hidden.device}, got {t.device}")
 
 
-def _tiles(V: int, tile: int):
+def vocab_tiles(V: int, tile: int) -> list[tuple[int, int]]:
+    """[start, end) of each tile of `tile` columns of a vocabulary of V."""
     return [(start, min(V, start + tile)) for start in range(0, V, tile)]
 
 
-def _tile_logits(hidden, weight, bias, start, end):
+def tile_logits(hidden, weight, bias, start, end):
+    """hidden @ weight[start:end].T + bias[start:end]: one tile of the logits."""
     if bias is None:
         return hidden @ weight[start:end].t()
     return torch.addmm(bias[start:end], hidden, weight[start:end].t())
@@ -122,8 +124,8 @@ class _GeneratorStepLinear(torch.autograd.Function):
         V = weight.shape[0]
         ops = step_ops(hidden)
         lse = label_logit = best = samples = None
-        for start, end in _tiles(V, tile):
-            logits = _tile_logits(hidden, weight, bias, start, end)
+        for start, end in vocab_tiles(V, tile):
+            logits = tile_logits(hidden, weight, bias, start, end)
             t_lse, t_label, t_best, t_samples = ops.generator_step_tile(
                 logits, labels, key, temperature, disallow, ignore_index, start, V, offset
             )
@@ -150,8 +152,8 @@ class _GeneratorStepLinear(torch.autograd.Function):
         grad_hidden = torch.zeros(hidden.shape, dtype=lse.dtype, device=hidden.device)
         grad_weight = torch.empty_like(weight) if need_weight else None
         grad_bias = torch.empty_like(bias) if need_bias else None
-        for start, end in _tiles(weight.shape[0], ctx.tile):
-            grad = _tile_logits(hidden, weight, bias, start, end)
+        for start, end in vocab_tiles(weight.shape[0], ctx.tile):
+            grad = tile_logits(hidden, weight, bias, start, end)
             ops.generator_step_backward_(grad_loss, grad, labels, lse, ctx.ignore_index, start)
             if need_hidden:
                 grad_hidden += grad @ weight[start:end]
