@@ -84,10 +84,14 @@ class Encoder(nn.Module):
         self.embeddings_project = nn.Linear(E, H) if E != H else None
         self.layers = nn.ModuleList(Layer(config) for _ in range(config.num_hidden_layers))
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
-        """[B, L] ids → [B, L, H] hidden states (padded positions hold values of no meaning)."""
+    def forward(
+        self, input_ids, attention_mask=None, token_type_ids=None, check_values=True
+    ) -> torch.Tensor:
+        """[B, L] ids → [B, L, H] hidden states (padded positions hold values of no meaning).
+        check_values=False skips the checks that read values back from the device (id range,
+        right padding), for callers that made them already."""
         attention_mask, token_type_ids = check_encoder_inputs(
-            self.config, input_ids, attention_mask, token_type_ids
+            self.config, input_ids, attention_mask, token_type_ids, check_values
         )
         x = self.embeddings(input_ids, token_type_ids)
         if self.embeddings_project is not None:
@@ -108,8 +112,9 @@ class Encoder(nn.Module):
         return x
 
 
-def check_encoder_inputs(config, input_ids, attention_mask, token_type_ids):
-    """Validates a batch; returns (attention_mask or None, token_type_ids)."""
+def check_encoder_inputs(config, input_ids, attention_mask, token_type_ids, check_values=True):
+    """Validates a batch; returns (attention_mask or None, token_type_ids). The id range and
+    the right padding are checked when check_values (each costs a device synchronisation)."""
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
         raise ValueError(
             f"input_ids must be a [B, L] tensor, got {getattr(input_ids, 'shape', input_ids)}"
@@ -128,7 +133,8 @@ def check_encoder_inputs(config, input_ids, attention_mask, token_type_ids):
                 f"{name} must have input_ids' shape {tuple(input_ids.shape)} and device, "
                 f"got {tuple(t.shape)} on {t.device}"
             )
-    if may_synchronise(input_ids):
+    check_values = check_values and may_synchronise(input_ids)
+    if check_values:
         low, high = (int(v) for v in torch.aminmax(input_ids))
         if low < 0 or high >= config.vocab_size:
             raise ValueError(
@@ -139,7 +145,7 @@ def check_encoder_inputs(config, input_ids, attention_mask, token_type_ids):
     if attention_mask is not None:
         attention_mask = attention_mask.long()
         lengths = attention_mask.sum(1, keepdim=True)
-        if may_synchronise(attention_mask):
+        if check_values:
             right_padded = attention_mask == (torch.arange(L, device=input_ids.device) < lengths)
             if not bool(right_padded.all()):
                 raise ValueError("attention_mask must be 1s then 0s in each row (right padding)")

@@ -102,9 +102,12 @@ class ElectraDiscriminator(PretrainedModel):
         self.discriminator_head = DiscriminatorHead(config)
         init_weights(self, config.initializer_range)
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
+    def forward(
+        self, input_ids, attention_mask=None, token_type_ids=None, check_values=True
+    ) -> torch.Tensor:
         """[B, L] logits that each token was replaced."""
-        return self.discriminator_head(self.encoder(input_ids, attention_mask, token_type_ids))
+        hidden = self.encoder(input_ids, attention_mask, token_type_ids, check_values)
+        return self.discriminator_head(hidden)
 
 
 class ElectraGenerator(PretrainedModel):
@@ -129,8 +132,10 @@ class ElectraGenerator(PretrainedModel):
         hidden = self.encoder(input_ids, attention_mask, token_type_ids)
         return self.generator_head(hidden, self.output_weight)
 
-    def masked_hidden(self, input_ids, attention_mask, token_type_ids, positions) -> torch.Tensor:
+    def masked_hidden(
+        self, input_ids, attention_mask, token_type_ids, positions, check_values=True
+    ) -> torch.Tensor:
         """[B * N, E]: the output layer's input at `positions` [B, N] only, for the fused step."""
-        hidden = self.encoder(input_ids, attention_mask, token_type_ids)
+        hidden = self.encoder(input_ids, attention_mask, token_type_ids, check_values)
         index = positions[:, :, None].expand(-1, -1, hidden.shape[-1])
         return self.generator_head.hidden(hidden.gather(1, index)).flatten(0, 1)

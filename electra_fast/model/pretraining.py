@@ -14,7 +14,7 @@ from torch import nn
 
 from electra_fast.model import hf
 from electra_fast.model.config import ElectraConfig
-from electra_fast.model.modeling import Embeddings
+from electra_fast.model.modeling import Embeddings, check_encoder_inputs
 from electra_fast.model.models import ElectraDiscriminator, ElectraGenerator, with_overrides
 from electra_fast.ops import build_discriminator_inputs, generator_step_linear, mask_tokens
 from electra_fast.ops.sampling_linear import DEFAULT_VOCAB_TILE, tile_logits, vocab_tiles
@@ -70,6 +70,9 @@ class ElectraForPretraining(nn.Module):
                 f"config.mask_token_id must be in [0, vocab_size={c.vocab_size}), "
                 f"got {c.mask_token_id}"
             )
+        # Checked once here: the encoders below see these ids masked or corrupted, never out of
+        # range, and the same attention mask.
+        check_encoder_inputs(c, input_ids, attention_mask, token_type_ids)
         masked = mask_tokens(
             input_ids,
             attention_mask,
@@ -83,7 +86,7 @@ class ElectraForPretraining(nn.Module):
         weights = masked.weights.flatten()
         labels = torch.where(weights > 0, masked.labels.flatten(), -100)
         hidden = self.generator.masked_hidden(
-            masked.masked_ids, attention_mask, token_type_ids, masked.positions
+            masked.masked_ids, attention_mask, token_type_ids, masked.positions, check_values=False
         )
         head = (hidden, self.generator.output_weight, self.generator.generator_head.bias)
         step = generator_step_linear(
@@ -97,7 +100,9 @@ class ElectraForPretraining(nn.Module):
         gen_loss = (step.loss * weights).sum() / _count(weights.sum(), sync_counts)
 
         disc = build_discriminator_inputs(input_ids, masked.positions, masked.weights, step.samples)
-        disc_logits = self.discriminator(disc.input_ids, attention_mask, token_type_ids)
+        disc_logits = self.discriminator(
+            disc.input_ids, attention_mask, token_type_ids, check_values=False
+        )
         tokens = torch.ones_like(disc.labels) if attention_mask is None else attention_mask.float()
         per_token = F.binary_cross_entropy_with_logits(disc_logits, disc.labels, reduction="none")
         disc_loss = (per_token * tokens).sum() / _count(tokens.sum(), sync_counts)

@@ -1,6 +1,7 @@
 """ElectraForPretraining: shared embeddings, losses against a hand computation, learning on one
 batch, save/load."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -137,3 +138,12 @@ def test_save_and_load_restore_both_models_with_shared_embeddings(tmp_path):
         first = model(ids, mask, generator=torch.Generator().manual_seed(3))
         second = again(ids, mask, generator=torch.Generator().manual_seed(3))
     assert torch.equal(first.loss, second.loss)
+
+
+def test_bad_batches_are_refused_once_up_front():
+    model = ElectraForPretraining(tiny())
+    ids, mask = batch()
+    with pytest.raises(ValueError, match="vocab_size"):
+        model(ids + 40, mask)
+    with pytest.raises(ValueError, match="right padding"):
+        model(ids, mask.flip(1))
