@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import signal
 import sys
@@ -163,7 +162,8 @@ def pretrain(
     )
     batches, consumed = iter(loader), 0
 
-    def next_batch():
+    def next_batch() -> tuple[dict, int]:
+        """The next batch on the device, and its real tokens (counted on the host)."""
         nonlocal batches, consumed
         try:
             batch = next(batches)
@@ -171,7 +171,8 @@ def pretrain(
             batches, consumed = iter(loader), 0
             batch = next(batches)
         consumed += batch_size
-        return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        tokens = int(batch["attention_mask"].sum())
+        return {k: v.to(device, non_blocking=True) for k, v in batch.items()}, tokens
 
     # Randomness is a function of (seed, step, micro-batch): the masking and sampling keys come
     # from a generator every rank seeds alike (ranks then differ by row_offset only), dropout
@@ -213,15 +214,20 @@ def pretrain(
         while step < min(hparams.num_train_steps, last_stop):
             if stop_requested:
                 break
-            totals = dict.fromkeys(("loss", "gen_loss", "disc_loss", "mlm_acc", "disc_acc"), 0.0)
+            # Kept on the device: one synchronisation per step (the finiteness check), and the
+            # values read back only when they are logged.
+            totals = {
+                key: torch.zeros((), device=device)
+                for key in ("loss", "gen_loss", "disc_loss", "mlm_acc", "disc_acc")
+            }
             logged = log is not None and (
                 (step + 1) % hparams.iterations_per_loop == 0 or step == 0
             )
             share = 1.0 / hparams.gradient_accumulation_steps
             for micro in range(hparams.gradient_accumulation_steps):
-                batch = next_batch()
+                batch, tokens = next_batch()
                 seed_step(micro)
-                window_tokens += int(batch["attention_mask"].sum()) * world
+                window_tokens += tokens * world
                 sync = world > 1 and micro < hparams.gradient_accumulation_steps - 1
                 with trained.no_sync() if sync else nullcontext(), autocast:
                     output = trained(
@@ -244,13 +250,11 @@ def pretrain(
                     values["mlm_acc"] = output.metrics["mlm_accuracy"]
                     values["disc_acc"] = output.metrics["disc_accuracy"]
                 for key, value in values.items():
-                    totals[key] += float(value.detach()) * share
+                    totals[key] += value.detach().float() * share
             if scaler:
                 scaler.unscale_(optimizer)
-            grad_norm = float(
-                torch.nn.utils.clip_grad_norm_(model.parameters(), hparams.max_grad_norm)
-            )
-            if not (math.isfinite(totals["loss"]) and math.isfinite(grad_norm)):
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), hparams.max_grad_norm)
+            if not bool(torch.isfinite(totals["loss"]) & torch.isfinite(grad_norm)):
                 optimizer.zero_grad(set_to_none=True)
                 consecutive_nonfinite, skipped = consecutive_nonfinite + 1, skipped + 1
                 if consecutive_nonfinite >= hparams.max_consecutive_nonfinite:
@@ -279,9 +283,9 @@ def pretrain(
                 elapsed = max(time.time() - window_start, 1e-9)
                 record = {
                     "step": step,
-                    **{k: round(v, 6) for k, v in totals.items()},
+                    **{k: round(float(v), 6) for k, v in totals.items()},
                     "lr": rate,
-                    "grad_norm": grad_norm,
+                    "grad_norm": float(grad_norm),
                     "tokens_per_s": round(window_tokens / elapsed, 1),
                     "skipped": skipped,
                 }
