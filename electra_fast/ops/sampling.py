@@ -197,6 +197,13 @@ def gumbel_noise_reference(
     return -torch.log(exponential)
 
 
+def _label_in_tile(label, valid, vocab_start: int, n: int):
+    """Whether each row's label lies in the tile [vocab_start, vocab_start + n), and its
+    column there ([R, 1], 0 where it does not)."""
+    in_tile = valid & (label >= vocab_start) & (label < vocab_start + n)
+    return in_tile, torch.where(in_tile, label - vocab_start, 0)[:, None]
+
+
 def _row_chunks(rows: int, columns: int):
     step = max(1, _REFERENCE_ELEMENTS // max(1, columns))
     return [slice(start, min(rows, start + step)) for start in range(0, rows, step)]
@@ -225,8 +232,7 @@ def generator_step_tile_reference(
     for rows in _row_chunks(M, n):
         x = logits[rows].to(dtype)
         label = labels[rows]
-        in_tile = (label != ignore_index) & (label >= vocab_start) & (label < vocab_start + n)
-        column = torch.where(in_tile, label - vocab_start, 0)[:, None]
+        in_tile, column = _label_in_tile(label, label != ignore_index, vocab_start, n)
         lse[rows] = torch.logsumexp(x, dim=1)
         label_logit[rows] = torch.where(in_tile, x.gather(1, column)[:, 0], -math.inf)
         row_index = torch.arange(M, device=device)[rows] + row_offset
@@ -276,8 +282,7 @@ def generator_step_backward_reference(
     for rows in _row_chunks(M, n):
         p = torch.exp(logits[rows].to(lse.dtype) - lse[rows, None])
         label = labels[rows]
-        in_tile = valid[rows] & (label >= vocab_start) & (label < vocab_start + n)
-        column = torch.where(in_tile, label - vocab_start, 0)[:, None]
+        in_tile, column = _label_in_tile(label, valid[rows], vocab_start, n)
         p.scatter_add_(1, column, -in_tile[:, None].to(p.dtype))
         g = torch.where(valid[rows], grad_loss[rows], 0.0)[:, None]
         grad[rows] = torch.where(valid[rows, None], p * g, 0.0).to(logits.dtype)
