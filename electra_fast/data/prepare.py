@@ -73,7 +73,7 @@ def prepare(
 
     todo = [u for u in units if not shard_done(shards, u.name)]
     started = time.time()
-    arguments = [(u, str(shards), max_seq_length, seed, tokenizer_dir) for u in todo]
+    arguments = [(u, str(shards), max_seq_length, seed) for u in todo]
     done_bytes, total_bytes = 0, sum(_unit_bytes(u) for u in todo)
     if num_processes == 1 or len(todo) <= 1:
         _init_worker(tokenizer_dir)
@@ -135,7 +135,7 @@ def _unit_bytes(unit: Unit) -> int:
 
 
 def _prepare_unit(arguments) -> int:
-    unit, shards, max_seq_length, seed, _ = arguments
+    unit, shards, max_seq_length, seed = arguments
     tokenizer = _worker_tokenizer
     rng = random.Random(f"{seed}/{unit.file_index}/{unit.unit_index}")
     builder = ExampleBuilder(
