@@ -15,7 +15,7 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 install: $(PY)
-	$(PY) -m pip install -q --upgrade pip "setuptools>=64" wheel ninja numpy
+	$(PY) -m pip install -q --upgrade pip "setuptools>=64" wheel ninja numpy pybind11
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q --no-build-isolation -e ".[dev]"
 	$(PY) -m electra_fast.info
@@ -25,6 +25,7 @@ lint: install
 	$(PY) -m ruff format --check .
 
 test: lint
+	$(PY) -m electra_fast.cli download-vi-dicts  # coccoc's dictionaries, for the agreement tests
 	$(PY) -m pytest
 	$(PY) -m pytest -q benchmarks --benchmark-disable  # the benchmarks still run, untimed
 

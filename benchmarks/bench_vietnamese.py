@@ -1,0 +1,36 @@
+"""Vietnamese segmentation throughput (MB/s = size / p50) on the bundled Vietnamese text
+repeated 4 times (about 4 MB), with coccoc's real dictionaries (skipped when they are not
+downloaded): the batch call on 1 and 2 threads, and one call per line from Python."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks.conftest import describe, smoke_size
+from electra_fast.tokenization import vietnamese
+
+SAMPLE = Path(__file__).resolve().parents[1] / "data" / "samples" / "vi.txt"
+
+
+@pytest.fixture(scope="module")
+def segmenter():
+    if not vietnamese.dicts_present():
+        pytest.skip(f"coccoc's dictionaries are not downloaded (`{vietnamese.DOWNLOAD_COMMAND}`)")
+    return vietnamese.Segmenter()
+
+
+@pytest.mark.parametrize("call", ["batch 1 thread", "batch 2 threads", "per line"])
+def test_segment_vietnamese(benchmark, segmenter, call):
+    lines = SAMPLE.read_text(encoding="utf-8").splitlines() * smoke_size(benchmark, 4, 1)
+    megabytes = sum(len(line.encode()) + 1 for line in lines) / 1e6
+    if call == "per line":
+        run = lambda: [segmenter.tokens(line) for line in lines]  # noqa: E731
+    else:
+        threads = 1 if call == "batch 1 thread" else 2
+        run = lambda: segmenter.tokens_batch(lines, num_threads=threads)  # noqa: E731
+    describe(benchmark, op="segment_vi", provider="electra_fast", mode=call,
+             size=f"{megabytes:.1f} MB", device=torch.device("cpu"))  # fmt: skip
+    benchmark.extra_info["mb_per_s_note"] = "MB/s = size / p50"
+    tokens = benchmark.pedantic(run, rounds=5 if not benchmark.disabled else 1, iterations=1)
+    assert len(tokens) == len(lines)

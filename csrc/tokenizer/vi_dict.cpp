@@ -1,0 +1,449 @@
+#include "vi_dict.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <climits>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+#include <unordered_map>
+
+namespace electra_fast::vi {
+namespace {
+
+constexpr char kMagic[8] = {'E', 'F', 'V', 'I', 'D', 'I', 'C', 'T'};
+constexpr uint32_t kFormatVersion = 2;
+enum Section { kClasses, kWordSlots, kWordWeight, kWordFlags, kSyllableSlots, kSyllableWeight,
+               kSyllableIndex, kPairRows, kPairColumn, kPairScore, kSectionCount };
+
+struct Header {
+  char magic[8];
+  uint32_t version;
+  uint32_t options;
+  uint64_t fingerprint;  // of the sources' sizes and modification times
+  uint64_t offset[kSectionCount];
+  uint64_t size[kSectionCount];
+};
+
+const char* const kWordSources[] = {"alphabetic", "numeric", "vndic_multiterm", "acronyms",
+                                    "chemical_comp", "special_token.strong", "d_and_gi.txt",
+                                    "i_and_y.txt"};
+const char* const kNontoneSources[] = {"Freq2NontoneUniFile", "nontone_pair_freq"};
+
+std::ifstream open_source(const std::string& dir, const char* name) {
+  std::ifstream in(dir + "/" + name, std::ios::binary);
+  if (!in) throw std::runtime_error("missing dictionary file " + dir + "/" + name);
+  return in;
+}
+
+// A trie under construction, with what coccoc keeps per node before it compiles the trie.
+struct TrieBuilder {
+  std::vector<int32_t> frequency{-1};  // -1: no word ends here
+  std::vector<int32_t> space_count{0};
+  std::vector<uint8_t> special{0};
+  std::vector<int32_t> length{0};
+  std::unordered_map<uint64_t, uint32_t> edges;
+
+  uint32_t walk_or_add(const std::vector<uint32_t>& cps) {
+    uint32_t node = 0;
+    for (uint32_t cp : cps) {
+      auto [it, added] = edges.try_emplace(uint64_t(node) << 32 | cp, uint32_t(frequency.size()));
+      if (added) {
+        frequency.push_back(-1);
+        space_count.push_back(0);
+        special.push_back(0);
+        length.push_back(0);
+      }
+      node = it->second;
+    }
+    return node;
+  }
+  int32_t find(const std::vector<uint32_t>& cps) const {
+    uint32_t node = 0;
+    for (uint32_t cp : cps) {
+      auto it = edges.find(uint64_t(node) << 32 | cp);
+      if (it == edges.end()) return -1;
+      node = it->second;
+    }
+    return int32_t(node);
+  }
+  // Adds a word's frequency to its end node (saturating at INT_MAX, as coccoc does).
+  uint32_t add(const std::string& word, int32_t freq) {
+    uint32_t node = walk_or_add(to_code_points(word));
+    int32_t& f = frequency[node];
+    f = f == -1 ? freq : (f < INT_MAX - freq ? f + freq : INT_MAX);
+    return node;
+  }
+};
+
+// Frequencies are parsed as coccoc parses them: the last run of digits on the line, in 32-bit
+// arithmetic; the word is everything before the character that precedes that run.
+bool split_word_frequency(const std::string& line, std::string& word, int32_t& freq) {
+  int i = int(line.size()) - 1;
+  while (i >= 0 && !CharTable::is_digit(uint8_t(line[i]))) --i;
+  while (i >= 0 && CharTable::is_digit(uint8_t(line[i]))) --i;
+  if (i < 0) return false;
+  uint32_t value = 0;
+  for (size_t k = i + 1; k < line.size() && CharTable::is_digit(uint8_t(line[k])); ++k)
+    value = value * 10 + uint32_t(line[k] - '0');
+  freq = int32_t(value);
+  word = line.substr(0, i);
+  return true;
+}
+
+std::string map_code_points(const CharTable& chars, const std::string& s, bool root) {
+  std::string out;
+  for (uint32_t cp : to_code_points(s)) append_utf8(out, root ? chars.lower_root(cp) : chars.lower(cp));
+  return out;
+}
+
+struct WordTrie {
+  TrieBuilder trie;
+  std::unordered_map<std::string, std::string> variants;  // syllable -> its other spelling
+
+  // coccoc's multi-term insertion: the end node takes this word's space count and special flag.
+  // A spelling variant (never added by coccoc, see DictionaryOptions) gets the same space count,
+  // which scores it like the word it spells.
+  void add(const std::string& word, int32_t freq, bool with_variant, bool special) {
+    uint32_t node = trie.add(word, freq);
+    int32_t spaces = int32_t(std::count(word.begin(), word.end(), ' '));
+    trie.space_count[node] = spaces;
+    trie.special[node] = special;
+    if (!with_variant || variants.empty()) return;
+    std::string varied, piece;
+    std::istringstream parts(word);
+    bool first = true;
+    while (std::getline(parts, piece, ' ')) {
+      auto it = variants.find(piece);
+      varied += (first ? "" : " ") + (it == variants.end() ? piece : it->second);
+      first = false;
+    }
+    if (!word.empty() && word.back() == ' ') varied += ' ';
+    if (varied != word) trie.space_count[trie.add(varied, freq)] = spaces;
+  }
+};
+
+float word_weight(int32_t freq, int32_t spaces) {
+  // Exponents per number of spaces in the word (0 to 3; coccoc's table has no longer rows).
+  static const float kPowers[4][2] = {{0.38f, 1.f}, {0.14f, 2.59f}, {1.42f, 4.42f}, {1.45f, 0.23f}};
+  const float* p = kPowers[std::clamp(spaces, 0, 3)];
+  return float(std::pow(std::log2(freq + 3.0), double(p[0])) * std::pow(double(spaces + 1), double(p[1])));
+}
+
+float syllable_weight(int32_t freq, int32_t length) {
+  return float(double(8.68047f) * std::pow(double(length), double(1.49414f)) *
+               std::pow(double(freq), double(0.02f)));
+}
+
+float pair_weight(int32_t freq, int32_t length) {
+  return float(double(0.1f) * std::pow(double(length), double(0.994141f)) *
+               std::pow(double(freq), double(0.19f)));
+}
+
+// coccoc's variable-length integers: 7 bits per byte, little end first; a byte with the high
+// bit clear starts a number, bytes with it set continue it.
+struct VarintReader {
+  std::vector<unsigned char> data;
+  size_t pos = 0;
+  bool next(uint32_t& out) {
+    if (pos >= data.size()) return false;
+    uint32_t value = data[pos++] & 0x7F;
+    for (int shift = 7; pos < data.size() && (data[pos] & 0x80); shift += 7)
+      value |= uint32_t(data[pos++] & 0x7F) << shift;
+    out = value;
+    return true;
+  }
+};
+
+std::vector<char> read_all(const std::string& dir, const char* name) {
+  auto in = open_source(dir, name);
+  return std::vector<char>((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+std::vector<TrieSlot> hash_edges(const TrieBuilder& trie) {
+  uint64_t capacity = 16;
+  while (capacity < trie.edges.size() * 2) capacity <<= 1;
+  std::vector<TrieSlot> slots(capacity, TrieSlot{kEmptySlot, 0, 0});
+  for (auto& [key, child] : trie.edges) {
+    uint32_t parent = uint32_t(key >> 32), cp = uint32_t(key);
+    uint64_t i = TrieView::hash(parent, cp) & (capacity - 1);
+    while (slots[i].parent != kEmptySlot) i = (i + 1) & (capacity - 1);
+    slots[i] = {parent, cp, child};
+  }
+  return slots;
+}
+
+struct Blob {
+  std::vector<char> bytes = std::vector<char>(sizeof(Header));  // the header goes first
+  Header header{};
+  template <class T>
+  void put(Section s, const std::vector<T>& v) {
+    size_t offset = (bytes.size() + 63) & ~size_t(63);
+    bytes.resize(offset + v.size() * sizeof(T));
+    if (!v.empty()) std::memcpy(bytes.data() + offset, v.data(), v.size() * sizeof(T));
+    header.offset[s] = offset;
+    header.size[s] = v.size() * sizeof(T);
+  }
+};
+
+Blob compile(const std::string& dir, DictionaryOptions options, uint64_t fingerprint) {
+  CharTable chars;
+  chars.read_classes(dir + "/alphabetic", dir + "/numeric");
+  WordTrie words;
+  TrieBuilder syllables;
+  if (options.spelling_variants) {
+    for (const char* name : {"d_and_gi.txt", "i_and_y.txt"}) {
+      auto in = open_source(dir, name);
+      std::string line, from, to;
+      while (std::getline(in, line)) {
+        std::istringstream row(line);
+        if (row >> from >> to) words.variants[map_code_points(chars, from, false)] = map_code_points(chars, to, false);
+      }
+    }
+  }
+  auto add_syllable = [&](const std::string& s, int32_t freq) {
+    syllables.length[syllables.add(s, freq)] = int32_t(to_code_points(s).size());
+  };
+  {
+    auto in = open_source(dir, "vndic_multiterm");
+    std::string line, word;
+    int32_t freq;
+    while (std::getline(in, line)) {
+      if (!split_word_frequency(line, word, freq)) continue;
+      words.add(word, freq, true, false);
+      std::string root = map_code_points(chars, word, true);
+      if (root != word) words.add(root, freq, false, false);
+      if (!options.load_nontone_data) continue;
+      // Every piece between spaces is a syllable, an empty one included, as in coccoc.
+      size_t start = 0;
+      for (size_t k = 0; k <= word.size(); ++k) {
+        if (k < word.size() && word[k] != ' ') continue;
+        std::string piece = word.substr(start, k - start);
+        start = k + 1;
+        if (k == word.size() && piece.empty()) break;
+        add_syllable(piece, freq);
+        std::string piece_root = map_code_points(chars, piece, true);
+        if (piece_root != piece) add_syllable(piece_root, freq);
+      }
+    }
+  }
+  for (const char* unit : {"m2", "m3", "km2"}) words.add(unit, INT_MAX, false, false);
+  {
+    auto in = open_source(dir, "acronyms");
+    std::string line;
+    while (std::getline(in, line)) {
+      std::istringstream row(line);
+      std::string word;
+      int32_t freq = 0;
+      row >> word >> freq;
+      words.add(word, freq, false, false);
+      if (options.load_nontone_data) add_syllable(word, freq);
+    }
+  }
+  {
+    auto in = open_source(dir, "chemical_comp");
+    std::string term;
+    while (in >> term) words.add(term, INT_MAX, false, true);
+  }
+  for (const char* term : {"vietnam+", "google+", "notepad++", "c#", "c++", "g++", "xbase++", "vc++",
+                           "k+", "g+", "16+", "18+"})
+    words.add(term, INT_MAX, false, true);
+  {
+    auto in = open_source(dir, "special_token.strong");
+    std::string term;
+    while (in >> term) words.add(term, INT_MAX, false, true);
+  }
+
+  Blob blob;
+  std::memcpy(blob.header.magic, kMagic, sizeof kMagic);
+  blob.header.version = kFormatVersion;
+  blob.header.options = options.load_nontone_data | (options.spelling_variants << 1);
+  blob.header.fingerprint = fingerprint;
+  blob.put(kClasses, chars.classes);
+  const TrieBuilder& w = words.trie;
+  std::vector<float> weight(w.frequency.size());
+  std::vector<uint8_t> flags(w.frequency.size());
+  for (size_t n = 0; n < weight.size(); ++n) {
+    bool ending = w.frequency[n] != -1;
+    weight[n] = ending ? word_weight(w.frequency[n], w.space_count[n]) : 0.5f;
+    flags[n] = (ending ? TrieView::kEnding : 0) | (w.special[n] ? TrieView::kSpecial : 0);
+  }
+  blob.put(kWordSlots, hash_edges(w));
+  blob.put(kWordWeight, weight);
+  blob.put(kWordFlags, flags);
+  if (!options.load_nontone_data) return blob;
+
+  std::vector<float> syllable_weights(syllables.frequency.size());
+  for (size_t n = 0; n < syllable_weights.size(); ++n)
+    syllable_weights[n] = syllables.frequency[n] != -1
+                              ? syllable_weight(syllables.frequency[n], syllables.length[n])
+                              : 0.5f;
+  // Syllable indices come from the order of Freq2NontoneUniFile; one not in the trie keeps
+  // length 0 for the pair scores, as in coccoc.
+  std::vector<int32_t> index(syllables.frequency.size(), -1);
+  std::vector<int32_t> syllable_length;
+  {
+    auto in = open_source(dir, "Freq2NontoneUniFile");
+    std::string s;
+    while (in >> s) {
+      auto cps = to_code_points(s);
+      int32_t node = syllables.find(cps);
+      if (node >= 0) index[node] = int32_t(syllable_length.size());
+      syllable_length.push_back(node >= 0 ? int32_t(cps.size()) : 0);
+    }
+  }
+  VarintReader reader;
+  {
+    auto raw = read_all(dir, "nontone_pair_freq");
+    reader.data.assign(raw.begin(), raw.end());
+  }
+  uint32_t rows = 0;
+  reader.next(rows);
+  if (rows != syllable_length.size())
+    throw std::runtime_error("nontone_pair_freq has " + std::to_string(rows) +
+                             " rows but Freq2NontoneUniFile has " +
+                             std::to_string(syllable_length.size()) + " syllables");
+  std::vector<uint32_t> row_start{0}, column;
+  std::vector<float> score;
+  for (uint32_t first = 0; first < rows; ++first) {
+    uint32_t count = 0, second = 0, delta, freq;
+    reader.next(count);
+    for (uint32_t k = 0; k < count && reader.next(delta) && reader.next(freq); ++k) {
+      second += delta;
+      if (second >= rows) continue;
+      float s = pair_weight(int32_t(freq), syllable_length[first] + syllable_length[second]);
+      if (column.size() > row_start.back() && column.back() == second) {
+        score.back() = s;  // a repeated pair: the last one counts
+      } else {
+        column.push_back(second);
+        score.push_back(s);
+      }
+    }
+    row_start.push_back(uint32_t(column.size()));
+  }
+  blob.put(kSyllableSlots, hash_edges(syllables));
+  blob.put(kSyllableWeight, syllable_weights);
+  blob.put(kSyllableIndex, index);
+  blob.put(kPairRows, row_start);
+  blob.put(kPairColumn, column);
+  blob.put(kPairScore, score);
+  return blob;
+}
+
+uint64_t fingerprint_sources(const std::string& dir, bool nontone) {
+  uint64_t h = 1469598103934665603ull;
+  auto mix = [&h](uint64_t v) { h = (h ^ v) * 1099511628211ull; };
+  auto stat_one = [&](const char* name) {
+    struct stat st {};
+    if (::stat((dir + "/" + name).c_str(), &st) != 0)
+      throw std::runtime_error("missing dictionary file " + dir + "/" + name);
+    mix(uint64_t(st.st_size));
+    mix(uint64_t(st.st_mtim.tv_sec) * 1000000000ull + uint64_t(st.st_mtim.tv_nsec));
+  };
+  for (const char* name : kWordSources) stat_one(name);
+  if (nontone)
+    for (const char* name : kNontoneSources) stat_one(name);
+  return h;
+}
+
+}  // namespace
+
+bool PairView::find(int32_t first, int32_t second, float& out) const {
+  if (first < 0 || uint32_t(first) >= rows) return false;
+  const uint32_t* begin = column + row_start[first];
+  const uint32_t* end = column + row_start[first + 1];
+  const uint32_t* it = std::lower_bound(begin, end, uint32_t(second));
+  if (it == end || *it != uint32_t(second)) return false;
+  out = score[it - column];
+  return true;
+}
+
+Dictionary::~Dictionary() {
+  if (map_ != nullptr) munmap(map_, mapped_bytes);
+}
+
+void Dictionary::attach(const char* data, size_t size) {
+  Header header;
+  if (size < sizeof header) throw std::runtime_error("compiled dictionary is truncated");
+  std::memcpy(&header, data, sizeof header);
+  for (int s = 0; s < kSectionCount; ++s)
+    if (header.offset[s] + header.size[s] > size)
+      throw std::runtime_error("compiled dictionary is truncated");
+  auto at = [&](Section s) { return data + header.offset[s]; };
+  if (header.size[kClasses] != kTableSize) throw std::runtime_error("compiled dictionary is corrupt");
+  std::memcpy(chars.classes.data(), at(kClasses), kTableSize);
+  auto trie = [&](Section slots, Section weight) {
+    TrieView view;
+    uint64_t count = header.size[slots] / sizeof(TrieSlot);
+    if (count == 0) return view;
+    view.slots = reinterpret_cast<const TrieSlot*>(at(slots));
+    view.mask = count - 1;
+    view.weight = reinterpret_cast<const float*>(at(weight));
+    return view;
+  };
+  words = trie(kWordSlots, kWordWeight);
+  words.flags = reinterpret_cast<const uint8_t*>(at(kWordFlags));
+  syllables = trie(kSyllableSlots, kSyllableWeight);
+  syllables.index = reinterpret_cast<const int32_t*>(at(kSyllableIndex));
+  if (header.size[kPairRows] >= 2 * sizeof(uint32_t)) {
+    pairs.rows = uint32_t(header.size[kPairRows] / sizeof(uint32_t) - 1);
+    pairs.row_start = reinterpret_cast<const uint32_t*>(at(kPairRows));
+    pairs.column = reinterpret_cast<const uint32_t*>(at(kPairColumn));
+    pairs.score = reinterpret_cast<const float*>(at(kPairScore));
+  }
+}
+
+std::shared_ptr<const Dictionary> Dictionary::open(const std::string& dir, DictionaryOptions options) {
+  uint64_t fingerprint = fingerprint_sources(dir, options.load_nontone_data);
+  std::string name = std::string("compiled-v") + std::to_string(kFormatVersion) +
+                     (options.load_nontone_data ? "-nontone" : "-tone") +
+                     (options.spelling_variants ? "-variants" : "") + ".bin";
+  std::string path = dir + "/" + name;
+  auto map_file = [&]() -> std::shared_ptr<Dictionary> {
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return nullptr;
+    struct stat st {};
+    Header header{};
+    bool ok = fstat(fd, &st) == 0 && size_t(st.st_size) >= sizeof header &&
+              pread(fd, &header, sizeof header, 0) == ssize_t(sizeof header) &&
+              std::memcmp(header.magic, kMagic, sizeof kMagic) == 0 &&
+              header.version == kFormatVersion && header.fingerprint == fingerprint;
+    void* map = ok ? mmap(nullptr, size_t(st.st_size), PROT_READ, MAP_SHARED, fd, 0) : MAP_FAILED;
+    ::close(fd);
+    if (map == MAP_FAILED) return nullptr;
+    std::shared_ptr<Dictionary> dict(new Dictionary());
+    dict->map_ = map;
+    dict->mapped_bytes = size_t(st.st_size);
+    dict->compiled_path = path;
+    dict->attach(static_cast<const char*>(map), dict->mapped_bytes);
+    return dict;
+  };
+  if (auto dict = map_file()) return dict;
+
+  Blob blob = compile(dir, options, fingerprint);
+  std::memcpy(blob.bytes.data(), &blob.header, sizeof blob.header);
+  // Written under a temporary name and renamed, so that an interrupted compile never leaves a
+  // partial file where a later open would find it.
+  std::string tmp = path + ".tmp." + std::to_string(getpid());
+  if (FILE* f = std::fopen(tmp.c_str(), "wb")) {
+    bool ok = std::fwrite(blob.bytes.data(), 1, blob.bytes.size(), f) == blob.bytes.size();
+    ok = (std::fflush(f) == 0) && ok && fsync(fileno(f)) == 0;
+    ok = (std::fclose(f) == 0) && ok && std::rename(tmp.c_str(), path.c_str()) == 0;
+    if (!ok) std::remove(tmp.c_str());
+    if (ok)
+      if (auto dict = map_file()) return dict;
+  }
+  std::shared_ptr<Dictionary> dict(new Dictionary());
+  dict->owned_ = std::move(blob.bytes);
+  dict->attach(dict->owned_.data(), dict->owned_.size());
+  return dict;
+}
+
+}  // namespace electra_fast::vi
