@@ -57,8 +57,17 @@ def pretrain(args) -> None:
     from electra_fast.pretraining.hparams import Hparams
     from electra_fast.pretraining.trainer import pretrain as run
 
-    run(args.data, args.out, Hparams.from_json(args.hparams), resume=not args.no_resume,
-        stop_at_step=args.stop_at_step)  # fmt: skip
+    try:
+        run(args.data, args.out, Hparams.from_json(args.hparams), resume=not args.no_resume,
+            stop_at_step=args.stop_at_step)  # fmt: skip
+    finally:
+        # Under torchrun, pretrain() opened the process group. Leaving it to interpreter
+        # shutdown sometimes aborts the process ("terminate called without an active exception"
+        # from gloo's threads) after the run has finished.
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def export(args) -> None:
