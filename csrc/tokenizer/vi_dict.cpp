@@ -150,13 +150,14 @@ float pair_weight(int32_t freq, int32_t length) {
 // coccoc's variable-length integers: 7 bits per byte, little end first; a byte with the high
 // bit clear starts a number, bytes with it set continue it.
 struct VarintReader {
-  std::vector<unsigned char> data;
+  std::vector<char> data;
   size_t pos = 0;
+  uint8_t byte(size_t i) const { return uint8_t(data[i]); }
   bool next(uint32_t& out) {
     if (pos >= data.size()) return false;
-    uint32_t value = data[pos++] & 0x7F;
-    for (int shift = 7; pos < data.size() && (data[pos] & 0x80); shift += 7)
-      value |= uint32_t(data[pos++] & 0x7F) << shift;
+    uint32_t value = byte(pos++) & 0x7F;
+    for (int shift = 7; pos < data.size() && (byte(pos) & 0x80); shift += 7)
+      value |= uint32_t(byte(pos++) & 0x7F) << shift;
     out = value;
     return true;
   }
@@ -299,11 +300,7 @@ Blob compile(const std::string& dir, DictionaryOptions options, uint64_t fingerp
       syllable_length.push_back(node >= 0 ? int32_t(cps.size()) : 0);
     }
   }
-  VarintReader reader;
-  {
-    auto raw = read_all(dir, "nontone_pair_freq");
-    reader.data.assign(raw.begin(), raw.end());
-  }
+  VarintReader reader{read_all(dir, "nontone_pair_freq")};
   uint32_t rows = 0;
   reader.next(rows);
   if (rows != syllable_length.size())
