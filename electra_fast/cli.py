@@ -28,9 +28,21 @@ def train_tokenizer(args) -> None:
         input_sentence_size=args.input_sentence_size,
         seed=args.seed,
         num_threads=args.num_threads,
+        pre_segmenter=_pre_segmenter(args),
     )
     pieces = tokenizer.vocab_size
     print(f"trained a {args.model_type} SentencePiece model of {pieces} pieces → {args.out}")
+
+
+def _pre_segmenter(args) -> dict | None:
+    if args.pre_segmenter is None:
+        if args.segmenter_dicts is not None:
+            raise ValueError("--segmenter-dicts needs --pre-segmenter")
+        return None
+    config = {"type": args.pre_segmenter}
+    if args.segmenter_dicts is not None:
+        config["dicts"] = args.segmenter_dicts
+    return config
 
 
 def prepare(args) -> None:
@@ -115,6 +127,13 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-threads", type=int, default=1)
+    p.add_argument(
+        "--pre-segmenter",
+        choices=("vietnamese",),
+        help="word-segment the text first (coccoc-compatible for vietnamese); recorded in the "
+        "tokenizer's config, so prepare and finetuning segment the same way",
+    )
+    p.add_argument("--segmenter-dicts", help="the segmenter's dictionaries (default: its own)")
     p.add_argument("--out", required=True, help="directory for spm.model and its config")
     p.set_defaults(handler=train_tokenizer)
 

@@ -1,5 +1,6 @@
 """Tokenizers behind one interface: SentencePiece (trained here or loaded), WordPiece with a
-BERT-style vocab.txt. `load(path)` opens the directory that training or conversion wrote.
+BERT-style vocab.txt, either optionally after word segmentation (tokenization.segmented).
+`load(path)` opens the directory that training or conversion wrote.
 
 Every tokenizer has encode(text) -> ids (no special tokens), encode_batch, decode, vocab_size,
 the ids of [PAD] [UNK] [CLS] [SEP] [MASK], `files` (what defines it) and `checksum()`.
@@ -33,24 +34,17 @@ class Tokenizer(Protocol):
 
 def load(path: str | os.PathLike) -> Tokenizer:
     """The tokenizer in `path`: a directory with tokenizer_config.json, a SentencePiece
-    `.model` file, or a WordPiece `vocab.txt`."""
+    `.model` file, or a WordPiece `vocab.txt`. A config's `pre_segmenter` (see
+    tokenization.segmented) wraps the tokenizer so that text is word-segmented first."""
     path = Path(path)
     if path.is_dir() and (path / CONFIG).is_file():
         config = json.loads((path / CONFIG).read_text())
-        kind = config.get("type")
-        if kind == "sentencepiece":
-            from electra_fast.tokenization.sentencepiece import SentencePieceTokenizer
+        if "pre_segmenter" in config:
+            from electra_fast.tokenization.segmented import SegmentedTokenizer
 
-            return SentencePieceTokenizer(path / config["model"])
-        if kind == "wordpiece":
-            from electra_fast.tokenization.wordpiece import WordPieceTokenizer
-
-            return WordPieceTokenizer(
-                path / config["vocab"],
-                lowercase=config.get("lowercase", False),
-                strip_accents=config.get("strip_accents", False),
-            )
-        raise ValueError(f"{path / CONFIG}: unknown tokenizer type {kind!r}")
+            base = _load_config(path, {k: v for k, v in config.items() if k != "pre_segmenter"})
+            return SegmentedTokenizer(base, config["pre_segmenter"])
+        return _load_config(path, config)
     if path.is_file() and path.suffix == ".model":
         from electra_fast.tokenization.sentencepiece import SentencePieceTokenizer
 
@@ -62,6 +56,23 @@ def load(path: str | os.PathLike) -> Tokenizer:
     raise FileNotFoundError(
         f"no tokenizer at {path}: expected a directory with {CONFIG}, a .model or a vocab.txt"
     )
+
+
+def _load_config(path: Path, config: dict) -> Tokenizer:
+    kind = config.get("type")
+    if kind == "sentencepiece":
+        from electra_fast.tokenization.sentencepiece import SentencePieceTokenizer
+
+        return SentencePieceTokenizer(path / config["model"])
+    if kind == "wordpiece":
+        from electra_fast.tokenization.wordpiece import WordPieceTokenizer
+
+        return WordPieceTokenizer(
+            path / config["vocab"],
+            lowercase=config.get("lowercase", False),
+            strip_accents=config.get("strip_accents", False),
+        )
+    raise ValueError(f"{path / CONFIG}: unknown tokenizer type {kind!r}")
 
 
 def file_checksum(*paths: Path) -> str:

@@ -8,7 +8,7 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
-from electra_fast.tokenization import file_checksum, write_config
+from electra_fast.tokenization import file_checksum, load, write_config
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 MODEL_TYPES = ("unigram", "bpe")
@@ -70,21 +70,31 @@ def train_sentencepiece(
     input_sentence_size: int = 10_000_000,
     seed: int = 0,
     num_threads: int = 1,
-) -> SentencePieceTokenizer:
+    pre_segmenter: dict | None = None,
+):
     """Trains a model on `sentences` (one per item; blank ones are skipped) and writes it to the
     directory `out` (spm.model + tokenizer_config.json). At most `input_sentence_size`
-    sentences, sampled with `seed`, feed the training, for corpora of any size."""
+    sentences, sampled with `seed`, feed the training, for corpora of any size.
+
+    pre_segmenter: a word segmenter's config (tokenization.segmented), e.g.
+    {"type": "vietnamese"}: the model is trained on segmented text and the config records the
+    segmenter, so the loaded tokenizer segments before encoding."""
     if model_type not in MODEL_TYPES:
         raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {model_type!r}")
     if vocab_size < len(SPECIAL_TOKENS) + 1:
         raise ValueError(f"vocab_size must be more than {len(SPECIAL_TOKENS)}, got {vocab_size}")
     spm = _spm()
+    segment = None
+    if pre_segmenter is not None:  # built before training so a bad config fails at once
+        from electra_fast.tokenization.segmented import make_segmenter
+
+        segment = make_segmenter(pre_segmenter)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     spm.set_random_generator_seed(seed)
     prefix = out / ".spm-training"
     options = dict(
-        sentence_iterator=(s for s in sentences if s.strip()),
+        sentence_iterator=_segmented(sentences, segment),
         model_prefix=str(prefix),
         vocab_size=vocab_size,
         model_type=model_type,
@@ -108,8 +118,31 @@ def train_sentencepiece(
             raise ValueError(
                 f"vocab_size={vocab_size} is too large for this corpus: {error}"
             ) from error
+        if "smaller than required_chars" in str(error):
+            raise ValueError(
+                f"vocab_size={vocab_size} is smaller than the corpus's character set needs "
+                f"(lower character_coverage={character_coverage}, or raise vocab_size): {error}"
+            ) from error
         raise
     os.replace(f"{prefix}.model", out / "spm.model")
     Path(f"{prefix}.vocab").replace(out / "spm.vocab")
-    write_config(out, {"type": "sentencepiece", "model": "spm.model"})
-    return SentencePieceTokenizer(out / "spm.model")
+    config = {"type": "sentencepiece", "model": "spm.model"}
+    if pre_segmenter is not None:
+        config["pre_segmenter"] = pre_segmenter
+    write_config(out, config)
+    return load(out)
+
+
+def _segmented(sentences: Iterable[str], segment, chunk: int = 1024):
+    """The non-blank sentences, segmented in chunks when a segmenter is given."""
+    if segment is None:
+        yield from (s for s in sentences if s.strip())
+        return
+    pending = []
+    for s in sentences:
+        if s.strip():
+            pending.append(s)
+        if len(pending) == chunk:
+            yield from segment.batch(pending)
+            pending = []
+    yield from segment.batch(pending)

@@ -28,9 +28,12 @@ def test_sentencepiece_training_and_loading(tmp_path, model_type):
     assert loaded.encode_batch(lines[:5]) == [trained.encode(t) for t in lines[:5]]
 
 
-def test_sentencepiece_vocab_too_large(tmp_path):
-    with pytest.raises(ValueError, match="vocab_size"):
+def test_sentencepiece_vocab_too_large_or_too_small(tmp_path):
+    with pytest.raises(ValueError, match="vocab_size=5000 is too large"):
         train_sentencepiece(["a b c", "b c d"] * 10, tmp_path, vocab_size=5000)
+    # 5 special pieces + 12 letters + the word boundary do not fit in 10.
+    with pytest.raises(ValueError, match="vocab_size=10 is smaller than the corpus's character"):
+        train_sentencepiece(["abcdef ghijkl"] * 10, tmp_path, vocab_size=10)
     with pytest.raises(ValueError, match="model_type"):
         train_sentencepiece(["a"], tmp_path, model_type="word")
 
