@@ -19,9 +19,9 @@ namespace electra_fast::vi {
 namespace {
 
 constexpr char kMagic[8] = {'E', 'F', 'V', 'I', 'D', 'I', 'C', 'T'};
-constexpr uint32_t kFormatVersion = 2;
-enum Section { kClasses, kWordSlots, kWordWeight, kWordFlags, kSyllableSlots, kSyllableWeight,
-               kSyllableIndex, kPairRows, kPairColumn, kPairScore, kSectionCount };
+constexpr uint32_t kFormatVersion = 4;
+enum Section { kClasses, kWordNodes, kSyllableNodes, kSyllableIndex, kPairRows, kPairColumn,
+               kPairScore, kSectionCount };
 
 struct Header {
   char magic[8];
@@ -168,17 +168,38 @@ std::vector<char> read_all(const std::string& dir, const char* name) {
   return std::vector<char>((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
 }
 
-std::vector<TrieSlot> hash_edges(const TrieBuilder& trie) {
-  uint64_t capacity = 16;
-  while (capacity < trie.edges.size() * 2) capacity <<= 1;
-  std::vector<TrieSlot> slots(capacity, TrieSlot{kEmptySlot, 0, 0});
-  for (auto& [key, child] : trie.edges) {
-    uint32_t parent = uint32_t(key >> 32), cp = uint32_t(key);
-    uint64_t i = TrieView::hash(parent, cp) & (capacity - 1);
-    while (slots[i].parent != kEmptySlot) i = (i + 1) & (capacity - 1);
-    slots[i] = {parent, cp, child};
+// The builder's nodes renumbered breadth first, each node's children in code-point order, with
+// a sentinel record at the end. `old_of` maps each new node to the builder's.
+std::vector<TrieNode> breadth_first(const TrieBuilder& trie, const std::vector<float>& weight,
+                                    const std::vector<uint8_t>& flags, std::vector<uint32_t>& old_of) {
+  struct Edge {
+    uint32_t parent, cp, child;
+  };
+  std::vector<Edge> edges;
+  edges.reserve(trie.edges.size());
+  for (auto& [key, child] : trie.edges) edges.push_back({uint32_t(key >> 32), uint32_t(key), child});
+  std::sort(edges.begin(), edges.end(),
+            [](const Edge& a, const Edge& b) { return a.parent != b.parent ? a.parent < b.parent : a.cp < b.cp; });
+  size_t count = trie.frequency.size();
+  std::vector<uint32_t> edges_from(count + 1, 0);  // by builder node, into `edges`
+  for (const Edge& e : edges) ++edges_from[e.parent + 1];
+  for (size_t n = 0; n < count; ++n) edges_from[n + 1] += edges_from[n];
+  std::vector<uint32_t> code_point{0};
+  old_of.assign(1, 0);
+  old_of.reserve(count);
+  std::vector<TrieNode> nodes(count + 1);
+  // old_of doubles as the queue: node k is expanded when k is reached, after all nodes before it.
+  for (size_t k = 0; k < old_of.size(); ++k) {
+    uint32_t old = old_of[k];
+    nodes[k] = {uint32_t(old_of.size()), code_point[k] | uint32_t(flags[old]) << 24, weight[old]};
+    for (uint32_t e = edges_from[old]; e < edges_from[old + 1]; ++e) {
+      if (edges[e].cp > TrieView::kCodePointMask) throw std::runtime_error("code point out of range in a dictionary");
+      old_of.push_back(edges[e].child);
+      code_point.push_back(edges[e].cp);
+    }
   }
-  return slots;
+  nodes[count] = {uint32_t(count), 0, 0.5f};
+  return nodes;
 }
 
 struct Blob {
@@ -276,9 +297,8 @@ Blob compile(const std::string& dir, DictionaryOptions options, uint64_t fingerp
     weight[n] = ending ? word_weight(w.frequency[n], w.space_count[n]) : 0.5f;
     flags[n] = (ending ? TrieView::kEnding : 0) | (w.special[n] ? TrieView::kSpecial : 0);
   }
-  blob.put(kWordSlots, hash_edges(w));
-  blob.put(kWordWeight, weight);
-  blob.put(kWordFlags, flags);
+  std::vector<uint32_t> old_of;
+  blob.put(kWordNodes, breadth_first(w, weight, flags, old_of));
   if (!options.load_nontone_data) return blob;
 
   std::vector<float> syllable_weights(syllables.frequency.size());
@@ -325,9 +345,11 @@ Blob compile(const std::string& dir, DictionaryOptions options, uint64_t fingerp
     }
     row_start.push_back(uint32_t(column.size()));
   }
-  blob.put(kSyllableSlots, hash_edges(syllables));
-  blob.put(kSyllableWeight, syllable_weights);
-  blob.put(kSyllableIndex, index);
+  std::vector<uint8_t> no_flags(syllable_weights.size(), 0);
+  blob.put(kSyllableNodes, breadth_first(syllables, syllable_weights, no_flags, old_of));
+  std::vector<int32_t> index_by_node(old_of.size());
+  for (size_t n = 0; n < old_of.size(); ++n) index_by_node[n] = index[old_of[n]];
+  blob.put(kSyllableIndex, index_by_node);
   blob.put(kPairRows, row_start);
   blob.put(kPairColumn, column);
   blob.put(kPairScore, score);
@@ -376,19 +398,29 @@ void Dictionary::attach(const char* data, size_t size) {
   auto at = [&](Section s) { return data + header.offset[s]; };
   if (header.size[kClasses] != kTableSize) throw std::runtime_error("compiled dictionary is corrupt");
   std::memcpy(chars.classes.data(), at(kClasses), kTableSize);
-  auto trie = [&](Section slots, Section weight) {
+  auto trie = [&](Section nodes) {
     TrieView view;
-    uint64_t count = header.size[slots] / sizeof(TrieSlot);
-    if (count == 0) return view;
-    view.slots = reinterpret_cast<const TrieSlot*>(at(slots));
-    view.mask = count - 1;
-    view.weight = reinterpret_cast<const float*>(at(weight));
+    uint64_t count = header.size[nodes] / sizeof(TrieNode);
+    if (count < 2) return view;
+    view.nodes = uint32_t(count - 1);
+    view.node = reinterpret_cast<const TrieNode*>(at(nodes));
+    if (view.node[view.nodes].first_child != view.nodes) throw std::runtime_error("compiled dictionary is corrupt");
     return view;
   };
-  words = trie(kWordSlots, kWordWeight);
-  words.flags = reinterpret_cast<const uint8_t*>(at(kWordFlags));
-  syllables = trie(kSyllableSlots, kSyllableWeight);
+  words = trie(kWordNodes);
+  syllables = trie(kSyllableNodes);
   syllables.index = reinterpret_cast<const int32_t*>(at(kSyllableIndex));
+  // Vietnamese letters end below U+1F00; rarer first characters fall back to the search.
+  auto index_root = [](TrieView& view, std::vector<int32_t>& table) {
+    if (view.nodes == 0) return;
+    table.assign(0x1F00, -1);
+    for (uint32_t c = view.node[0].first_child; c < view.node[1].first_child; ++c)
+      if (view.code_point(int32_t(c)) < table.size()) table[view.code_point(int32_t(c))] = int32_t(c);
+    view.root_child = table.data();
+    view.root_span = uint32_t(table.size());
+  };
+  index_root(words, word_root_);
+  index_root(syllables, syllable_root_);
   if (header.size[kPairRows] >= 2 * sizeof(uint32_t)) {
     pairs.rows = uint32_t(header.size[kPairRows] / sizeof(uint32_t) - 1);
     pairs.row_start = reinterpret_cast<const uint32_t*>(at(kPairRows));
@@ -399,10 +431,10 @@ void Dictionary::attach(const char* data, size_t size) {
 
 std::shared_ptr<const Dictionary> Dictionary::open(const std::string& dir, DictionaryOptions options) {
   uint64_t fingerprint = fingerprint_sources(dir, options.load_nontone_data);
-  std::string name = std::string("compiled-v") + std::to_string(kFormatVersion) +
-                     (options.load_nontone_data ? "-nontone" : "-tone") +
+  std::string kind = std::string(options.load_nontone_data ? "-nontone" : "-tone") +
                      (options.spelling_variants ? "-variants" : "") + ".bin";
-  std::string path = dir + "/" + name;
+  auto path_of = [&](uint32_t version) { return dir + "/compiled-v" + std::to_string(version) + kind; };
+  std::string path = path_of(kFormatVersion);
   auto map_file = [&]() -> std::shared_ptr<Dictionary> {
     int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) return nullptr;
@@ -419,7 +451,11 @@ std::shared_ptr<const Dictionary> Dictionary::open(const std::string& dir, Dicti
     dict->map_ = map;
     dict->mapped_bytes = size_t(st.st_size);
     dict->compiled_path = path;
-    dict->attach(static_cast<const char*>(map), dict->mapped_bytes);
+    try {
+      dict->attach(static_cast<const char*>(map), dict->mapped_bytes);
+    } catch (const std::runtime_error&) {
+      return nullptr;  // damaged: compiled again below, and replaced
+    }
     return dict;
   };
   if (auto dict = map_file()) return dict;
@@ -434,8 +470,11 @@ std::shared_ptr<const Dictionary> Dictionary::open(const std::string& dir, Dicti
     ok = (std::fflush(f) == 0) && ok && fsync(fileno(f)) == 0;
     ok = (std::fclose(f) == 0) && ok && std::rename(tmp.c_str(), path.c_str()) == 0;
     if (!ok) std::remove(tmp.c_str());
-    if (ok)
+    if (ok) {
+      // Earlier formats of the same dictionary are dead weight (hundreds of MB) from here on.
+      for (uint32_t version = 1; version < kFormatVersion; ++version) std::remove(path_of(version).c_str());
       if (auto dict = map_file()) return dict;
+    }
   }
   std::shared_ptr<Dictionary> dict(new Dictionary());
   dict->owned_ = std::move(blob.bytes);

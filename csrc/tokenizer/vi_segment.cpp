@@ -37,22 +37,28 @@ struct Normalised {
 };
 
 Normalised normalise(const CharTable& chars, std::string_view utf8) {
+  // Sized for the worst case (one character a byte) and cut to length at the end: no
+  // capacity checks in the per-character loop.
   Normalised out;
-  out.text.reserve(utf8.size());
-  out.byte_at.reserve(utf8.size() + 1);
-  out.char_at.reserve(utf8.size() + 1);
+  out.text.resize(utf8.size());
+  out.byte_at.resize(utf8.size() + 1);
+  out.char_at.resize(utf8.size() + 1);
   auto* p = reinterpret_cast<const unsigned char*>(utf8.data());
   int64_t chars_seen = 0;
+  size_t k = 0;
   for (size_t i = 0; i < utf8.size(); ++chars_seen) {
     size_t at = i;
-    uint32_t cp = chars.lower(decode_utf8(p, utf8.size(), i));
-    if (!out.text.empty() && chars.merge_mark(out.text.back(), cp)) continue;
-    out.text.push_back(cp);
-    out.byte_at.push_back(int64_t(at));
-    out.char_at.push_back(chars_seen);
+    uint32_t cp = p[i] < 0x80 ? chars.lower(p[i++]) : chars.lower(decode_utf8(p, utf8.size(), i));
+    if (CharTable::may_be_mark(cp) && k > 0 && chars.merge_mark(out.text[k - 1], cp)) continue;
+    out.text[k] = cp;
+    out.byte_at[k] = int64_t(at);
+    out.char_at[k++] = chars_seen;
   }
-  out.byte_at.push_back(int64_t(utf8.size()));
-  out.char_at.push_back(chars_seen);
+  out.text.resize(k);
+  out.byte_at[k] = int64_t(utf8.size());
+  out.char_at[k] = chars_seen;
+  out.byte_at.resize(k + 1);
+  out.char_at.resize(k + 1);
   return out;
 }
 
@@ -76,10 +82,10 @@ bool in_list(const uint32_t* t, int from, int to, std::initializer_list<const ch
 Segmenter::Candidate Segmenter::next_candidate(const uint32_t* t, int n, int from, Walk& w) const {
   const CharTable& chars = dict_->chars;
   const TrieView& words = dict_->words;
-  auto ending = [&](int32_t node) { return (words.flags[node] & TrieView::kEnding) != 0; };
+  auto ending = [&](int32_t node) { return (words.flags(node) & TrieView::kEnding) != 0; };
   auto here = [&](int right, bool more) {
-    return Candidate{right, double(words.weight[w.node]), more,
-                     (words.flags[w.node] & TrieView::kSpecial) != 0};
+    return Candidate{right, double(words.weight(w.node)), more,
+                     (words.flags(w.node) & TrieView::kSpecial) != 0};
   };
   auto run_of_alnum = [&](int i) {
     while (i < n && chars.is_alnum(t[i])) ++i;
@@ -382,7 +388,7 @@ void Segmenter::split_run_together(const uint32_t* t, int n, std::vector<int>& s
         int len = j - i + 1;
         int32_t next = node[row(j + 1) + len];
         if (next == -1) break;
-        double score = syl.weight[next];
+        double score = syl.weight(next);
         float pair;
         if (last_node != -1 && syl.index[last_node] != -1 && syl.index[next] != -1 &&
             pairs.find(syl.index[last_node], syl.index[next], pair))
@@ -416,6 +422,18 @@ namespace {
 // Between the parts of a URL coccoc keeps no separator; add each non-space character it skipped
 // as a piece of its own (dropped from word_tokenize), so that no text is lost from the spans.
 void cover_gaps(std::string_view utf8, std::vector<Piece>& pieces) {
+  auto gap_has_text = [&](int64_t from, int64_t to) {
+    for (int64_t b = from; b < to; ++b)
+      if (utf8[size_t(b)] != ' ') return true;
+    return false;
+  };
+  int64_t end = 0;
+  bool any = false;
+  for (const Piece& piece : pieces) {
+    if (piece.byte_start > end && gap_has_text(end, piece.byte_start)) any = true;
+    end = std::max(end, piece.byte_end);
+  }
+  if (!any && !gap_has_text(end, int64_t(utf8.size()))) return;  // the usual case: no copy
   std::vector<Piece> out;
   out.reserve(pieces.size());
   auto* p = reinterpret_cast<const unsigned char*>(utf8.data());
@@ -513,15 +531,20 @@ std::vector<Piece> Segmenter::segment(std::string_view utf8, Mode mode) const {
   size_t k = 0;
   for (const Token& tok : tokens) {
     Piece p{s.char_at[tok.start], s.char_at[tok.end], s.byte_at[tok.start], s.byte_at[tok.end], {}, tok.type};
-    p.text.reserve(size_t(p.byte_end - p.byte_start) + 1);
-    for (int64_t pos = p.byte_start; pos < p.byte_end; ++pos) {
-      if (splits[k] == pos) {
-        if (pos > p.byte_start) p.text += '_';
-        ++k;
+    while (splits[k] != -1 && splits[k] <= p.byte_start) ++k;  // a split at the start adds nothing
+    if (splits[k] == -1 || splits[k] >= p.byte_end) {  // the usual case: one copy
+      p.text.assign(utf8.data() + p.byte_start, size_t(p.byte_end - p.byte_start));
+    } else {
+      for (int64_t pos = p.byte_start; pos < p.byte_end; ++pos) {
+        if (splits[k] == pos) {
+          p.text += '_';
+          ++k;
+        }
+        p.text += utf8[pos];
       }
-      p.text += utf8[pos] == ' ' ? '_' : utf8[pos];
     }
-    p.dropped_by_coccoc = p.text == "_";
+    std::replace(p.text.begin(), p.text.end(), ' ', '_');
+    p.dropped_by_coccoc = p.text.size() == 1 && p.text[0] == '_';
     pieces.push_back(std::move(p));
   }
   if (mode == Mode::kNormal) cover_gaps(utf8, pieces);

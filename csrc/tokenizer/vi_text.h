@@ -34,6 +34,9 @@ struct CharTable {
   // If `mark` is a combining tone or vowel mark that combines with `base`, replaces `base` by
   // the precomposed letter and returns true.
   bool merge_mark(uint32_t& base, uint32_t mark) const;
+  // False for every code point that merge_mark can never merge (all but U+0300..U+0323): the
+  // cheap test that keeps the per-character path short.
+  static bool may_be_mark(uint32_t c) { return c - 0x300u <= 0x23u; }
 
  private:
   // tone_row_[c]: row of the tone table whose toneless letter is c; tone_mark_[mark]: column.
