@@ -1,6 +1,8 @@
 """Vietnamese segmentation throughput (MB/s = size / p50) on the bundled Vietnamese text
 repeated 4 times (about 4 MB), with coccoc's real dictionaries (skipped when they are not
-downloaded): the batch call on 1 and 2 threads, and one call per line from Python."""
+downloaded): the batch call on 1 and 2 threads, one call per line from Python, and the C++ core
+alone on 1 and 2 threads (segmentation of the same batch, no Python object per token: the
+figure to compare with coccoc's C++)."""
 
 from pathlib import Path
 
@@ -20,17 +22,25 @@ def segmenter():
     return vietnamese.Segmenter()
 
 
-@pytest.mark.parametrize("call", ["batch 1 thread", "batch 2 threads", "per line"])
+CALLS = ["batch 1 thread", "batch 2 threads", "per line", "core 1 thread", "core 2 threads"]
+
+
+@pytest.mark.parametrize("call", CALLS)
 def test_segment_vietnamese(benchmark, segmenter, call):
     lines = SAMPLE.read_text(encoding="utf-8").splitlines() * smoke_size(benchmark, 4, 1)
     megabytes = sum(len(line.encode()) + 1 for line in lines) / 1e6
+    threads = 1 if call.endswith("1 thread") else 2
     if call == "per line":
         run = lambda: [segmenter.tokens(line) for line in lines]  # noqa: E731
+    elif call.startswith("core"):
+        run = lambda: segmenter._impl._count_batch(lines, 0, threads)  # noqa: E731
     else:
-        threads = 1 if call == "batch 1 thread" else 2
         run = lambda: segmenter.tokens_batch(lines, num_threads=threads)  # noqa: E731
     describe(benchmark, op="segment_vi", provider="electra_fast", mode=call,
              size=f"{megabytes:.1f} MB", device=torch.device("cpu"))  # fmt: skip
     benchmark.extra_info["mb_per_s_note"] = "MB/s = size / p50"
     tokens = benchmark.pedantic(run, rounds=5 if not benchmark.disabled else 1, iterations=1)
-    assert len(tokens) == len(lines)
+    if call.startswith("core"):  # the token count of the text, as the batch call gives it
+        assert tokens == sum(len(t) for t in segmenter.tokens_batch(lines))
+    else:
+        assert len(tokens) == len(lines)

@@ -3,6 +3,7 @@ with coccoc's own output on its real dictionaries, offsets, threads, and hostile
 
 from __future__ import annotations
 
+import gc
 import json
 import threading
 import unicodedata
@@ -114,6 +115,33 @@ def test_batches_equal_single_calls_on_any_thread_count(small):
         assert small.segment_batch(texts, num_threads=threads) == [small.segment(t) for t in texts]
 
 
+def test_batches_take_any_iterable_and_any_str(small):
+    # ASCII, other text, lone surrogates (which have no strict UTF-8) and text whose UTF-8 Python
+    # has already cached: each crosses differently and must come out as the single call does.
+    cached = "Hà Nội đã mã hoá"
+    cached.encode()
+    texts = ["ascii only", "Việt Nam", "lone \ud800 surrogate", cached, "\udfff"]
+    expected = [small.tokens(t) for t in texts]
+    assert small.tokens_batch(iter(texts), num_threads=2) == expected
+    assert small.tokens_batch(t for t in texts) == expected
+    assert small.segment_batch(tuple(texts)) == [small.segment(t) for t in texts]
+    with pytest.raises(TypeError, match=r"texts\[i\] must be str, got int"):
+        small.tokens_batch(["a", 3])
+    assert small.tokens_batch([]) == []
+
+
+def test_batches_leave_the_garbage_collector_as_they_found_it(small):
+    assert gc.isenabled()
+    small.tokens_batch(["Việt Nam"] * 100, num_threads=2)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        small.segment_batch(["Việt Nam"] * 100)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
 def test_one_segmenter_serves_many_python_threads(small):
     texts = [f"Việt Nam {i} và Hà Nội, www.vnexpress.net" for i in range(200)]
     expected = [small.tokens(t) for t in texts]
@@ -151,6 +179,18 @@ def test_compiled_dictionary_is_reused_and_rebuilt_when_sources_change(tmp_path)
     with open(directory / "vndic_multiterm", "a", encoding="utf-8") as f:
         f.write("yêu nước 400\n")
     assert Segmenter(directory).tokens("yêu nước") == ["yêu_nước"]
+    # A damaged compiled file (its header intact, a section cut off) is compiled again.
+    (compiled,) = directory.glob("compiled-*.bin")
+    data = compiled.read_bytes()
+    compiled.write_bytes(data[: len(data) // 2])
+    assert Segmenter(directory).tokens("yêu nước") == ["yêu_nước"]
+    assert compiled.stat().st_size == len(data)
+    # A compiled file of an earlier format is replaced, not left beside the new one.
+    stale = directory / compiled.name.replace(compiled.name.split("-")[1], "v1")
+    stale.write_bytes(b"old")
+    compiled.unlink()
+    Segmenter(directory)
+    assert not stale.exists() and compiled.exists()
 
 
 def _assert_well_formed(text, spans):
