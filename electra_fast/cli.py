@@ -76,9 +76,12 @@ def pretrain(args) -> None:
         # Under torchrun, pretrain() opened the process group. Leaving it to interpreter
         # shutdown sometimes aborts the process ("terminate called without an active exception"
         # from gloo's threads) after the run has finished.
+        import gc
+
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized():
+            gc.collect()  # DistributedDataParallel's reducer goes before its process group
             dist.destroy_process_group()
 
 

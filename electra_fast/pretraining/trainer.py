@@ -305,6 +305,12 @@ def pretrain(
             log.close()
         for s, handler in previous_handlers.items():
             signal.signal(s, handler)
+    if world > 1:
+        # Every rank returns once rank 0 has written the last checkpoint and the export, and
+        # all of them then tear gloo down together: a rank that left while another was still
+        # writing sometimes aborted in gloo's threads ("terminate called without an active
+        # exception").
+        dist.barrier()
     if progress and rank == 0:
         state = "finished" if finished else "stopped (resume by rerunning)"
         print(f"\n{state} at step {step} → {out}", file=sys.stderr)
