@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Protocol
 
@@ -81,6 +82,17 @@ def file_checksum(*paths: Path) -> str:
     for path in paths:
         digest.update(Path(path).read_bytes())
     return digest.hexdigest()
+
+
+def save_with_config(directory: str | os.PathLike, source: Path, name: str, config: dict) -> None:
+    """Copies the file that defines a tokenizer into `directory` as `name` (unless it is that
+    file already) and writes the config that `load` reads."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / name
+    if target.resolve() != Path(source).resolve():
+        shutil.copyfile(source, target)
+    write_config(directory, config)
 
 
 def write_config(directory: Path, config: dict) -> None:

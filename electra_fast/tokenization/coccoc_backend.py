@@ -21,12 +21,6 @@ def available() -> bool:
     return True
 
 
-def default_dicts() -> str:
-    from electra_fast import _coccoc
-
-    return _coccoc.default_dicts
-
-
 class CoccocImpl:
     """The methods of electra_fast._vi.Segmenter, answered by coccoc."""
 
@@ -44,12 +38,7 @@ class CoccocImpl:
         _coccoc.initialize(self.dicts, load_nontone_data)
 
     def _run(self, texts: Iterable[str], mode: int) -> list[list[tuple]]:
-        encoded = []
-        for text in texts:
-            if not isinstance(text, str):
-                raise TypeError(f"texts[i] must be str, got {type(text).__name__}")
-            encoded.append(text.encode("utf-8", "surrogatepass"))
-        return self._coccoc.segment(encoded, mode)
+        return self._coccoc.segment(_encoded(texts), mode)
 
     @staticmethod
     def _texts(row) -> list[str]:
@@ -79,14 +68,23 @@ class CoccocImpl:
         return [self._spans(t, row, keep_punct) for t, row in zip(texts, rows, strict=True)]
 
     def _count_batch(self, texts, mode: int, num_threads: int) -> int:
-        encoded = [t.encode("utf-8", "surrogatepass") for t in _many(texts)]
-        return self._coccoc.count(encoded, mode)
+        return self._coccoc.count(_encoded(_many(texts)), mode)
 
 
 def _one(text) -> list[str]:
     if not isinstance(text, str):
         raise TypeError(f"text must be str, got {type(text).__name__}")
     return [text]
+
+
+def _encoded(texts: Iterable[str]) -> list[bytes]:
+    """UTF-8 for coccoc; lone surrogates pass through, as our backend lets them."""
+    encoded = []
+    for text in texts:
+        if not isinstance(text, str):
+            raise TypeError(f"texts[i] must be str, got {type(text).__name__}")
+        encoded.append(text.encode("utf-8", "surrogatepass"))
+    return encoded
 
 
 def _many(texts) -> Iterable[str]:

@@ -79,7 +79,7 @@ class VietnameseWords:
         )
 
     def __call__(self, text: str) -> str:
-        return " ".join(self._segmenter.tokens(text))
+        return self._segmenter.segment_words(text)
 
     def batch(self, texts: Sequence[str]) -> list[str]:
         return [" ".join(t) for t in self._segmenter.tokens_batch(texts, num_threads=1)]
@@ -96,9 +96,9 @@ class SegmentedTokenizer:
         self.base = base
         self.pre_segmenter = dict(pre_segmenter)
         self.segment = make_segmenter(self.pre_segmenter)
-        for name in ("vocab_size", "pad_token_id", "unk_token_id", "cls_token_id"):
+        for name in ("vocab_size", "pad_token_id", "unk_token_id", "cls_token_id",
+                     "sep_token_id", "mask_token_id"):  # fmt: skip
             setattr(self, name, getattr(base, name))
-        self.sep_token_id, self.mask_token_id = base.sep_token_id, base.mask_token_id
 
     def encode(self, text: str) -> list[int]:
         return self.base.encode(self.segment(text))

@@ -4,11 +4,10 @@ Japanese ELECTRA recipe does) and encoding through the `sentencepiece` library."
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
-from electra_fast.tokenization import file_checksum, load, write_config
+from electra_fast.tokenization import file_checksum, load, save_with_config, write_config
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 MODEL_TYPES = ("unigram", "bpe")
@@ -49,12 +48,8 @@ class SentencePieceTokenizer:
         return self._sp.decode(list(ids))
 
     def save(self, directory: str | os.PathLike) -> None:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        target = directory / "spm.model"
-        if target.resolve() != self.model_file.resolve():
-            shutil.copyfile(self.model_file, target)
-        write_config(directory, {"type": "sentencepiece", "model": "spm.model"})
+        config = {"type": "sentencepiece", "model": "spm.model"}
+        save_with_config(directory, self.model_file, "spm.model", config)
 
     def checksum(self) -> str:
         return file_checksum(self.model_file)

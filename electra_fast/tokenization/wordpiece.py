@@ -4,10 +4,9 @@ Accent stripping destroys Vietnamese diacritics, so it is off unless asked for."
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
-from electra_fast.tokenization import file_checksum, write_config
+from electra_fast.tokenization import file_checksum, save_with_config
 
 
 class WordPieceTokenizer:
@@ -43,20 +42,9 @@ class WordPieceTokenizer:
         return self._tokenizer.decode(list(ids))
 
     def save(self, directory: str | os.PathLike) -> None:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        target = directory / "vocab.txt"
-        if target.resolve() != self.vocab_file.resolve():
-            shutil.copyfile(self.vocab_file, target)
-        write_config(
-            directory,
-            {
-                "type": "wordpiece",
-                "vocab": "vocab.txt",
-                "lowercase": self.lowercase,
-                "strip_accents": self.strip_accents,
-            },
-        )
+        config = {"type": "wordpiece", "vocab": "vocab.txt", "lowercase": self.lowercase,
+                  "strip_accents": self.strip_accents}  # fmt: skip
+        save_with_config(directory, self.vocab_file, "vocab.txt", config)
 
     def checksum(self) -> str:
         options = f"lowercase={self.lowercase},strip_accents={self.strip_accents}"
