@@ -28,11 +28,16 @@ bool initialized_nontone = false;
 // (text, byte start, byte end, is punctuation) of each token coccoc's word_tokenize returns.
 using Tokens = std::vector<std::tuple<std::string, int, int, bool>>;
 
-Tokens segment(const std::string& utf8, int mode) {
+// coccoc's segment_general (what its word_tokenize returns), under the lock.
+std::vector<FullToken> segment_general(const std::string& utf8, int mode) {
   std::lock_guard<std::mutex> hold(coccoc_lock);
   if (!initialized) throw std::runtime_error("coccoc is not initialised");
+  return Tokenizer::instance().segment_general(utf8, mode);
+}
+
+Tokens segment(const std::string& utf8, int mode) {
   Tokens out;
-  for (const FullToken& t : Tokenizer::instance().segment_general(utf8, mode))
+  for (const FullToken& t : segment_general(utf8, mode))
     out.emplace_back(t.text, t.original_start, t.original_end, t.type == int32_t(Token::PUNCT));
   return out;
 }
@@ -88,10 +93,8 @@ PYBIND11_MODULE(_coccoc, m) {
       // coccoc's C++ alone, for benchmarks: how many tokens word_tokenize would return.
       [](const std::vector<std::string>& texts, int mode) {
         py::gil_scoped_release release;
-        std::lock_guard<std::mutex> hold(coccoc_lock);
-        if (!initialized) throw std::runtime_error("coccoc is not initialised");
         size_t count = 0;
-        for (const std::string& text : texts) count += Tokenizer::instance().segment_general(text, mode).size();
+        for (const std::string& text : texts) count += segment_general(text, mode).size();
         return count;
       },
       py::arg("texts_utf8"), py::arg("mode"));

@@ -25,10 +25,14 @@ using electra_fast::vi::Segmenter;
 
 namespace {
 
-std::string utf8_of(const py::handle& text, const char* argument) {
+void require_str(const py::handle& text, const char* argument) {
   if (!PyUnicode_Check(text.ptr()))
     throw py::type_error(std::string(argument) + " must be str, got " +
                          std::string(py::str(py::type::of(text).attr("__name__"))));
+}
+
+std::string utf8_of(const py::handle& text, const char* argument) {
+  require_str(text, argument);
   PyObject* bytes = PyUnicode_AsEncodedString(text.ptr(), "utf-8", "surrogatepass");
   if (bytes == nullptr) throw py::error_already_set();
   std::string out(PyBytes_AS_STRING(bytes), size_t(PyBytes_GET_SIZE(bytes)));
@@ -81,7 +85,7 @@ Utf8Texts utf8_texts(const py::handle& texts) {
   Utf8Texts out;
   for (py::handle item : py::iter(texts)) {
     out.keep.push_back(py::reinterpret_borrow<py::object>(item));
-    if (!PyUnicode_Check(item.ptr())) utf8_of(item, "texts[i]");  // raises the type error
+    require_str(item, "texts[i]");
     Py_ssize_t size = 0;
     const char* data = PyUnicode_AsUTF8AndSize(item.ptr(), &size);
     if (data != nullptr) {
@@ -95,11 +99,16 @@ Utf8Texts utf8_texts(const py::handle& texts) {
   return out;
 }
 
+// Threads for `count` texts: `num_threads` (0: all cores), never more than there are texts.
+unsigned worker_count(int num_threads, size_t count) {
+  unsigned workers = num_threads > 0 ? unsigned(num_threads) : std::max(1u, std::thread::hardware_concurrency());
+  return std::min<unsigned>(workers, unsigned(std::max<size_t>(1, count)));
+}
+
 // Runs `work(i)` for every text index on `num_threads` threads (0: all cores), the GIL released.
 template <class Work>
 void parallel_for(size_t count, int num_threads, const Work& work) {
-  unsigned workers = num_threads > 0 ? unsigned(num_threads) : std::max(1u, std::thread::hardware_concurrency());
-  workers = std::min<unsigned>(workers, unsigned(std::max<size_t>(1, count)));
+  unsigned workers = worker_count(num_threads, count);
   py::gil_scoped_release release;
   std::atomic<size_t> next{0};
   auto loop = [&]() {
@@ -120,8 +129,7 @@ py::list segment_batch(const Segmenter& seg, py::handle texts, int mode, int num
   Utf8Texts utf8 = utf8_texts(texts);
   Mode md = mode_of(mode);
   const size_t n = utf8.views.size();
-  unsigned workers = num_threads > 0 ? unsigned(num_threads) : std::max(1u, std::thread::hardware_concurrency());
-  workers = std::min<unsigned>(workers, unsigned(std::max<size_t>(1, n)));
+  const unsigned workers = worker_count(num_threads, n);
   std::vector<std::vector<Piece>> pieces(n);
   std::unique_ptr<std::atomic<bool>[]> done(new std::atomic<bool>[n]);
   for (size_t i = 0; i < n; ++i) done[i].store(false, std::memory_order_relaxed);
@@ -174,7 +182,10 @@ py::list segment_batch(const Segmenter& seg, py::handle texts, int mode, int num
       while (!done[i].load(std::memory_order_acquire))
         if (!take_one()) std::this_thread::yield();
     }
-    if (failure) std::rethrow_exception(failure);
+    {
+      std::lock_guard<std::mutex> hold(failure_lock);  // another helper may be setting it
+      if (failure) std::rethrow_exception(failure);
+    }
     PyList_SET_ITEM(out.ptr(), Py_ssize_t(i), convert(pieces[i]).release().ptr());
     std::vector<Piece>().swap(pieces[i]);  // freed while still warm in the cache
   }
