@@ -146,7 +146,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> generator_step_cpu(
   at::Tensor samples = at::empty(row_shape(logits), logits.options().dtype(at::kLong));
   const uint64_t key = static_cast<uint64_t>(seed.item<int64_t>());
   const float inverse_temperature = static_cast<float>(1.0 / temperature);
-  EF_DISPATCH_LOGITS(logits.scalar_type(), "generator_step_cpu", [&] {
+  EF_DISPATCH_FLOATS(logits.scalar_type(), "generator_step_cpu", [&] {
     const scalar_t* x = logits.const_data_ptr<scalar_t>();
     const int64_t* label_ptr = labels.const_data_ptr<int64_t>();
     float* loss_ptr = loss.mutable_data_ptr<float>();
@@ -187,7 +187,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> generator_step_tile_c
   at::Tensor samples = at::empty(row_shape(logits), logits.options().dtype(at::kLong));
   const uint64_t key = static_cast<uint64_t>(seed.item<int64_t>());
   const float inverse_temperature = static_cast<float>(1.0 / temperature);
-  EF_DISPATCH_LOGITS(logits.scalar_type(), "generator_step_tile_cpu", [&] {
+  EF_DISPATCH_FLOATS(logits.scalar_type(), "generator_step_tile_cpu", [&] {
     const scalar_t* x = logits.const_data_ptr<scalar_t>();
     const int64_t* label_ptr = labels.const_data_ptr<int64_t>();
     at::parallel_for(0, logits.size(0), grain(n), [&](int64_t begin, int64_t end) {
@@ -222,7 +222,7 @@ void step_backward_into(const at::Tensor& grad_loss, const at::Tensor& logits,
                         int64_t vocab_start, const at::Tensor& grad) {
   check_generator_step_backward_args(grad_loss, logits, labels, lse, vocab_start);
   const int64_t n = logits.size(1);
-  EF_DISPATCH_LOGITS(logits.scalar_type(), "generator_step_backward_cpu", [&] {
+  EF_DISPATCH_FLOATS(logits.scalar_type(), "generator_step_backward_cpu", [&] {
     const scalar_t* x = logits.const_data_ptr<scalar_t>();
     scalar_t* out = grad.mutable_data_ptr<scalar_t>();
     const int64_t* label_ptr = labels.const_data_ptr<int64_t>();

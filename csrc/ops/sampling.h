@@ -12,9 +12,9 @@
 #include <cstdint>
 #include <limits>
 
-#include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 
+#include "dispatch.h"
 #include "philox.h"
 
 #if defined(__CUDA_ARCH__)
@@ -24,13 +24,6 @@
 #define EF_LOGF std::log
 #define EF_EXPF std::exp
 #endif
-
-// The logits' dtypes (float32, bfloat16, float16): no double instantiations nobody can call.
-#define EF_DISPATCH_LOGITS(TYPE, NAME, ...)                    \
-  AT_DISPATCH_SWITCH(TYPE, NAME,                               \
-                     AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__) \
-                     AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__) \
-                     AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__))
 
 namespace electra_fast {
 

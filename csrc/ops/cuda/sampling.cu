@@ -241,7 +241,7 @@ void launch_step(const at::Tensor& logits, const at::Tensor& labels, const at::T
   TORCH_CHECK_VALUE(rows <= 2147483647, "logits may have at most 2^31 - 1 rows, got ", rows);
   const c10::cuda::CUDAGuard guard(logits.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  EF_DISPATCH_LOGITS(logits.scalar_type(), "generator_step_cuda", [&] {
+  EF_DISPATCH_FLOATS(logits.scalar_type(), "generator_step_cuda", [&] {
     generator_step_kernel<scalar_t><<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(
         logits.const_data_ptr<scalar_t>(), labels.const_data_ptr<int64_t>(),
         seed.const_data_ptr<int64_t>(), p, out);
@@ -302,7 +302,7 @@ void step_backward_into(const at::Tensor& grad_loss, const at::Tensor& logits,
   if (rows == 0) return;
   const c10::cuda::CUDAGuard guard(logits.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  EF_DISPATCH_LOGITS(logits.scalar_type(), "generator_step_backward_cuda", [&] {
+  EF_DISPATCH_FLOATS(logits.scalar_type(), "generator_step_backward_cuda", [&] {
     generator_step_backward_kernel<scalar_t><<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(
         grad_loss.const_data_ptr<float>(), logits.const_data_ptr<scalar_t>(),
         labels.const_data_ptr<int64_t>(), lse.const_data_ptr<float>(), logits.size(1),
