@@ -3,7 +3,9 @@
     python benchmarks/report.py BENCH.json --markdown OUT.md --rows OUT.json
 
 One row per benchmark: op, provider, mode, size, device, p20/p50/p80 in milliseconds, the peak
-device memory the benchmark recorded (if it did), and the machine and date of the run.
+device memory the benchmark recorded (if it did), and the machine and date of the run. Rows that
+record their useful work (`flops`, `bytes` in extra_info) also get TFLOP/s and GB/s at the
+median, and the GB/s as a share of the fastest "hbm" copy row of the same device.
 """
 
 from __future__ import annotations
@@ -44,21 +46,44 @@ def rows(report: dict) -> list[dict]:
                 "date": date,
             }
         )
+        median_s = out[-1]["p50_ms"] / 1e3
+        if info.get("flops") is not None:
+            out[-1]["tflops"] = info["flops"] / median_s / 1e12
+        if info.get("bytes") is not None:
+            out[-1]["gbps"] = info["bytes"] / median_s / 1e9
+    copies = {}
+    for r in out:
+        if r["op"] == "hbm" and "gbps" in r:
+            copies[r["device"]] = max(copies.get(r["device"], 0.0), r["gbps"])
+    for r in out:
+        if "gbps" in r and r["device"] in copies:
+            r["bandwidth_share"] = r["gbps"] / copies[r["device"]]
     return out
+
+
+def _throughput(r: dict) -> str:
+    """' | TFLOP/s | GB/s (share) ' cells, empty where the row recorded no work."""
+    tflops = f"{r['tflops']:.1f}" if r.get("tflops") else ""
+    gbps = f"{r['gbps']:.0f}" if "gbps" in r else ""
+    if "bandwidth_share" in r:
+        gbps += f" ({100 * r['bandwidth_share']:.0f}%)"
+    return f" | {tflops} | {gbps}"
 
 
 def markdown(table: list[dict], machine: str) -> str:
     lines = [
         f"Machine: {machine}",
         "",
-        "| op | provider | mode | size | device | p20 ms | p50 ms | p80 ms | rounds | peak MiB |",
-        "|---|---|---|---|---|---:|---:|---:|---:|---:|",
+        "| op | provider | mode | size | device | p20 ms | p50 ms | p80 ms | rounds | peak MiB "
+        "| TFLOP/s | GB/s (of copy) |",
+        "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in sorted(table, key=lambda r: (r["op"], r["mode"], r["size"], r["device"], r["p50_ms"])):
         lines.append(
             f"| {r['op']} | {r['provider']} | {r['mode']} | {r['size']} | {r['device']} "
             f"| {r['p20_ms']:.4f} | {r['p50_ms']:.4f} | {r['p80_ms']:.4f} | {r['rounds']} "
-            f"| {'' if r.get('peak_mib') is None else format(r['peak_mib'], '.1f')} |"
+            f"| {'' if r.get('peak_mib') is None else format(r['peak_mib'], '.1f')}"
+            f"{_throughput(r)} |"
         )
     return "\n".join(lines) + "\n"
 
