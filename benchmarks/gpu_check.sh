@@ -47,7 +47,8 @@ if has sanitize; then
     for tool in memcheck racecheck; do
       timeout "${SANITIZE_S:-150}" compute-sanitizer --tool $tool --error-exitcode 9 \
         "$python" -m pytest -q -p no:cacheprovider tests/ops/test_masking.py \
-        tests/ops/test_sampling.py -k "cuda and kernel and not compile" -x \
+        tests/ops/test_sampling.py tests/ops/test_attention.py tests/ops/test_attention_kernel.py \
+        -k "cuda and kernel and not compile" -x \
         > "$out/sanitizer_$tool.log" 2>&1 || status=1
       echo "sanitizer $tool:"; tail -3 "$out/sanitizer_$tool.log"
     done

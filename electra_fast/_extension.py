@@ -24,6 +24,8 @@ OP_NAMES = (
     "generator_step_tile",
     "generator_step_backward",
     "generator_step_backward_",
+    "attention_forward",
+    "attention_backward",
 )
 _BUILD_INFO = Path(__file__).with_name("_build_info.json")
 

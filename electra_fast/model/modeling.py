@@ -98,7 +98,7 @@ class Encoder(nn.Module):
             x = self.embeddings_project(x)
         if attention_mask is None:
             return self._layers(x, {})
-        lengths = attention_mask.sum(1)
+        lengths = attention_mask.sum(1, dtype=torch.int32)  # what the attention kernels take
         if not self.config.unpad:
             return self._layers(x, {"lengths": lengths})
         keep = attention_mask.bool()

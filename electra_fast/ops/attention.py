@@ -2,14 +2,17 @@
 
 `attention` takes q, k, v as the projections produce them ([B, L, H, D], or [T, H, D] packed
 with cu_seqlens), ignores the keys past each sequence's length and returns zeros for the
-padded query rows. This module holds the public function and the torch path: SDPA without
-dropout; with dropout, the plain-torch reference, registered as an opaque op whose backward
-regenerates the dropout mask from the Philox key instead of storing it. A flash-attention CUDA
-kernel for the same contract is issue 4's next step; until it lands every device runs this path.
+padded query rows. Where a compiled kernel takes the call (csrc/ops/attention.cpp on the CPU,
+csrc/ops/cuda/attention.cu on sm80+ GPUs for bfloat16/float16 and head dims 32, 64 and 128),
+it runs flash style: no [L, L] matrix is stored, and the backward recomputes the probabilities
+and the dropout mask. Otherwise the torch path runs: SDPA without dropout; with dropout, the
+plain-torch reference as an opaque op whose backward regenerates the mask from the Philox key.
 
-Dropout: the keep decision of query i, key j of sequence b, head h is word j % 4 of the Philox
-block with counter (j / 4, i, stream 3, b * H + h): it depends on the sequence and the positions
-within it, not on the layout, so padded and packed calls drop the same probabilities.
+Dropout: the keep decision of query i, key j of sequence b, head h is the 16-bit half j % 8 of
+the Philox block with counter (j / 8, i, stream 3, b * H + h); it keeps when the half is at least
+t = round(p * 2^16), and kept probabilities are scaled by 2^16 / (2^16 - t), so the expectation
+is exact. It depends on the sequence and the positions within it, not on the layout, so padded
+and packed calls drop the same probabilities (csrc/ops/attention.h).
 """
 
 from __future__ import annotations
@@ -23,7 +26,15 @@ from electra_fast import _extension
 from electra_fast.ops._common import may_synchronise, philox_key
 from electra_fast.ops._philox import MASK32, STREAM_ATTENTION_DROPOUT, philox4x32_10
 
+OP = "attention_forward"
 DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+CPU_KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+CUDA_KERNEL_DTYPES = (torch.bfloat16, torch.float16)
+CUDA_HEAD_DIMS = (32, 64, 128)
+# The CPU twin of the CUDA kernels runs only with dropout by default: without it torch's SDPA is
+# 1.5-3x faster on the CPU, with it the twin is 1.4-3x faster than the plain-torch reference and
+# stores no [B, H, L, L] mask (benchmarks/bench_attention.py). Tests set this to exercise the twin.
+CPU_KERNEL_WITHOUT_DROPOUT = False
 MAX_HEAD_DIM = 256
 
 
@@ -63,6 +74,20 @@ def attention(
     """
     packed = _check_inputs(q, k, v, lengths, cu_seqlens, max_seqlen, dropout_p, check_values)
     scale = float(softmax_scale) if softmax_scale is not None else q.shape[-1] ** -0.5
+    # No draw without dropout: such a call leaves the generator where it was.
+    key = philox_key(q.device, generator, seed, like="q") if dropout_p > 0 else None
+    if use_kernel(q, dropout_p):
+        if key is None:
+            key = torch.zeros((), dtype=torch.int64, device=q.device)
+        if lengths is not None:
+            lengths = lengths.to(torch.int32)
+        if packed:
+            cu_seqlens = cu_seqlens.to(torch.int32)
+        longest = int(max_seqlen) if packed else q.shape[1]
+        out, _ = torch.ops.electra_fast.attention_forward(
+            q, k, v, lengths, cu_seqlens, longest, key, float(dropout_p), scale
+        )
+        return out
     if packed:
         lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
         index = _packed_index(cu_seqlens, q.shape[0], int(max_seqlen))
@@ -72,13 +97,26 @@ def attention(
         lengths = torch.full((B,), L, dtype=torch.long, device=q.device)
     lengths = lengths.long()
     if dropout_p > 0:
-        key = philox_key(q.device, generator, seed, like="q")
         out = torch.ops.electra_fast_ref.attention_dropout(q, k, v, lengths, key, dropout_p, scale)
     else:
         out = attention_sdpa(q, k, v, lengths, scale)
     if packed:
         out = out.flatten(0, 1)[index]
     return out
+
+
+def use_kernel(q: torch.Tensor, dropout_p: float) -> bool:
+    """Whether a call with these q (k, v alike) runs the compiled kernel."""
+    if not _extension.use_kernel(OP, q.device):
+        return False
+    if q.device.type == "cpu":
+        return q.dtype in CPU_KERNEL_DTYPES and (dropout_p > 0 or CPU_KERNEL_WITHOUT_DROPOUT)
+    return (
+        q.dtype in CUDA_KERNEL_DTYPES
+        and q.shape[-1] in CUDA_HEAD_DIMS
+        # mma.sync on bfloat16 needs sm80. (torch.compile folds this call into a constant.)
+        and torch.cuda.get_device_properties(q.device).major >= 8
+    )
 
 
 def attention_sdpa(q, k, v, lengths, scale):
@@ -102,21 +140,28 @@ def dropout_keep_mask(
     seed: torch.Tensor, B: int, H: int, L: int, dropout_p: float, device: torch.device
 ) -> torch.Tensor:
     """[B, H, L, L] bool: which attention probabilities (query i, key j) survive dropout."""
-    groups = (L + 3) // 4
+    groups = (L + 7) // 8
     bh = torch.arange(B * H, device=device).view(B * H, 1, 1)
     i = torch.arange(L, device=device).view(1, L, 1)
-    j4 = torch.arange(groups, device=device).view(1, 1, groups)
+    j8 = torch.arange(groups, device=device).view(1, 1, groups)
     zero = torch.zeros((), dtype=torch.long, device=device)
     words = philox4x32_10(
-        (j4, i, zero + STREAM_ATTENTION_DROPOUT, bh), (seed & MASK32, (seed >> 32) & MASK32)
+        (j8, i, zero + STREAM_ATTENTION_DROPOUT, bh), (seed & MASK32, (seed >> 32) & MASK32)
     )
-    words = torch.stack(torch.broadcast_tensors(*words), dim=-1).flatten(-2)[..., :L]
-    return (words >= dropout_threshold(dropout_p)).view(B, H, L, L)
+    words = torch.stack(torch.broadcast_tensors(*words), dim=-1)  # [BH, L, groups, 4]
+    halves = torch.stack((words & 0xFFFF, words >> 16), dim=-1)  # key j: half j % 8
+    halves = halves.flatten(-3)[..., :L]
+    return (halves >= dropout_threshold(dropout_p)).view(B, H, L, L)
 
 
 def dropout_threshold(dropout_p: float) -> int:
-    """A probability is kept when its 32-bit word is at least this: P(keep) = 1 - p, to 2^-32."""
-    return min(2**32 - 1, round(dropout_p * 2**32))
+    """t: a probability is kept when its 16-bit half is at least t, P(keep) = 1 - t / 2^16."""
+    return min(2**16 - 1, round(dropout_p * 2**16))
+
+
+def dropout_keep_scale(dropout_p: float) -> float:
+    """What kept probabilities are multiplied by: 1 / P(keep), exactly."""
+    return 2**16 / (2**16 - dropout_threshold(dropout_p))
 
 
 def _probabilities(q, k, lengths, scale, compute):
@@ -136,26 +181,27 @@ def _compute_dtype(q):
     return torch.float64 if q.dtype == torch.float64 else torch.float32
 
 
-def attention_reference(q, k, v, lengths, keep, dropout_p, scale):
-    """Plain torch, in fp32 (fp64 for fp64 inputs): the oracle, given the keep mask (or None)."""
+def attention_reference(q, k, v, lengths, keep, keep_scale, scale):
+    """Plain torch, in fp32 (fp64 for fp64 inputs): the oracle, given the keep mask (or None)
+    and the factor kept probabilities are scaled by."""
     compute = _compute_dtype(q)
     probabilities = _probabilities(q, k, lengths, scale, compute)
     if keep is not None:
-        probabilities = probabilities * keep / (1 - dropout_p)
+        probabilities = probabilities * keep * keep_scale
     out = torch.einsum("bhij,bjhd->bihd", probabilities, v.to(compute))
     return out.masked_fill(~_real_queries(lengths, q.shape[1]), 0.0).to(q.dtype)
 
 
-def attention_reference_backward(grad, q, k, v, lengths, keep, dropout_p, scale):
+def attention_reference_backward(grad, q, k, v, lengths, keep, keep_scale, scale):
     """(dq, dk, dv) of attention_reference, written out as the flash backward computes them:
     the probabilities recomputed, dS = P * (dP - rowsum(dP * P))."""
     compute = _compute_dtype(q)
     grad = grad.to(compute).masked_fill(~_real_queries(lengths, q.shape[1]), 0.0)
     probabilities = _probabilities(q, k, lengths, scale, compute)
-    dropped = probabilities if keep is None else probabilities * keep / (1 - dropout_p)
+    dropped = probabilities if keep is None else probabilities * keep * keep_scale
     dv = torch.einsum("bhij,bihd->bjhd", dropped, grad)
     d_dropped = torch.einsum("bihd,bjhd->bhij", grad, v.to(compute))
-    d_probabilities = d_dropped if keep is None else d_dropped * keep / (1 - dropout_p)
+    d_probabilities = d_dropped if keep is None else d_dropped * keep * keep_scale
     rowsum = (d_probabilities * probabilities).sum(-1, keepdim=True)
     d_scores = probabilities * (d_probabilities - rowsum) * scale
     dq = torch.einsum("bhij,bjhd->bihd", d_scores, k.to(compute))
@@ -173,7 +219,7 @@ def _dropout_forward(
     scale: float,
 ) -> torch.Tensor:
     keep = dropout_keep_mask(seed, q.shape[0], q.shape[2], q.shape[1], dropout_p, q.device)
-    return attention_reference(q, k, v, lengths, keep, dropout_p, scale)
+    return attention_reference(q, k, v, lengths, keep, dropout_keep_scale(dropout_p), scale)
 
 
 def _dropout_backward(
@@ -188,7 +234,8 @@ def _dropout_backward(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Regenerates the mask from the key: no [B, H, L, L] tensor is kept between the passes."""
     keep = dropout_keep_mask(seed, q.shape[0], q.shape[2], q.shape[1], dropout_p, q.device)
-    return attention_reference_backward(grad, q, k, v, lengths, keep, dropout_p, scale)
+    keep_scale = dropout_keep_scale(dropout_p)
+    return attention_reference_backward(grad, q, k, v, lengths, keep, keep_scale, scale)
 
 
 _forward_op = torch.library.custom_op(
@@ -216,6 +263,42 @@ def _backward(ctx, grad):
 
 
 _forward_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _kernel_forward_fake(q, k, v, lengths, cu_seqlens, max_seqlen, seed, dropout_p, scale):
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    return out, q.new_empty(q.shape[:-1], dtype=torch.float32)
+
+
+def _kernel_backward_fake(grad, q, k, v, out, lse, lengths, cu, max_seqlen, seed, p, scale):
+    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
+
+
+def _kernel_setup_context(ctx, inputs, output):
+    q, k, v, lengths, cu_seqlens, max_seqlen, seed, dropout_p, scale = inputs
+    out, lse = output
+    ctx.mark_non_differentiable(lse)
+    ctx.save_for_backward(q, k, v, out, lse, lengths, cu_seqlens, seed)
+    ctx.arguments = (max_seqlen, dropout_p, scale)
+
+
+def _kernel_backward(ctx, grad_out, grad_lse):
+    q, k, v, out, lse, lengths, cu_seqlens, seed = ctx.saved_tensors
+    max_seqlen, dropout_p, scale = ctx.arguments
+    dq, dk, dv = torch.ops.electra_fast.attention_backward(
+        grad_out, q, k, v, out, lse, lengths, cu_seqlens, max_seqlen, seed, dropout_p, scale
+    )
+    return dq, dk, dv, None, None, None, None, None, None
+
+
+if _extension.EXTENSION_LOADED:
+    torch.library.register_fake(f"{_extension.LIBRARY}::attention_forward")(_kernel_forward_fake)
+    torch.library.register_fake(f"{_extension.LIBRARY}::attention_backward")(_kernel_backward_fake)
+    torch.library.register_autograd(
+        f"{_extension.LIBRARY}::attention_forward",
+        _kernel_backward,
+        setup_context=_kernel_setup_context,
+    )
 
 
 def _packed_index(cu_seqlens: torch.Tensor, T: int, max_seqlen: int) -> torch.Tensor:

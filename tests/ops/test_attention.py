@@ -1,7 +1,9 @@
-"""attention: against an fp64 reference (errors at most 2x torch's same-dtype SDPA), padding and
-packing semantics, Philox dropout (rate, mask shared by forward and backward, reproducible),
-opcheck, compile and bad input."""
+"""attention, on the compiled kernels (the CPU twin, CUDA) and on the torch path: against an
+fp64 reference (errors at most 2x torch's same-dtype SDPA), padding and packing semantics,
+Philox dropout (rate, mask shared by forward and backward, reproducible), opcheck, compile and
+bad input. Kernel-only checks are in test_attention_kernel.py."""
 
+import importlib
 import math
 
 import pytest
@@ -9,7 +11,21 @@ import torch
 import torch.nn.functional as F
 
 import electra_fast
-from electra_fast.ops.attention import attention_reference, dropout_keep_mask
+from electra_fast import _extension
+from electra_fast.ops.attention import attention_reference, dropout_keep_mask, dropout_keep_scale
+
+OP = "attention_forward"
+attention_module = importlib.import_module("electra_fast.ops.attention")
+
+
+@pytest.fixture
+def impl(implementation, monkeypatch):
+    """Runs the test on the compiled kernel (the CPU twin even without dropout) or the torch
+    path."""
+    monkeypatch.setattr(_extension, "FORCE_REFERENCE", implementation == "reference")
+    monkeypatch.setattr(attention_module, "CPU_KERNEL_WITHOUT_DROPOUT", True)
+    return implementation
+
 
 CASES = [  # (B, L, H, D, lengths or None)
     (1, 1, 1, 32, None),
@@ -17,6 +33,7 @@ CASES = [  # (B, L, H, D, lengths or None)
     (3, 128, 4, 64, [128, 0, 65]),  # an all-padded sequence
     (1, 300, 2, 128, [299]),
     (2, 33, 2, 32, [10, 33]),
+    (2, 70, 1, 16, [70, 3]),  # a head dim the CUDA kernels leave to the torch path
 ]
 
 
@@ -34,7 +51,7 @@ def exact(q, k, v, lengths, keep=None, p=0.0):
     B, L = q.shape[:2]
     full = torch.full((B,), L, device=q.device) if lengths is None else lengths.long()
     return attention_reference(
-        q.double(), k.double(), v.double(), full, keep, p, q.shape[-1] ** -0.5
+        q.double(), k.double(), v.double(), full, keep, dropout_keep_scale(p), q.shape[-1] ** -0.5
     )
 
 
@@ -43,6 +60,17 @@ def loss_and_grads(fn, tensors, grad):
     out = fn(*leaves)
     out.backward(grad.to(out.dtype))
     return [out.detach().double()] + [t.grad.double() for t in leaves]
+
+
+def assert_within_twice_torch_error(ours, theirs, reference):
+    """flash-attention's criterion: each of out, dq, dk, dv is at most twice as far from the
+    reference as torch's same-dtype computation (plus a floor for exact cases)."""
+    for name, got, baseline, exact in zip(
+        "out dq dk dv".split(), ours, theirs, reference, strict=True
+    ):
+        our_error = (got - exact).abs().max()
+        torch_error = (baseline - exact).abs().max()
+        assert our_error <= 2 * torch_error + 1e-5, (name, float(our_error), float(torch_error))
 
 
 def torch_padded_sdpa(q, k, v, lengths):
@@ -59,23 +87,18 @@ def torch_padded_sdpa(q, k, v, lengths):
 
 
 @pytest.mark.parametrize(("B", "L", "H", "D", "lengths"), CASES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_matches_fp64_within_twice_torch_error(device, B, L, H, D, lengths, dtype):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_matches_fp64_within_twice_torch_error(impl, device, B, L, H, D, lengths, dtype):
     q, k, v = qkv(B, L, H, D, dtype=dtype, device=device)
     lengths = as_lengths(lengths, device)
     grad = torch.randn(B, L, H, D, device=device)
     want = loss_and_grads(lambda *t: exact(*t, lengths), (q, k, v), grad)
     ours = loss_and_grads(lambda *t: electra_fast.attention(*t, lengths=lengths), (q, k, v), grad)
     theirs = loss_and_grads(lambda *t: torch_padded_sdpa(*t, lengths), (q, k, v), grad)
-    for name, got, baseline, reference in zip(
-        "out dq dk dv".split(), ours, theirs, want, strict=True
-    ):
-        our_error = (got - reference).abs().max()
-        torch_error = (baseline - reference).abs().max()
-        assert our_error <= 2 * torch_error + 1e-5, (name, float(our_error), float(torch_error))
+    assert_within_twice_torch_error(ours, theirs, want)
 
 
-def test_padding_is_ignored_and_padded_rows_are_zero(device):
+def test_padding_is_ignored_and_padded_rows_are_zero(impl, device):
     q, k, v = qkv(2, 20, 2, 32, device=device)
     lengths = torch.tensor([7, 0], device=device)
     out = electra_fast.attention(q, k, v, lengths=lengths)
@@ -88,7 +111,7 @@ def test_padding_is_ignored_and_padded_rows_are_zero(device):
 
 
 @pytest.mark.parametrize("dropout_p", [0.0, 0.3])
-def test_packed_equals_padded(device, dropout_p):
+def test_packed_equals_padded(impl, device, dropout_p):
     lengths = [5, 0, 12, 9]
     B, L, H, D = len(lengths), 12, 2, 32
     q, k, v = qkv(B, L, H, D, device=device)
@@ -140,7 +163,7 @@ def test_dropout_gradcheck():
     )
 
 
-def test_dropout_same_seed_same_output(device):
+def test_dropout_same_seed_same_output(impl, device):
     q, k, v = qkv(2, 16, 2, 32, device=device)
     first = electra_fast.attention(q, k, v, dropout_p=0.2, seed=1)
     assert torch.equal(first, electra_fast.attention(q, k, v, dropout_p=0.2, seed=1))
@@ -158,9 +181,9 @@ def test_opcheck():
 
 
 @pytest.mark.parametrize("dropout_p", [0.0, 0.1])
-def test_compile_fullgraph(dropout_p):
-    q, k, v = qkv(2, 16, 2, 32)
-    lengths = torch.tensor([16, 5])
+def test_compile_fullgraph(impl, device, dropout_p):
+    q, k, v = qkv(2, 16, 2, 32, device=device, dtype=torch.bfloat16)
+    lengths = torch.tensor([16, 5], device=device)
 
     def forward(q, k, v):
         return electra_fast.attention(q, k, v, lengths=lengths, dropout_p=dropout_p, seed=3)
@@ -241,6 +264,9 @@ BAD_CALLS = [
 @pytest.mark.parametrize(
     ("arguments", "error", "words"), [c[1:] for c in BAD_CALLS], ids=[c[0] for c in BAD_CALLS]
 )
-def test_bad_input_names_the_argument(arguments, error, words):
+@pytest.mark.parametrize("reference", [False, True])
+def test_bad_input_names_the_argument(monkeypatch, reference, arguments, error, words):
+    monkeypatch.setattr(_extension, "FORCE_REFERENCE", reference)
+    monkeypatch.setattr(attention_module, "CPU_KERNEL_WITHOUT_DROPOUT", True)
     with pytest.raises(error, match=words):
         electra_fast.attention(**arguments)

@@ -1,0 +1,567 @@
+// Attention on CUDA, flash style (Dao, "FlashAttention-2", 2023): a block of 4 warps takes 64
+// queries of one (sequence, head) against tiles of 64 keys with an online softmax; S = QK^T and
+// O += PV run on mma.sync tensor cores with fp32 accumulators, P staying in registers between
+// the two. Tiles past a sequence's length are never visited, so padding costs nothing but the
+// zeros written to its rows. The backward takes 64 keys per block, loops over the query tiles,
+// recomputes P from the forward's lse, keeps dK and dV in registers and adds dQ into an fp32
+// buffer with atomics. The CPU twin (../attention.cpp) runs the same algorithm; semantics and
+// the dropout stream are in ../attention.h.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <type_traits>
+
+#include "../attention.h"
+#include "../checks.h"
+#include "tensor_core.cuh"
+
+namespace electra_fast {
+namespace {
+
+constexpr int kTile = kAttentionTile;
+constexpr int kThreads = 128;  // 4 warps, 16 rows of the tile each
+constexpr float kLn2 = 0.6931471805599453f;
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kInf = __builtin_huge_valf();
+
+template <int D>
+struct Shape {
+  static constexpr int kPitch = D + 8;    // 16 extra bytes per row: ldmatrix without conflicts
+  static constexpr int kChunks = D / 8;   // 16-byte pieces of a row
+  static constexpr int kKSteps = D / 16;  // k steps of a matmul over D
+  static constexpr int kDTiles = D / 8;   // 8-column accumulator tiles over D
+};
+constexpr int kScorePitch = kTile + 8;
+
+// Rows [0, valid) of a 64-row tile from global memory (rows `row_stride` apart) into shared
+// memory, rows past `valid` as zeros. Asynchronous: cp_async_commit, then cp_async_wait_all.
+template <typename T, int D>
+__device__ __forceinline__ void load_tile(T* tile, const T* rows, int64_t row_stride, int valid,
+                                          const T* any_valid_address) {
+  using S = Shape<D>;
+  for (int idx = threadIdx.x; idx < kTile * S::kChunks; idx += kThreads) {
+    const int r = idx / S::kChunks, c = idx % S::kChunks;
+    const bool inside = r < valid;
+    cp_async_16(tile + r * S::kPitch + c * 8,
+                inside ? rows + r * row_stride + c * 8 : any_valid_address, inside);
+  }
+}
+
+// This thread's dropout decisions in a 16 x 64 strip of (query, key): bit nt * 4 + c is
+// accumulator element c of 8-column tile nt, that is row g + 8 * (c / 2), column
+// nt * 8 + 2t + c % 2. `query` is row g's position in the sequence, `key0` the strip's first key.
+// The quad of row g shares the 16 Philox calls of its two rows: each thread makes 4 and four
+// shuffle rounds hand every thread its word of each (round s: lane t sends word t - s of its
+// call and receives word t of the call of lane t + s).
+__device__ __forceinline__ uint32_t dropout_keep_bits(uint64_t seed, int64_t bh, int query,
+                                                      int key0, uint32_t threshold, int lane) {
+  const int t = lane & 3;
+  uint32_t bits = 0;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+#pragma unroll
+    for (int a = 0; a < 2; ++a) {
+      const Philox4 block = dropout_block(seed, bh, query + 8 * r, key0 / 8 + 4 * a + t);
+#pragma unroll
+      for (int s = 0; s < 4; ++s) {
+        const uint32_t sent = philox_word(block, static_cast<uint32_t>(t - s) & 3u);
+        const int source = (t + s) & 3;
+        const uint32_t word = __shfl_sync(0xffffffffu, sent, (lane & ~3) | source);
+        const int shift = (4 * a + source) * 4 + 2 * r;
+        bits |= static_cast<uint32_t>((word & 0xffffu) >= threshold) << shift;
+        bits |= static_cast<uint32_t>((word >> 16) >= threshold) << (shift + 1);
+      }
+    }
+  }
+  return bits;
+}
+
+// A fragments of the 16 x 64 strip held in accumulators acc[8][4] (four k steps of 16).
+template <typename T>
+__device__ __forceinline__ void accumulators_to_a(const float (&acc)[8][4], uint32_t (&a)[4][4]) {
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) {
+    a[kk][0] = pack2<T>(acc[2 * kk][0], acc[2 * kk][1]);
+    a[kk][1] = pack2<T>(acc[2 * kk][2], acc[2 * kk][3]);
+    a[kk][2] = pack2<T>(acc[2 * kk + 1][0], acc[2 * kk + 1][1]);
+    a[kk][3] = pack2<T>(acc[2 * kk + 1][2], acc[2 * kk + 1][3]);
+  }
+}
+
+// acc[8][4] += rows [16w, 16w + 16) of A (64 x D, in shared memory) times B^T, B (64 x D) also in
+// shared memory: a 16 x 64 strip of QK^T or dO V^T.
+template <typename T, int D>
+__device__ __forceinline__ void strip_times_transposed(float (&acc)[8][4], const T* a_tile,
+                                                       const T* b_tile, int warp, int lane) {
+  using S = Shape<D>;
+#pragma unroll
+  for (int kk = 0; kk < S::kKSteps; ++kk) {
+    uint32_t a[4];
+    ldmatrix_x4(a, a_tile + (warp * 16 + lane % 16) * S::kPitch + kk * 16 + (lane / 16) * 8);
+#pragma unroll
+    for (int np = 0; np < 4; ++np) {
+      // Matrices: (keys +0, d +0), (keys +0, d +8), (keys +8, d +0), (keys +8, d +8).
+      uint32_t b[4];
+      ldmatrix_x4(b, b_tile + (np * 16 + lane % 8 + (lane / 16) * 8) * S::kPitch + kk * 16 +
+                         ((lane / 8) % 2) * 8);
+      mma_16816<T>(acc[2 * np], a, b[0], b[1]);
+      mma_16816<T>(acc[2 * np + 1], a, b[2], b[3]);
+    }
+  }
+}
+
+// out[kDTiles][4] += a (16 x 16 A fragment over rows k0 .. k0 + 15 of B) times B (rows x D in
+// shared memory, row-major): the fragments of B come transposed out of ldmatrix.
+template <typename T, int D>
+__device__ __forceinline__ void a_times_tile(float (&out)[Shape<D>::kDTiles][4],
+                                             const uint32_t (&a)[4], const T* b_tile, int k0,
+                                             int lane) {
+  using S = Shape<D>;
+#pragma unroll
+  for (int dp = 0; dp < S::kKSteps; ++dp) {
+    // Matrices: (rows +0, d +0), (rows +8, d +0), (rows +0, d +8), (rows +8, d +8).
+    uint32_t b[4];
+    ldmatrix_x4_trans(
+        b, b_tile + (k0 + lane % 8 + ((lane / 8) % 2) * 8) * S::kPitch + dp * 16 + (lane / 16) * 8);
+    mma_16816<T>(out[2 * dp], a, b[0], b[1]);
+    mma_16816<T>(out[2 * dp + 1], a, b[2], b[3]);
+  }
+}
+
+// Writes this warp's 16 rows of a 64 x D result: accumulator rows scaled by factor[0 | 1] (rows
+// g, g + 8), staged through `stage` (the warp's 16 rows of a free tile) for 16-byte stores.
+// Rows at or past `length` are written as zeros up to `limit` (padded layout) and skipped after.
+template <typename T, int D>
+__device__ __forceinline__ void store_rows(const float (&acc)[Shape<D>::kDTiles][4],
+                                           const float (&factor)[2], T* stage, T* dst,
+                                           int64_t row_stride, int first_row, int length, int limit,
+                                           int lane) {
+  using S = Shape<D>;
+  const int g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int dt = 0; dt < S::kDTiles; ++dt) {
+    *reinterpret_cast<uint32_t*>(stage + g * S::kPitch + dt * 8 + 2 * t) =
+        pack2<T>(acc[dt][0] * factor[0], acc[dt][1] * factor[0]);
+    *reinterpret_cast<uint32_t*>(stage + (g + 8) * S::kPitch + dt * 8 + 2 * t) =
+        pack2<T>(acc[dt][2] * factor[1], acc[dt][3] * factor[1]);
+  }
+  __syncwarp();
+  for (int idx = lane; idx < 16 * S::kChunks; idx += 32) {
+    const int r = idx / S::kChunks, c = idx % S::kChunks, row = first_row + r;
+    if (row >= limit) continue;
+    const uint4 value = row < length
+                            ? *reinterpret_cast<const uint4*>(stage + r * S::kPitch + c * 8)
+                            : make_uint4(0, 0, 0, 0);
+    *reinterpret_cast<uint4*>(dst + row * row_stride + c * 8) = value;
+  }
+}
+
+template <typename T, int D>
+__global__ void __launch_bounds__(kThreads)
+    attention_forward_kernel(const AttentionParams p, const T* __restrict__ q,
+                             const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ out,
+                             float* __restrict__ lse) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  __trap();  // the host refuses these devices; mma.sync on bf16 needs sm80
+#else
+  using S = Shape<D>;
+  extern __shared__ __align__(16) unsigned char shared[];
+  T* q_tile = reinterpret_cast<T*>(shared);
+  T* k_tile = q_tile + kTile * S::kPitch;
+  T* v_tile = k_tile + kTile * S::kPitch;
+  const int64_t bh = blockIdx.x, b = bh / p.heads, h = bh % p.heads;
+  const int m0 = blockIdx.y * kTile;
+  const SequenceBounds seq = sequence_bounds(p, b);
+  const int length = static_cast<int>(seq.length);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int64_t head = h * D;
+
+  float acc[S::kDTiles][4] = {};
+  float row_max[2] = {-kInf, -kInf}, row_sum[2] = {0.0f, 0.0f};
+  if (m0 < length) {
+    load_tile<T, D>(q_tile, q + (seq.start + m0) * p.q_row_stride + head, p.q_row_stride,
+                    min(kTile, length - m0), q);
+    load_tile<T, D>(k_tile, k + seq.start * p.k_row_stride + head, p.k_row_stride,
+                    min(kTile, length), k);
+    cp_async_commit();
+    const uint64_t seed = p.dropout ? static_cast<uint64_t>(*p.seed) : 0;
+    uint32_t q_frag[S::kKSteps][4];
+    const int tiles = (length + kTile - 1) / kTile;
+    for (int tile = 0; tile < tiles; ++tile) {
+      const int n0 = tile * kTile, cols = min(kTile, length - n0);
+      cp_async_wait_all();
+      __syncthreads();  // K (and Q) arrived; every warp is done with the previous V
+      load_tile<T, D>(v_tile, v + (seq.start + n0) * p.v_row_stride + head, p.v_row_stride, cols,
+                      v);
+      cp_async_commit();
+      if (tile == 0) {
+#pragma unroll
+        for (int kk = 0; kk < S::kKSteps; ++kk) {
+          ldmatrix_x4(q_frag[kk],
+                      q_tile + (warp * 16 + lane % 16) * S::kPitch + kk * 16 + (lane / 16) * 8);
+        }
+      }
+      float s[8][4] = {};
+#pragma unroll
+      for (int kk = 0; kk < S::kKSteps; ++kk) {
+#pragma unroll
+        for (int np = 0; np < 4; ++np) {
+          uint32_t b_frag[4];
+          ldmatrix_x4(b_frag, k_tile + (np * 16 + lane % 8 + (lane / 16) * 8) * S::kPitch +
+                                  kk * 16 + ((lane / 8) % 2) * 8);
+          mma_16816<T>(s[2 * np], q_frag[kk], b_frag[0], b_frag[1]);
+          mma_16816<T>(s[2 * np + 1], q_frag[kk], b_frag[2], b_frag[3]);
+        }
+      }
+      // Online softmax in base 2; the quad of lanes 4g .. 4g + 3 holds rows g and g + 8.
+      float tile_max[2] = {row_max[0], row_max[1]};
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+          const bool inside = nt * 8 + 2 * t + (c & 1) < cols;
+          s[nt][c] = inside ? s[nt][c] * p.scale_log2 : -kInf;
+          tile_max[c / 2] = fmaxf(tile_max[c / 2], s[nt][c]);
+        }
+      }
+      float correction[2], tile_sum[2] = {0.0f, 0.0f};
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 1));
+        tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 2));
+        correction[r] = exp2f(row_max[r] - tile_max[r]);  // 0 on the first tile
+        row_max[r] = tile_max[r];
+      }
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+          s[nt][c] = exp2f(s[nt][c] - row_max[c / 2]);
+          tile_sum[c / 2] += s[nt][c];  // before dropout: the denominator counts every key
+        }
+      }
+#pragma unroll
+      for (int r = 0; r < 2; ++r) row_sum[r] = row_sum[r] * correction[r] + tile_sum[r];
+#pragma unroll
+      for (int dt = 0; dt < S::kDTiles; ++dt) {
+#pragma unroll
+        for (int c = 0; c < 4; ++c) acc[dt][c] *= correction[c / 2];
+      }
+      if (p.dropout) {
+        const uint32_t keep =
+            dropout_keep_bits(seed, bh, m0 + warp * 16 + g, n0, p.drop_threshold, lane);
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+          for (int c = 0; c < 4; ++c) s[nt][c] = (keep >> (nt * 4 + c)) & 1u ? s[nt][c] : 0.0f;
+        }
+      }
+      uint32_t p_frag[4][4];
+      accumulators_to_a<T>(s, p_frag);
+      cp_async_wait_all();
+      __syncthreads();  // V arrived; every warp is done with K
+      if (tile + 1 < tiles) {
+        load_tile<T, D>(k_tile, k + (seq.start + n0 + kTile) * p.k_row_stride + head,
+                        p.k_row_stride, min(kTile, length - n0 - kTile), k);
+        cp_async_commit();
+      }
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) a_times_tile<T, D>(acc, p_frag[kk], v_tile, kk * 16, lane);
+    }
+  }
+  float factor[2], row_lse[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float sum = row_sum[r];
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+    factor[r] = sum > 0.0f ? p.keep_scale / sum : 0.0f;
+    row_lse[r] = (row_max[r] + log2f(sum)) * kLn2;
+  }
+  // Each warp stages its rows in its own rows of the Q tile, which only it has read.
+  const int first_row = m0 + warp * 16;
+  const int limit = p.packed ? length : static_cast<int>(p.max_seqlen);
+  store_rows<T, D>(acc, factor, q_tile + warp * 16 * S::kPitch,
+                   out + seq.start * p.heads * D + head, p.heads * D, first_row, length, limit,
+                   lane);
+  if (t == 0) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int row = first_row + g + 8 * r;
+      if (row < limit) lse[(seq.start + row) * p.heads + h] = row < length ? row_lse[r] : kInf;
+    }
+  }
+#endif
+}
+
+template <typename T, int D>
+__global__ void __launch_bounds__(kThreads)
+    attention_backward_kernel(const AttentionParams p, const T* __restrict__ grad_out,
+                              const T* __restrict__ q, const T* __restrict__ k,
+                              const T* __restrict__ v, const float* __restrict__ lse,
+                              const float* __restrict__ grad_dot_out, float* __restrict__ dq,
+                              T* __restrict__ dk, T* __restrict__ dv) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  __trap();
+#else
+  using S = Shape<D>;
+  extern __shared__ __align__(16) unsigned char shared[];
+  T* q_tile = reinterpret_cast<T*>(shared);
+  T* g_tile = q_tile + kTile * S::kPitch;  // dO
+  T* k_tile = g_tile + kTile * S::kPitch;
+  T* v_tile = k_tile + kTile * S::kPitch;
+  T* p_tile = v_tile + kTile * S::kPitch;  // P after dropout, [query][key]
+  T* ds_tile = p_tile + kTile * kScorePitch;
+  float* row_lse = reinterpret_cast<float*>(ds_tile + kTile * kScorePitch);
+  float* row_dot = row_lse + kTile;
+  const int64_t bh = blockIdx.x, b = bh / p.heads, h = bh % p.heads, H = p.heads;
+  const int n0 = blockIdx.y * kTile;
+  const SequenceBounds seq = sequence_bounds(p, b);
+  const int length = static_cast<int>(seq.length);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int64_t head = h * D;
+
+  float dk_acc[S::kDTiles][4] = {}, dv_acc[S::kDTiles][4] = {};
+  if (n0 < length) {
+    const int cols = min(kTile, length - n0);
+    load_tile<T, D>(k_tile, k + (seq.start + n0) * p.k_row_stride + head, p.k_row_stride, cols, k);
+    load_tile<T, D>(v_tile, v + (seq.start + n0) * p.v_row_stride + head, p.v_row_stride, cols, v);
+    cp_async_commit();
+    const uint64_t seed = p.dropout ? static_cast<uint64_t>(*p.seed) : 0;
+    for (int m0 = 0; m0 < length; m0 += kTile) {
+      const int rows = min(kTile, length - m0);
+      __syncthreads();  // every warp is done with the previous query tile
+      load_tile<T, D>(q_tile, q + (seq.start + m0) * p.q_row_stride + head, p.q_row_stride, rows,
+                      q);
+      load_tile<T, D>(g_tile, grad_out + (seq.start + m0) * H * D + head, H * D, rows, grad_out);
+      cp_async_commit();
+      for (int i = threadIdx.x; i < kTile; i += kThreads) {
+        const int64_t at = (seq.start + m0 + i) * H + h;
+        row_lse[i] = i < rows ? lse[at] * kLog2e : kInf;  // P = 0 on padded query rows
+        row_dot[i] = i < rows ? grad_dot_out[at] : 0.0f;
+      }
+      cp_async_wait_all();
+      __syncthreads();
+
+      // This warp's 16 queries against the 64 keys: S = Q K^T and dP = dO V^T.
+      float s[8][4] = {}, d_p[8][4] = {};
+      strip_times_transposed<T, D>(s, q_tile, k_tile, warp, lane);
+      strip_times_transposed<T, D>(d_p, g_tile, v_tile, warp, lane);
+      const int r0 = warp * 16 + g;
+      const float lse_r[2] = {row_lse[r0], row_lse[r0 + 8]};
+      const float dot_r[2] = {row_dot[r0], row_dot[r0 + 8]};
+      const uint32_t keep =
+          p.dropout ? dropout_keep_bits(seed, bh, m0 + r0, n0, p.drop_threshold, lane) : ~0u;
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+          const bool inside = nt * 8 + 2 * t + (c & 1) < cols;
+          const float prob = inside ? exp2f(s[nt][c] * p.scale_log2 - lse_r[c / 2]) : 0.0f;
+          const bool kept = (keep >> (nt * 4 + c)) & 1u;
+          // dS = P (dP' - D_i), dP' the gradient reaching the dropped-out probability.
+          d_p[nt][c] = prob * ((kept ? d_p[nt][c] * p.keep_scale : 0.0f) - dot_r[c / 2]);
+          s[nt][c] = kept ? prob : 0.0f;
+        }
+      }
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+        const int col = nt * 8 + 2 * t;
+        *reinterpret_cast<uint32_t*>(p_tile + r0 * kScorePitch + col) =
+            pack2<T>(s[nt][0], s[nt][1]);
+        *reinterpret_cast<uint32_t*>(p_tile + (r0 + 8) * kScorePitch + col) =
+            pack2<T>(s[nt][2], s[nt][3]);
+        *reinterpret_cast<uint32_t*>(ds_tile + r0 * kScorePitch + col) =
+            pack2<T>(d_p[nt][0], d_p[nt][1]);
+        *reinterpret_cast<uint32_t*>(ds_tile + (r0 + 8) * kScorePitch + col) =
+            pack2<T>(d_p[nt][2], d_p[nt][3]);
+      }
+
+      // dQ += scale * dS K for this warp's queries, dS straight from the registers.
+      uint32_t ds_frag[4][4];
+      accumulators_to_a<T>(d_p, ds_frag);
+#pragma unroll
+      for (int dp = 0; dp < S::kKSteps; ++dp) {
+        float dq_part[2][4] = {};
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk) {
+          uint32_t b_frag[4];
+          ldmatrix_x4_trans(b_frag, k_tile +
+                                        (kk * 16 + lane % 8 + ((lane / 8) % 2) * 8) * S::kPitch +
+                                        dp * 16 + (lane / 16) * 8);
+          mma_16816<T>(dq_part[0], ds_frag[kk], b_frag[0], b_frag[1]);
+          mma_16816<T>(dq_part[1], ds_frag[kk], b_frag[2], b_frag[3]);
+        }
+#pragma unroll
+        for (int x = 0; x < 2; ++x) {
+#pragma unroll
+          for (int r = 0; r < 2; ++r) {
+            const int row = m0 + r0 + 8 * r;
+            if (row >= length) continue;
+            float* dst = dq + ((seq.start + row) * H + h) * D + (2 * dp + x) * 8 + 2 * t;
+            atomicAdd(dst, dq_part[x][2 * r] * p.scale);
+            atomicAdd(dst + 1, dq_part[x][2 * r + 1] * p.scale);
+          }
+        }
+      }
+      __syncthreads();  // P and dS of all four warps are in shared memory
+
+      // dV += P^T dO and dK += dS^T Q for this warp's 16 keys: the A fragments (keys x queries)
+      // are the stored [query][key] tiles read transposed.
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) {
+        // Matrices: (queries +0, keys +0), (queries +0, keys +8), (queries +8, keys +0), ...
+        const int at =
+            (kk * 16 + lane % 8 + (lane / 16) * 8) * kScorePitch + warp * 16 + ((lane / 8) % 2) * 8;
+        uint32_t p_frag[4], ds_t_frag[4];
+        ldmatrix_x4_trans(p_frag, p_tile + at);
+        ldmatrix_x4_trans(ds_t_frag, ds_tile + at);
+        a_times_tile<T, D>(dv_acc, p_frag, g_tile, kk * 16, lane);
+        a_times_tile<T, D>(dk_acc, ds_t_frag, q_tile, kk * 16, lane);
+      }
+    }
+  }
+  __syncthreads();  // the K and V tiles become staging space
+  const int first_row = n0 + warp * 16;
+  const int limit = p.packed ? length : static_cast<int>(p.max_seqlen);
+  const float dk_factor[2] = {p.scale, p.scale}, dv_factor[2] = {p.keep_scale, p.keep_scale};
+  store_rows<T, D>(dk_acc, dk_factor, k_tile + warp * 16 * S::kPitch, dk + seq.start * H * D + head,
+                   H * D, first_row, length, limit, lane);
+  store_rows<T, D>(dv_acc, dv_factor, v_tile + warp * 16 * S::kPitch, dv + seq.start * H * D + head,
+                   H * D, first_row, length, limit, lane);
+#endif
+}
+
+template <int D>
+constexpr size_t forward_shared_bytes() {
+  return 3 * kTile * Shape<D>::kPitch * 2;
+}
+
+template <int D>
+constexpr size_t backward_shared_bytes() {
+  return (4 * kTile * Shape<D>::kPitch + 2 * kTile * kScorePitch) * 2 + 2 * kTile * sizeof(float);
+}
+
+template <typename Kernel>
+void allow_shared_bytes(Kernel kernel, size_t bytes) {
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      static_cast<int>(bytes)));
+}
+
+// Calls fn.template operator()<T, D>() with T the CUDA type of `dtype` and D the head dim.
+template <typename Fn>
+void dispatch_kernel(at::ScalarType dtype, int64_t head_dim, Fn&& fn) {
+  auto with_dim = [&]<typename T>() {
+    switch (head_dim) {
+      case 32:
+        return fn.template operator()<T, 32>();
+      case 64:
+        return fn.template operator()<T, 64>();
+      case 128:
+        return fn.template operator()<T, 128>();
+      default:
+        TORCH_CHECK_VALUE(false, "the CUDA attention kernels take head dims 32, 64 and 128, got ",
+                          head_dim);
+    }
+  };
+  if (dtype == at::kBFloat16) return with_dim.template operator()<__nv_bfloat16>();
+  TORCH_CHECK_TYPE(dtype == at::kHalf, "the CUDA attention kernels take bfloat16 or float16, got ",
+                   dtype);
+  with_dim.template operator()<__half>();
+}
+
+// One block per (sequence, head) and tile of 64 rows.
+dim3 grid_of(const AttentionParams& p) {
+  return dim3(static_cast<unsigned>(p.batch * p.heads),
+              static_cast<unsigned>((p.max_seqlen + kTile - 1) / kTile));
+}
+
+// A tensor's data as the CUDA element type T (__nv_bfloat16 or __half, same bits as ATen's).
+template <typename T>
+T* data(const at::Tensor& t) {
+  return reinterpret_cast<T*>(const_cast<void*>(t.const_data_ptr()));
+}
+
+void check_device(const at::Tensor& q) {
+  int major = 0;
+  C10_CUDA_CHECK(
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, q.device().index()));
+  TORCH_CHECK_VALUE(major >= 8,
+                    "the CUDA attention kernels need compute capability 8.0 or "
+                    "newer, got ",
+                    major, ".x");
+}
+
+std::tuple<at::Tensor, at::Tensor> attention_forward_cuda(
+    const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
+    const c10::optional<at::Tensor>& lengths, const c10::optional<at::Tensor>& cu_seqlens,
+    int64_t max_seqlen, const at::Tensor& seed, double dropout_p, double softmax_scale) {
+  const c10::cuda::CUDAGuard guard(q_in.device());
+  const AttentionCall call = prepare_attention(q_in, k_in, v_in, lengths, cu_seqlens, max_seqlen,
+                                               seed, dropout_p, softmax_scale);
+  const AttentionParams& p = call.params;
+  const at::Tensor& q = call.q;
+  check_device(q);
+  at::Tensor out = new_attention_result(call, q.scalar_type());
+  at::Tensor lse = at::empty(q.sizes().slice(0, q.dim() - 1), q.options().dtype(at::kFloat));
+  if (p.batch == 0 || p.total_rows == 0) return {out, lse};
+  dispatch_kernel(q.scalar_type(), p.head_dim, [&]<typename T, int D>() {
+    auto kernel = attention_forward_kernel<T, D>;
+    allow_shared_bytes(kernel, forward_shared_bytes<D>());
+    kernel<<<grid_of(p), kThreads, forward_shared_bytes<D>(), c10::cuda::getCurrentCUDAStream()>>>(
+        p, data<const T>(q), data<const T>(call.k), data<const T>(call.v), data<T>(out),
+        lse.mutable_data_ptr<float>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {out, lse};
+}
+
+AttentionGrads attention_backward_cuda(const at::Tensor& grad_out_in, const at::Tensor& q_in,
+                                       const at::Tensor& k_in, const at::Tensor& v_in,
+                                       const at::Tensor& out, const at::Tensor& lse,
+                                       const c10::optional<at::Tensor>& lengths,
+                                       const c10::optional<at::Tensor>& cu_seqlens,
+                                       int64_t max_seqlen, const at::Tensor& seed, double dropout_p,
+                                       double softmax_scale) {
+  const c10::cuda::CUDAGuard guard(q_in.device());
+  const AttentionCall call = prepare_attention(q_in, k_in, v_in, lengths, cu_seqlens, max_seqlen,
+                                               seed, dropout_p, softmax_scale);
+  check_attention_backward_args(call, grad_out_in, out, lse);
+  const AttentionParams& p = call.params;
+  const at::Tensor& q = call.q;
+  check_device(q);
+  const at::Tensor grad_out = contiguous_grad(call, grad_out_in);
+  const at::Tensor grad_dot_out = attention_grad_dot_out(grad_out, out);
+  const at::Tensor lse_c = lse.contiguous();
+  at::Tensor dq_sum = at::zeros(q.sizes(), q.options().dtype(at::kFloat));
+  at::Tensor dk = new_attention_result(call, q.scalar_type());
+  at::Tensor dv = new_attention_result(call, q.scalar_type());
+  if (p.batch > 0 && p.total_rows > 0) {
+    dispatch_kernel(q.scalar_type(), p.head_dim, [&]<typename T, int D>() {
+      auto kernel = attention_backward_kernel<T, D>;
+      allow_shared_bytes(kernel, backward_shared_bytes<D>());
+      kernel<<<grid_of(p), kThreads, backward_shared_bytes<D>(),
+               c10::cuda::getCurrentCUDAStream()>>>(
+          p, data<const T>(grad_out), data<const T>(q), data<const T>(call.k),
+          data<const T>(call.v), lse_c.const_data_ptr<float>(),
+          grad_dot_out.const_data_ptr<float>(), dq_sum.mutable_data_ptr<float>(), data<T>(dk),
+          data<T>(dv));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+  return {dq_sum.to(q.scalar_type()), dk, dv};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(electra_fast, CUDA, m) {
+  m.impl("attention_forward", &attention_forward_cuda);
+  m.impl("attention_backward", &attention_backward_cuda);
+}
+
+}  // namespace electra_fast

@@ -1,0 +1,146 @@
+"""The compiled attention kernels (the CPU twin, and CUDA where there is one) beyond the shared
+semantics of test_attention.py: the saved log-sum-exp, opcheck of both ops, inputs laid out as
+the fused projection makes them, and dropout in low precision against torch's same-dtype
+computation given the same mask."""
+
+import pytest
+import torch
+
+import electra_fast
+from electra_fast import _extension
+from electra_fast.ops.attention import (
+    attention_reference,
+    dropout_keep_mask,
+    dropout_keep_scale,
+)
+from tests.ops.test_attention import (
+    assert_within_twice_torch_error,
+    attention_module,
+    loss_and_grads,
+    qkv,
+)
+
+OP = "attention_forward"
+
+
+@pytest.fixture
+def kernel(device, monkeypatch):
+    """The kernel of `device` for every call, even without dropout on the CPU."""
+    if not _extension.has_kernel(OP, device.type):
+        pytest.skip(f"no compiled {device.type} kernel in this build")
+    monkeypatch.setattr(_extension, "FORCE_REFERENCE", False)
+    monkeypatch.setattr(attention_module, "CPU_KERNEL_WITHOUT_DROPOUT", True)
+    return torch.ops.electra_fast
+
+
+def kernel_dtype(device):
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_lse_is_the_logsumexp_of_the_scaled_scores(kernel, device, packed):
+    B, L, H, D, lengths = 3, 130, 2, 64, [130, 0, 67]
+    q, k, v = qkv(B, L, H, D, dtype=kernel_dtype(device), device=device)
+    scale = 0.3
+    scores = torch.einsum("bihd,bjhd->bhij", q.double(), k.double()) * scale
+    keys = torch.arange(L, device=device) < torch.tensor(lengths, device=device)[:, None]
+    want = scores.masked_fill(~keys[:, None, None, :], -torch.inf).logsumexp(-1)
+    want = want.transpose(1, 2)  # [B, L, H]
+    seed = torch.zeros((), dtype=torch.int64, device=device)
+    if packed:
+        real = keys.flatten()
+        cu = torch.tensor([0, 130, 130, 197], dtype=torch.int32, device=device)
+        flat = [t.flatten(0, 1)[real] for t in (q, k, v)]
+        _, lse = kernel.attention_forward(*flat, None, cu, L, seed, 0.0, scale)
+        torch.testing.assert_close(lse.double(), want.flatten(0, 1)[real], rtol=1e-5, atol=1e-5)
+        return
+    lengths32 = torch.tensor(lengths, dtype=torch.int32, device=device)
+    _, lse = kernel.attention_forward(q, k, v, lengths32, None, L, seed, 0.0, scale)
+    torch.testing.assert_close(lse[keys].double(), want[keys], rtol=1e-5, atol=1e-5)
+    assert torch.all(lse[~keys] == torch.inf)  # padded rows: P = exp(s - lse) = 0 in backward
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_opcheck(kernel, device, packed):
+    q, k, v = (
+        t.requires_grad_() for t in qkv(2, 9, 2, 32, dtype=kernel_dtype(device), device=device)
+    )
+    seed = torch.tensor(3, device=device)
+    if packed:
+        q, k, v = (t.detach()[:, :4].flatten(0, 1).requires_grad_() for t in (q, k, v))
+        cu = torch.tensor([0, 3, 8], dtype=torch.int32, device=device)
+        layout = (None, cu, 5)
+    else:
+        layout = (torch.tensor([9, 4], dtype=torch.int32, device=device), None, 9)
+    args = (q, k, v, *layout, seed, 0.2, 0.3)
+    torch.library.opcheck(kernel.attention_forward.default, args)
+    out, lse = kernel.attention_forward(*args)
+    grad = torch.randn_like(out)
+    backward_args = (grad, q.detach(), k.detach(), v.detach(), out.detach(), lse, *layout)
+    torch.library.opcheck(kernel.attention_backward.default, backward_args + (seed, 0.2, 0.3))
+
+
+def test_fused_projection_and_misaligned_layouts_read_like_contiguous(kernel, device):
+    B, L, H, D = 2, 70, 3, 32
+    dtype = kernel_dtype(device)
+    g = torch.Generator().manual_seed(1)
+    fused = torch.randn(B, L, 3, H, D, generator=g).to(dtype).to(device)
+    # Rows 3 * H * D apart, as the encoder's qkv projection leaves them; and rows 4 elements
+    # longer than H * D, a stride the kernels cannot read directly (they copy).
+    strided = list(fused.unbind(2))
+    wide = torch.randn(B * L * (H * D + 4), generator=g).to(dtype).to(device)
+    misaligned = wide.as_strided((B, L, H, D), (L * (H * D + 4), H * D + 4, D, 1))
+    strided[1] = misaligned
+    lengths = torch.tensor([70, 41], device=device)
+    grad = torch.randn(B, L, H, D, generator=g).to(device)
+
+    def call(q, k, v):
+        return electra_fast.attention(q, k, v, lengths=lengths, dropout_p=0.1, seed=5)
+
+    got = loss_and_grads(call, strided, grad)
+    want = loss_and_grads(call, [t.contiguous() for t in strided], grad)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def torch_same_dtype(q, k, v, lengths, keep, keep_scale):
+    """torch's own computation in q's dtype, given the keep mask: scores, masked softmax, dropout
+    and the product with v, each rounded to the dtype as torch rounds it."""
+    L = q.shape[1]
+    scores = torch.einsum("bihd,bjhd->bhij", q, k) * q.shape[-1] ** -0.5
+    keys = torch.arange(L, device=q.device) < lengths.clamp(min=1)[:, None]
+    probabilities = scores.masked_fill(~keys[:, None, None, :], -torch.inf).softmax(-1)
+    dropped = probabilities * keep.to(q.dtype) * keep_scale
+    out = torch.einsum("bhij,bjhd->bihd", dropped, v)
+    return out * (torch.arange(L, device=q.device) < lengths[:, None])[:, :, None, None]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_dropout_within_twice_torch_error_given_the_mask(kernel, device, dtype):
+    if device.type == "cuda" and dtype == torch.float32:
+        pytest.skip("float32 takes the torch path on CUDA")
+    B, L, H, D, p = 2, 150, 2, 64, 0.25  # three key tiles, the last partial
+    q, k, v = qkv(B, L, H, D, dtype=dtype, device=device, seed=3)
+    lengths = torch.tensor([150, 70], device=device)
+    keep = dropout_keep_mask(torch.tensor(9, device=device), B, H, L, p, device)
+    keep_scale = dropout_keep_scale(p)
+    grad = torch.randn(B, L, H, D, device=device)
+    exact = [t.double() for t in (q, k, v)]
+    want = loss_and_grads(
+        lambda *t: attention_reference(*t, lengths, keep, keep_scale, D**-0.5), exact, grad
+    )
+    ours = loss_and_grads(
+        lambda *t: electra_fast.attention(*t, lengths=lengths, dropout_p=p, seed=9), (q, k, v), grad
+    )
+    theirs = loss_and_grads(
+        lambda *t: torch_same_dtype(*t, lengths, keep, keep_scale), (q, k, v), grad
+    )
+    assert_within_twice_torch_error(ours, theirs, want)
+
+
+def test_a_call_without_dropout_draws_nothing(kernel, device):
+    q, k, v = qkv(1, 8, 1, 32, dtype=kernel_dtype(device), device=device)
+    generator = torch.Generator(device).manual_seed(0)
+    state = generator.get_state()
+    electra_fast.attention(q, k, v, generator=generator)
+    assert torch.equal(generator.get_state(), state)
