@@ -53,8 +53,8 @@ at::Tensor kernel_layout(const at::Tensor& t) {
 AttentionParams make_attention_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                       const c10::optional<at::Tensor>& lengths,
                                       const c10::optional<at::Tensor>& cu_seqlens,
-                                      int64_t max_seqlen, const at::Tensor& seed, double dropout_p,
-                                      double softmax_scale) {
+                                      int64_t max_seqlen, const c10::optional<at::Tensor>& seed,
+                                      double dropout_p, double softmax_scale) {
   const bool packed = cu_seqlens.has_value();
   TORCH_CHECK_VALUE(q.dim() == (packed ? 3 : 4), "q must have shape ",
                     packed ? "[T, H, D] with cu_seqlens" : "[B, L, H, D]", ", got ", q.sizes());
@@ -74,9 +74,14 @@ AttentionParams make_attention_params(const at::Tensor& q, const at::Tensor& k, 
                     dropout_p);
   TORCH_CHECK_VALUE(std::isfinite(softmax_scale), "softmax_scale must be finite, got ",
                     softmax_scale);
-  EF_CHECK_DIM(seed, 0);
-  EF_CHECK_DTYPE(seed, seed.scalar_type() == at::kLong, "int64");
-  EF_CHECK_DEVICE(seed, q.device());
+  const double threshold = std::min(65535.0, std::nearbyint(dropout_p * 65536.0));
+  TORCH_CHECK_VALUE(seed.has_value() || threshold == 0,
+                    "seed (the Philox key) is required with dropout_p=", dropout_p);
+  if (seed.has_value()) {
+    EF_CHECK_DIM(*seed, 0);
+    EF_CHECK_DTYPE(*seed, seed->scalar_type() == at::kLong, "int64");
+    EF_CHECK_DEVICE(*seed, q.device());
+  }
 
   AttentionParams p{};
   p.packed = packed;
@@ -110,11 +115,9 @@ AttentionParams make_attention_params(const at::Tensor& q, const at::Tensor& k, 
   p.q_row_stride = q.stride(-3);
   p.k_row_stride = k.stride(-3);
   p.v_row_stride = v.stride(-3);
-  p.seed = seed.const_data_ptr<int64_t>();
+  p.seed = seed.has_value() ? seed->const_data_ptr<int64_t>() : nullptr;
   p.scale = static_cast<float>(softmax_scale);
   p.scale_log2 = static_cast<float>(softmax_scale * 1.4426950408889634);
-  const double threshold = std::min(65535.0, std::nearbyint(dropout_p * 65536.0));
-  p.dropout = threshold > 0;
   p.drop_threshold = static_cast<uint32_t>(threshold);
   p.keep_scale = static_cast<float>(65536.0 / (65536.0 - threshold));
   return p;
@@ -125,24 +128,37 @@ AttentionParams make_attention_params(const at::Tensor& q, const at::Tensor& k, 
 AttentionCall prepare_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                 const c10::optional<at::Tensor>& lengths,
                                 const c10::optional<at::Tensor>& cu_seqlens, int64_t max_seqlen,
-                                const at::Tensor& seed, double dropout_p, double softmax_scale) {
+                                const c10::optional<at::Tensor>& seed, double dropout_p,
+                                double softmax_scale) {
   AttentionCall call{kernel_layout(q), kernel_layout(k), kernel_layout(v), {}};
   call.params = make_attention_params(call.q, call.k, call.v, lengths, cu_seqlens, max_seqlen, seed,
                                       dropout_p, softmax_scale);
   return call;
 }
 
-void check_attention_backward_args(const AttentionCall& call, const at::Tensor& grad_out,
-                                   const at::Tensor& out, const at::Tensor& lse) {
-  const at::Tensor& q = call.q;
-  TORCH_CHECK_VALUE(grad_out.sizes() == q.sizes() && out.sizes() == q.sizes(),
-                    "grad_out and out must have q's shape ", q.sizes(), ", got ", grad_out.sizes(),
-                    " and ", out.sizes());
-  EF_CHECK_SHAPE(lse, q.sizes().slice(0, q.dim() - 1));
+AttentionBackwardCall prepare_attention_backward(
+    const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const at::Tensor& out, const at::Tensor& lse, const c10::optional<at::Tensor>& lengths,
+    const c10::optional<at::Tensor>& cu_seqlens, int64_t max_seqlen,
+    const c10::optional<at::Tensor>& seed, double dropout_p, double softmax_scale) {
+  AttentionCall call =
+      prepare_attention(q, k, v, lengths, cu_seqlens, max_seqlen, seed, dropout_p, softmax_scale);
+  const at::Tensor& q_ready = call.q;
+  TORCH_CHECK_VALUE(grad_out.sizes() == q_ready.sizes() && out.sizes() == q_ready.sizes(),
+                    "grad_out and out must have q's shape ", q_ready.sizes(), ", got ",
+                    grad_out.sizes(), " and ", out.sizes());
+  EF_CHECK_SHAPE(lse, q_ready.sizes().slice(0, q_ready.dim() - 1));
   EF_CHECK_DTYPE(lse, lse.scalar_type() == at::kFloat, "float32");
-  EF_CHECK_DEVICE(lse, q.device());
-  EF_CHECK_DEVICE(grad_out, q.device());
-  EF_CHECK_DEVICE(out, q.device());
+  EF_CHECK_DEVICE(lse, q_ready.device());
+  EF_CHECK_DEVICE(grad_out, q_ready.device());
+  EF_CHECK_DEVICE(out, q_ready.device());
+  // Contiguous and 16-byte aligned, as the kernels read dO.
+  at::Tensor grad =
+      at::empty(q_ready.sizes(), q_ready.options().memory_format(at::MemoryFormat::Contiguous))
+          .copy_(grad_out);
+  at::Tensor grad_dot_out =
+      at::sum(at::mul(grad.to(at::kFloat), out.to(at::kFloat)), {-1}).contiguous();
+  return {std::move(call), std::move(grad), std::move(grad_dot_out), lse.contiguous()};
 }
 
 at::Tensor new_attention_result(const AttentionCall& call, at::ScalarType dtype) {
@@ -151,13 +167,8 @@ at::Tensor new_attention_result(const AttentionCall& call, at::ScalarType dtype)
                             : at::empty(call.q.sizes(), options);
 }
 
-at::Tensor contiguous_grad(const AttentionCall& call, const at::Tensor& grad_out) {
-  return at::empty(call.q.sizes(), call.q.options().memory_format(at::MemoryFormat::Contiguous))
-      .copy_(grad_out);
-}
-
-at::Tensor attention_grad_dot_out(const at::Tensor& grad_out, const at::Tensor& out) {
-  return at::sum(at::mul(grad_out.to(at::kFloat), out.to(at::kFloat)), {-1}).contiguous();
+at::Tensor new_attention_lse(const AttentionCall& call) {
+  return at::empty(call.q.sizes().slice(0, call.q.dim() - 1), call.q.options().dtype(at::kFloat));
 }
 
 namespace {
@@ -200,7 +211,7 @@ void load_rows(const scalar_t* base, int64_t row_stride, int64_t rows, int64_t v
 // Which of a query's `cols` keys starting at `first` survive dropout (1) or not (0).
 void keep_flags(const AttentionParams& p, uint64_t seed, int64_t bh, int64_t query, int64_t first,
                 int64_t cols, float* keep) {
-  if (!p.dropout) {
+  if (!p.dropout()) {
     std::fill(keep, keep + cols, 1.0f);
     return;
   }
@@ -328,14 +339,15 @@ void backward_head(const AttentionParams& p, uint64_t seed, const scalar_t* grad
 std::tuple<at::Tensor, at::Tensor> attention_forward_cpu(
     const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
     const c10::optional<at::Tensor>& lengths, const c10::optional<at::Tensor>& cu_seqlens,
-    int64_t max_seqlen, const at::Tensor& seed, double dropout_p, double softmax_scale) {
+    int64_t max_seqlen, const c10::optional<at::Tensor>& seed, double dropout_p,
+    double softmax_scale) {
   const AttentionCall call = prepare_attention(q_in, k_in, v_in, lengths, cu_seqlens, max_seqlen,
                                                seed, dropout_p, softmax_scale);
   const AttentionParams& p = call.params;
   const at::Tensor& q = call.q;
   at::Tensor out = new_attention_result(call, q.scalar_type());
-  at::Tensor lse = at::empty(q.sizes().slice(0, q.dim() - 1), q.options().dtype(at::kFloat));
-  const uint64_t key = static_cast<uint64_t>(seed.item<int64_t>());
+  at::Tensor lse = new_attention_lse(call);
+  const uint64_t key = p.philox_key();
   const int64_t tasks = p.batch * p.heads * ((p.max_seqlen + kTile - 1) / kTile);
   EF_DISPATCH_FLOATS(q.scalar_type(), "attention_forward_cpu", [&] {
     at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
@@ -350,32 +362,30 @@ std::tuple<at::Tensor, at::Tensor> attention_forward_cpu(
   return {out, lse};
 }
 
-AttentionGrads attention_backward_cpu(const at::Tensor& grad_out_in, const at::Tensor& q_in,
+AttentionGrads attention_backward_cpu(const at::Tensor& grad_out, const at::Tensor& q_in,
                                       const at::Tensor& k_in, const at::Tensor& v_in,
                                       const at::Tensor& out, const at::Tensor& lse,
                                       const c10::optional<at::Tensor>& lengths,
                                       const c10::optional<at::Tensor>& cu_seqlens,
-                                      int64_t max_seqlen, const at::Tensor& seed, double dropout_p,
-                                      double softmax_scale) {
-  const AttentionCall call = prepare_attention(q_in, k_in, v_in, lengths, cu_seqlens, max_seqlen,
-                                               seed, dropout_p, softmax_scale);
-  check_attention_backward_args(call, grad_out_in, out, lse);
+                                      int64_t max_seqlen, const c10::optional<at::Tensor>& seed,
+                                      double dropout_p, double softmax_scale) {
+  const AttentionBackwardCall b =
+      prepare_attention_backward(grad_out, q_in, k_in, v_in, out, lse, lengths, cu_seqlens,
+                                 max_seqlen, seed, dropout_p, softmax_scale);
+  const AttentionCall& call = b.call;
   const AttentionParams& p = call.params;
   const at::Tensor& q = call.q;
-  const at::Tensor grad_out = contiguous_grad(call, grad_out_in);
-  const at::Tensor grad_dot_out = attention_grad_dot_out(grad_out, out);
-  const at::Tensor lse_c = lse.contiguous();
   at::Tensor dq = new_attention_result(call, q.scalar_type());
   at::Tensor dk = new_attention_result(call, q.scalar_type());
   at::Tensor dv = new_attention_result(call, q.scalar_type());
-  const uint64_t key = static_cast<uint64_t>(seed.item<int64_t>());
+  const uint64_t key = p.philox_key();
   EF_DISPATCH_FLOATS(q.scalar_type(), "attention_backward_cpu", [&] {
     at::parallel_for(0, p.batch * p.heads, 1, [&](int64_t begin, int64_t end) {
       for (int64_t bh = begin; bh < end; ++bh) {
-        backward_head<scalar_t>(p, key, grad_out.const_data_ptr<scalar_t>(),
+        backward_head<scalar_t>(p, key, b.grad_out.const_data_ptr<scalar_t>(),
                                 q.const_data_ptr<scalar_t>(), call.k.const_data_ptr<scalar_t>(),
-                                call.v.const_data_ptr<scalar_t>(), lse_c.const_data_ptr<float>(),
-                                grad_dot_out.const_data_ptr<float>(),
+                                call.v.const_data_ptr<scalar_t>(), b.lse.const_data_ptr<float>(),
+                                b.grad_dot_out.const_data_ptr<float>(),
                                 dq.mutable_data_ptr<scalar_t>(), dk.mutable_data_ptr<scalar_t>(),
                                 dv.mutable_data_ptr<scalar_t>(), bh);
       }

@@ -38,12 +38,16 @@ struct AttentionParams {
   bool packed;
   const int32_t* lengths;     // padded layout, [B]; nullptr: every sequence is L long
   const int32_t* cu_seqlens;  // packed layout, [B + 1]
-  const int64_t* seed;        // the Philox key, a 0-d tensor on the device
+  const int64_t* seed;        // the Philox key, a 0-d tensor on the device; nullptr without dropout
   float scale;                // softmax scale
   float scale_log2;           // scale * log2(e): the kernels work with exp2
-  bool dropout;
-  uint32_t drop_threshold;  // t: a half below it drops
-  float keep_scale;         // 2^16 / (2^16 - t)
+  uint32_t drop_threshold;    // t: a half below it drops; 0: no dropout
+  float keep_scale;           // 2^16 / (2^16 - t)
+
+  EF_HOST_DEVICE bool dropout() const { return drop_threshold > 0; }
+  EF_HOST_DEVICE uint64_t philox_key() const {
+    return dropout() ? static_cast<uint64_t>(*seed) : 0;
+  }
 };
 
 struct SequenceBounds {
@@ -91,22 +95,28 @@ struct AttentionCall {
 AttentionCall prepare_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                 const c10::optional<at::Tensor>& lengths,
                                 const c10::optional<at::Tensor>& cu_seqlens, int64_t max_seqlen,
-                                const at::Tensor& seed, double dropout_p, double softmax_scale);
+                                const c10::optional<at::Tensor>& seed, double dropout_p,
+                                double softmax_scale);
 
-// The backward's extra inputs checked against the call: grad_out and out of q's shape, lse
-// float32 [rows, H] on q's device.
-void check_attention_backward_args(const AttentionCall& call, const at::Tensor& grad_out,
-                                   const at::Tensor& out, const at::Tensor& lse);
+// The same for the backward, with its own inputs checked and made ready for the kernels: grad_out
+// contiguous in q's dtype, its rowsum with out (D_i = sum_j P_ij dP_ij, fp32 [rows, H]) and lse
+// contiguous.
+struct AttentionBackwardCall {
+  AttentionCall call;
+  at::Tensor grad_out, grad_dot_out, lse;
+};
+AttentionBackwardCall prepare_attention_backward(
+    const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const at::Tensor& out, const at::Tensor& lse, const c10::optional<at::Tensor>& lengths,
+    const c10::optional<at::Tensor>& cu_seqlens, int64_t max_seqlen,
+    const c10::optional<at::Tensor>& seed, double dropout_p, double softmax_scale);
 
 // An uninitialised result of q's shape and dtype; zeros in the packed layout, where rows outside
 // every sequence are written by no kernel.
 at::Tensor new_attention_result(const AttentionCall& call, at::ScalarType dtype);
 
-// grad_out as a contiguous, 16-byte aligned tensor of q's dtype, as the kernels read dO.
-at::Tensor contiguous_grad(const AttentionCall& call, const at::Tensor& grad_out);
-
-// rowsum(grad_out * out) in fp32, [rows, H]: the backward's D_i = sum_j P_ij dP_ij.
-at::Tensor attention_grad_dot_out(const at::Tensor& grad_out, const at::Tensor& out);
+// The forward's lse, uninitialised: fp32 [rows, H].
+at::Tensor new_attention_lse(const AttentionCall& call);
 
 using AttentionGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 

@@ -45,13 +45,13 @@ TORCH_LIBRARY(electra_fast, m) {
       "int ignore_index, int vocab_start) -> ()");
   // Bidirectional attention over padded [B, L, H, D] (lengths optional, max_seqlen = L) or packed
   // [T, H, D] (cu_seqlens) sequences, flash style: returns (out, lse), lse [rows, H] fp32. The
-  // backward recomputes the probabilities and the dropout mask from lse and `seed`
-  // (csrc/ops/attention.h).
+  // backward recomputes the probabilities and the dropout mask from lse and `seed` (the Philox
+  // key, required with dropout; csrc/ops/attention.h).
   m.def(
       "attention_forward(Tensor q, Tensor k, Tensor v, Tensor? lengths, Tensor? cu_seqlens, "
-      "int max_seqlen, Tensor seed, float dropout_p, float softmax_scale) -> (Tensor, Tensor)");
+      "int max_seqlen, Tensor? seed, float dropout_p, float softmax_scale) -> (Tensor, Tensor)");
   m.def(
       "attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
-      "Tensor? lengths, Tensor? cu_seqlens, int max_seqlen, Tensor seed, float dropout_p, "
+      "Tensor? lengths, Tensor? cu_seqlens, int max_seqlen, Tensor? seed, float dropout_p, "
       "float softmax_scale) -> (Tensor, Tensor, Tensor)");
 }

@@ -77,8 +77,6 @@ def attention(
     # No draw without dropout: such a call leaves the generator where it was.
     key = philox_key(q.device, generator, seed, like="q") if dropout_p > 0 else None
     if use_kernel(q, dropout_p):
-        if key is None:
-            key = torch.zeros((), dtype=torch.int64, device=q.device)
         if lengths is not None:
             lengths = lengths.to(torch.int32)
         if packed:

@@ -144,3 +144,15 @@ def test_a_call_without_dropout_draws_nothing(kernel, device):
     state = generator.get_state()
     electra_fast.attention(q, k, v, generator=generator)
     assert torch.equal(generator.get_state(), state)
+
+
+def test_the_op_takes_a_seed_only_with_dropout(kernel, device):
+    q, k, v = qkv(2, 9, 2, 32, dtype=kernel_dtype(device), device=device)
+    want = electra_fast.attention(q, k, v)
+    out, _ = kernel.attention_forward(q, k, v, None, None, 9, None, 0.0, 32**-0.5)
+    torch.testing.assert_close(out, want)
+    torch.library.opcheck(
+        kernel.attention_forward.default, (q, k, v, None, None, 9, None, 0.0, 0.3)
+    )
+    with pytest.raises(ValueError, match="seed .* is required with dropout_p=0.1"):
+        kernel.attention_forward(q, k, v, None, None, 9, None, 0.1, 0.3)

@@ -189,7 +189,7 @@ __global__ void __launch_bounds__(kThreads)
     load_tile<T, D>(k_tile, k + seq.start * p.k_row_stride + head, p.k_row_stride,
                     min(kTile, length), k);
     cp_async_commit();
-    const uint64_t seed = p.dropout ? static_cast<uint64_t>(*p.seed) : 0;
+    const uint64_t seed = p.philox_key();
     uint32_t q_frag[S::kKSteps][4];
     const int tiles = (length + kTile - 1) / kTile;
     for (int tile = 0; tile < tiles; ++tile) {
@@ -252,7 +252,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
         for (int c = 0; c < 4; ++c) acc[dt][c] *= correction[c / 2];
       }
-      if (p.dropout) {
+      if (p.dropout()) {
         const uint32_t keep =
             dropout_keep_bits(seed, bh, m0 + warp * 16 + g, n0, p.drop_threshold, lane);
 #pragma unroll
@@ -332,7 +332,7 @@ __global__ void __launch_bounds__(kThreads)
     load_tile<T, D>(k_tile, k + (seq.start + n0) * p.k_row_stride + head, p.k_row_stride, cols, k);
     load_tile<T, D>(v_tile, v + (seq.start + n0) * p.v_row_stride + head, p.v_row_stride, cols, v);
     cp_async_commit();
-    const uint64_t seed = p.dropout ? static_cast<uint64_t>(*p.seed) : 0;
+    const uint64_t seed = p.philox_key();
     for (int m0 = 0; m0 < length; m0 += kTile) {
       const int rows = min(kTile, length - m0);
       __syncthreads();  // every warp is done with the previous query tile
@@ -356,7 +356,7 @@ __global__ void __launch_bounds__(kThreads)
       const float lse_r[2] = {row_lse[r0], row_lse[r0 + 8]};
       const float dot_r[2] = {row_dot[r0], row_dot[r0 + 8]};
       const uint32_t keep =
-          p.dropout ? dropout_keep_bits(seed, bh, m0 + r0, n0, p.drop_threshold, lane) : ~0u;
+          p.dropout() ? dropout_keep_bits(seed, bh, m0 + r0, n0, p.drop_threshold, lane) : ~0u;
 #pragma unroll
       for (int nt = 0; nt < 8; ++nt) {
 #pragma unroll
@@ -500,7 +500,8 @@ void check_device(const at::Tensor& q) {
 std::tuple<at::Tensor, at::Tensor> attention_forward_cuda(
     const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
     const c10::optional<at::Tensor>& lengths, const c10::optional<at::Tensor>& cu_seqlens,
-    int64_t max_seqlen, const at::Tensor& seed, double dropout_p, double softmax_scale) {
+    int64_t max_seqlen, const c10::optional<at::Tensor>& seed, double dropout_p,
+    double softmax_scale) {
   const c10::cuda::CUDAGuard guard(q_in.device());
   const AttentionCall call = prepare_attention(q_in, k_in, v_in, lengths, cu_seqlens, max_seqlen,
                                                seed, dropout_p, softmax_scale);
@@ -508,7 +509,7 @@ std::tuple<at::Tensor, at::Tensor> attention_forward_cuda(
   const at::Tensor& q = call.q;
   check_device(q);
   at::Tensor out = new_attention_result(call, q.scalar_type());
-  at::Tensor lse = at::empty(q.sizes().slice(0, q.dim() - 1), q.options().dtype(at::kFloat));
+  at::Tensor lse = new_attention_lse(call);
   if (p.batch == 0 || p.total_rows == 0) return {out, lse};
   dispatch_kernel(q.scalar_type(), p.head_dim, [&]<typename T, int D>() {
     auto kernel = attention_forward_kernel<T, D>;
@@ -521,23 +522,21 @@ std::tuple<at::Tensor, at::Tensor> attention_forward_cuda(
   return {out, lse};
 }
 
-AttentionGrads attention_backward_cuda(const at::Tensor& grad_out_in, const at::Tensor& q_in,
+AttentionGrads attention_backward_cuda(const at::Tensor& grad_out, const at::Tensor& q_in,
                                        const at::Tensor& k_in, const at::Tensor& v_in,
                                        const at::Tensor& out, const at::Tensor& lse,
                                        const c10::optional<at::Tensor>& lengths,
                                        const c10::optional<at::Tensor>& cu_seqlens,
-                                       int64_t max_seqlen, const at::Tensor& seed, double dropout_p,
-                                       double softmax_scale) {
+                                       int64_t max_seqlen, const c10::optional<at::Tensor>& seed,
+                                       double dropout_p, double softmax_scale) {
   const c10::cuda::CUDAGuard guard(q_in.device());
-  const AttentionCall call = prepare_attention(q_in, k_in, v_in, lengths, cu_seqlens, max_seqlen,
-                                               seed, dropout_p, softmax_scale);
-  check_attention_backward_args(call, grad_out_in, out, lse);
+  const AttentionBackwardCall b =
+      prepare_attention_backward(grad_out, q_in, k_in, v_in, out, lse, lengths, cu_seqlens,
+                                 max_seqlen, seed, dropout_p, softmax_scale);
+  const AttentionCall& call = b.call;
   const AttentionParams& p = call.params;
   const at::Tensor& q = call.q;
   check_device(q);
-  const at::Tensor grad_out = contiguous_grad(call, grad_out_in);
-  const at::Tensor grad_dot_out = attention_grad_dot_out(grad_out, out);
-  const at::Tensor lse_c = lse.contiguous();
   at::Tensor dq_sum = at::zeros(q.sizes(), q.options().dtype(at::kFloat));
   at::Tensor dk = new_attention_result(call, q.scalar_type());
   at::Tensor dv = new_attention_result(call, q.scalar_type());
@@ -547,9 +546,9 @@ AttentionGrads attention_backward_cuda(const at::Tensor& grad_out_in, const at::
       allow_shared_bytes(kernel, backward_shared_bytes<D>());
       kernel<<<grid_of(p), kThreads, backward_shared_bytes<D>(),
                c10::cuda::getCurrentCUDAStream()>>>(
-          p, data<const T>(grad_out), data<const T>(q), data<const T>(call.k),
-          data<const T>(call.v), lse_c.const_data_ptr<float>(),
-          grad_dot_out.const_data_ptr<float>(), dq_sum.mutable_data_ptr<float>(), data<T>(dk),
+          p, data<const T>(b.grad_out), data<const T>(q), data<const T>(call.k),
+          data<const T>(call.v), b.lse.const_data_ptr<float>(),
+          b.grad_dot_out.const_data_ptr<float>(), dq_sum.mutable_data_ptr<float>(), data<T>(dk),
           data<T>(dv));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
