@@ -19,9 +19,9 @@ namespace electra_fast::vi {
 namespace {
 
 constexpr char kMagic[8] = {'E', 'F', 'V', 'I', 'D', 'I', 'C', 'T'};
-constexpr uint32_t kFormatVersion = 4;
-enum Section { kClasses, kWordNodes, kSyllableNodes, kSyllableIndex, kPairRows, kPairColumn,
-               kPairScore, kSectionCount };
+constexpr uint32_t kFormatVersion = 5;
+enum Section { kClasses, kWordCells, kWordData, kWordCodes, kSyllableCells, kSyllableData,
+               kSyllableCodes, kPairRows, kPairColumn, kPairScore, kSectionCount };
 
 struct Header {
   char magic[8];
@@ -168,10 +168,51 @@ std::vector<char> read_all(const std::string& dir, const char* name) {
   return std::vector<char>((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
 }
 
-// The builder's nodes renumbered breadth first, each node's children in code-point order, with
-// a sentinel record at the end. `old_of` maps each new node to the builder's.
-std::vector<TrieNode> breadth_first(const TrieBuilder& trie, const std::vector<float>& weight,
-                                    const std::vector<uint8_t>& flags, std::vector<uint32_t>& old_of) {
+struct DoubleArray {
+  std::vector<TrieCell> cells;
+  std::vector<TrieData> data;
+  std::vector<uint16_t> code;  // by code point; 0 for one on no edge
+};
+
+// Free cells of a double array under construction: next_free[i] leads to the first cell at or
+// after i that may still take a node's first child (a union-find with path compression, so that
+// a scan skips the dense part of the array in a step or two).
+struct FreeCells {
+  std::vector<uint32_t> next_free;
+  std::vector<uint8_t> used, failures;
+
+  void grow(size_t size) {
+    if (size <= next_free.size()) return;
+    for (size_t i = next_free.size(); i < size; ++i) next_free.push_back(uint32_t(i));
+    used.resize(size, 0);
+    failures.resize(size, 0);
+  }
+  bool is_free(size_t i) const { return i >= used.size() || !used[i]; }
+  uint32_t find(uint32_t i) {
+    uint32_t root = i;
+    while (root < next_free.size() && next_free[root] != root) root = next_free[root];
+    if (root >= next_free.size()) grow(size_t(root) + 1);
+    while (i != root) {
+      uint32_t next = next_free[i];
+      next_free[i] = root;
+      i = next;
+    }
+    return root;
+  }
+  // A cell is no longer a place to try a first child: it is taken, or it failed often enough
+  // that trying it again is not worth the time (it still takes later children).
+  void retire(uint32_t i) { next_free[i] = i + 1; }
+  void take(uint32_t i) {
+    grow(size_t(i) + 1);
+    used[i] = 1;
+    retire(i);
+  }
+};
+
+// The builder's trie as a double array: nodes placed breadth first, each at the first base where
+// all its children's cells are free. `weight` and `value` are per builder node.
+DoubleArray double_array(const TrieBuilder& trie, const std::vector<float>& weight,
+                         const std::vector<int32_t>& value) {
   struct Edge {
     uint32_t parent, cp, child;
   };
@@ -184,22 +225,59 @@ std::vector<TrieNode> breadth_first(const TrieBuilder& trie, const std::vector<f
   std::vector<uint32_t> edges_from(count + 1, 0);  // by builder node, into `edges`
   for (const Edge& e : edges) ++edges_from[e.parent + 1];
   for (size_t n = 0; n < count; ++n) edges_from[n + 1] += edges_from[n];
-  std::vector<uint32_t> code_point{0};
-  old_of.assign(1, 0);
-  old_of.reserve(count);
-  std::vector<TrieNode> nodes(count + 1);
-  // old_of doubles as the queue: node k is expanded when k is reached, after all nodes before it.
-  for (size_t k = 0; k < old_of.size(); ++k) {
-    uint32_t old = old_of[k];
-    nodes[k] = {uint32_t(old_of.size()), code_point[k] | uint32_t(flags[old]) << 24, weight[old]};
-    for (uint32_t e = edges_from[old]; e < edges_from[old + 1]; ++e) {
-      if (edges[e].cp > TrieView::kCodePointMask) throw std::runtime_error("code point out of range in a dictionary");
-      old_of.push_back(edges[e].child);
-      code_point.push_back(edges[e].cp);
+
+  DoubleArray out;
+  std::vector<uint32_t> points;
+  for (const Edge& e : edges) points.push_back(e.cp);
+  std::sort(points.begin(), points.end());
+  points.erase(std::unique(points.begin(), points.end()), points.end());
+  if (points.size() >= UINT16_MAX)
+    throw std::runtime_error("a dictionary uses too many distinct characters");
+  out.code.assign(points.empty() ? 1 : points.back() + 1, 0);
+  for (size_t k = 0; k < points.size(); ++k) out.code[points[k]] = uint16_t(k + 1);
+  const uint32_t alphabet = uint32_t(points.size());
+
+  FreeCells slots;
+  slots.grow(count + alphabet + 1);
+  slots.take(0);
+  std::vector<TrieCell> cells(1, TrieCell{0, -1});
+  std::vector<TrieData> data(1, TrieData{weight[0], value[0]});
+  // (builder node, cell) pairs in breadth-first order; the root is in cell 0.
+  std::vector<std::pair<uint32_t, uint32_t>> queue{{0, 0}};
+  std::vector<uint32_t> codes;
+  for (size_t q = 0; q < queue.size(); ++q) {
+    auto [node, at] = queue[q];
+    uint32_t first = edges_from[node], last = edges_from[node + 1];
+    if (first == last) continue;
+    codes.clear();
+    for (uint32_t e = first; e < last; ++e) codes.push_back(out.code[edges[e].cp]);
+    uint32_t base = 0;
+    for (uint32_t p = slots.find(codes[0]);; p = slots.find(p + 1)) {
+      base = p - codes[0];
+      bool fits = true;
+      for (size_t k = 1; k < codes.size() && fits; ++k) fits = slots.is_free(base + codes[k]);
+      if (fits) break;
+      if (++slots.failures[p] >= 16) slots.retire(p);
+    }
+    if (base > uint32_t(INT32_MAX) - alphabet) throw std::runtime_error("dictionary too large");
+    size_t end = size_t(base) + codes.back() + 1;
+    if (cells.size() < end) {
+      cells.resize(end, TrieCell{0, -1});
+      data.resize(end, TrieData{0.f, 0});
+    }
+    cells[at].base = int32_t(base);
+    for (uint32_t e = first; e < last; ++e) {
+      uint32_t c = base + out.code[edges[e].cp];
+      slots.take(c);
+      uint32_t child = edges[e].child;
+      cells[c] = TrieCell{0, int32_t(at)};
+      data[c] = TrieData{weight[child], value[child]};
+      queue.emplace_back(child, c);
     }
   }
-  nodes[count] = {uint32_t(count), 0, 0.5f};
-  return nodes;
+  out.cells = std::move(cells);
+  out.data = std::move(data);
+  return out;
 }
 
 struct Blob {
@@ -291,14 +369,16 @@ Blob compile(const std::string& dir, DictionaryOptions options, uint64_t fingerp
   blob.put(kClasses, chars.classes);
   const TrieBuilder& w = words.trie;
   std::vector<float> weight(w.frequency.size());
-  std::vector<uint8_t> flags(w.frequency.size());
+  std::vector<int32_t> flags(w.frequency.size());
   for (size_t n = 0; n < weight.size(); ++n) {
     bool ending = w.frequency[n] != -1;
     weight[n] = ending ? word_weight(w.frequency[n], w.space_count[n]) : 0.5f;
     flags[n] = (ending ? TrieView::kEnding : 0) | (w.special[n] ? TrieView::kSpecial : 0);
   }
-  std::vector<uint32_t> old_of;
-  blob.put(kWordNodes, breadth_first(w, weight, flags, old_of));
+  DoubleArray word_trie = double_array(w, weight, flags);
+  blob.put(kWordCells, word_trie.cells);
+  blob.put(kWordData, word_trie.data);
+  blob.put(kWordCodes, word_trie.code);
   if (!options.load_nontone_data) return blob;
 
   std::vector<float> syllable_weights(syllables.frequency.size());
@@ -345,11 +425,10 @@ Blob compile(const std::string& dir, DictionaryOptions options, uint64_t fingerp
     }
     row_start.push_back(uint32_t(column.size()));
   }
-  std::vector<uint8_t> no_flags(syllable_weights.size(), 0);
-  blob.put(kSyllableNodes, breadth_first(syllables, syllable_weights, no_flags, old_of));
-  std::vector<int32_t> index_by_node(old_of.size());
-  for (size_t n = 0; n < old_of.size(); ++n) index_by_node[n] = index[old_of[n]];
-  blob.put(kSyllableIndex, index_by_node);
+  DoubleArray syllable_trie = double_array(syllables, syllable_weights, index);
+  blob.put(kSyllableCells, syllable_trie.cells);
+  blob.put(kSyllableData, syllable_trie.data);
+  blob.put(kSyllableCodes, syllable_trie.code);
   blob.put(kPairRows, row_start);
   blob.put(kPairColumn, column);
   blob.put(kPairScore, score);
@@ -398,29 +477,20 @@ void Dictionary::attach(const char* data, size_t size) {
   auto at = [&](Section s) { return data + header.offset[s]; };
   if (header.size[kClasses] != kTableSize) throw std::runtime_error("compiled dictionary is corrupt");
   std::memcpy(chars.classes.data(), at(kClasses), kTableSize);
-  auto trie = [&](Section nodes) {
+  auto trie = [&](Section cells, Section data, Section codes) {
     TrieView view;
-    uint64_t count = header.size[nodes] / sizeof(TrieNode);
-    if (count < 2) return view;
-    view.nodes = uint32_t(count - 1);
-    view.node = reinterpret_cast<const TrieNode*>(at(nodes));
-    if (view.node[view.nodes].first_child != view.nodes) throw std::runtime_error("compiled dictionary is corrupt");
+    if (header.size[cells] == 0 || header.size[codes] == 0) return view;  // absent: no nontone data
+    view.cells = uint32_t(header.size[cells] / sizeof(TrieCell));
+    if (header.size[data] != view.cells * sizeof(TrieData))
+      throw std::runtime_error("compiled dictionary is corrupt");
+    view.cell = reinterpret_cast<const TrieCell*>(at(cells));
+    view.data = reinterpret_cast<const TrieData*>(at(data));
+    view.code = reinterpret_cast<const uint16_t*>(at(codes));
+    view.code_span = uint32_t(header.size[codes] / sizeof(uint16_t));
     return view;
   };
-  words = trie(kWordNodes);
-  syllables = trie(kSyllableNodes);
-  syllables.index = reinterpret_cast<const int32_t*>(at(kSyllableIndex));
-  // Vietnamese letters end below U+1F00; rarer first characters fall back to the search.
-  auto index_root = [](TrieView& view, std::vector<int32_t>& table) {
-    if (view.nodes == 0) return;
-    table.assign(0x1F00, -1);
-    for (uint32_t c = view.node[0].first_child; c < view.node[1].first_child; ++c)
-      if (view.code_point(int32_t(c)) < table.size()) table[view.code_point(int32_t(c))] = int32_t(c);
-    view.root_child = table.data();
-    view.root_span = uint32_t(table.size());
-  };
-  index_root(words, word_root_);
-  index_root(syllables, syllable_root_);
+  words = trie(kWordCells, kWordData, kWordCodes);
+  syllables = trie(kSyllableCells, kSyllableData, kSyllableCodes);
   if (header.size[kPairRows] >= 2 * sizeof(uint32_t)) {
     pairs.rows = uint32_t(header.size[kPairRows] / sizeof(uint32_t) - 1);
     pairs.row_start = reinterpret_cast<const uint32_t*>(at(kPairRows));

@@ -15,46 +15,42 @@
 
 namespace electra_fast::vi {
 
-// One trie node. `key` is the code point of the edge into the node (low 24 bits) and the node's
-// flags (high 8 bits).
-struct TrieNode {
-  uint32_t first_child;
-  uint32_t key;
+// One cell of a double-array trie (Aoe's layout). The node in cell n has its children in
+// cells base + code(cp), each of which names n as its `check`: a step is one lookup in the code
+// table (a few hot cache lines) and one read of 8 bytes, whatever the number of children. What
+// a node holds lives in a parallel array, read only where a word may end, so that the cells the
+// walks touch stay dense in the cache.
+struct TrieCell {
+  int32_t base;   // 0 for a node without children
+  int32_t check;  // the parent's cell; -1 for a free cell and for the root (cell 0)
+};
+struct TrieData {
   float weight;
+  int32_t value;  // flags (multi-term trie) or syllable index, -1 for none (syllable trie)
 };
 
-// A trie in breadth-first order: the children of a node are consecutive nodes sorted by code
-// point. A lookup reads the node's record and the next (for where its children end) and scans
-// its children's records, which hold what the next step needs: mostly one cache miss a step.
 struct TrieView {
-  uint32_t nodes = 0;              // 0 when the trie is absent; node[nodes] is a sentinel
-  const TrieNode* node = nullptr;
-  const int32_t* index = nullptr;  // per node: syllable index or -1 (syllable trie only)
-  // The root's children by code point below root_span (built on load): every lookup starts at
-  // the root, whose hundreds of children would otherwise take a binary search.
-  const int32_t* root_child = nullptr;
-  uint32_t root_span = 0;
+  uint32_t cells = 0;  // 0 when the trie is absent
+  const TrieCell* cell = nullptr;
+  const TrieData* data = nullptr;  // by cell
+  // code[cp] for cp < code_span: 1 + the rank of cp among the trie's code points, 0 for a code
+  // point on no edge.
+  const uint16_t* code = nullptr;
+  uint32_t code_span = 0;  // 0 when the trie is absent: every step then fails
 
-  static constexpr uint8_t kEnding = 1, kSpecial = 2;  // flags (multi-term trie only)
-  static constexpr uint32_t kCodePointMask = 0xFFFFFF;
-  float weight(int32_t n) const { return node[n].weight; }
-  uint8_t flags(int32_t n) const { return uint8_t(node[n].key >> 24); }
-  uint32_t code_point(int32_t n) const { return node[n].key & kCodePointMask; }
+  static constexpr int32_t kEnding = 1, kSpecial = 2;  // flags (multi-term trie only)
+  float weight(int32_t n) const { return data[n].weight; }
+  int32_t value(int32_t n) const { return data[n].value; }
+  int32_t flags(int32_t n) const { return data[n].value; }
 
-  // The child of `n` along `cp`, or -1.
+  // The child of `n` along `cp`, or -1. Code 0 needs no test of its own: it lands on cell
+  // `base`, which no child of n occupies, so its check never names n. The range test keeps
+  // every step inside the file whatever the file holds, instead of a scan of all cells on load
+  // (which would also bring every page of the trie into memory).
   int32_t child(int32_t n, uint32_t cp) const {
-    if (n == 0 && cp < root_span) return root_child[cp];
-    if (nodes == 0) return -1;
-    uint32_t lo = node[n].first_child, hi = node[n + 1].first_child;
-    while (hi - lo > 8) {  // a few nodes near the root have hundreds of children
-      uint32_t mid = lo + (hi - lo) / 2;
-      if (code_point(int32_t(mid)) <= cp) lo = mid; else hi = mid;
-    }
-    for (; lo < hi; ++lo) {
-      uint32_t c = code_point(int32_t(lo));
-      if (c >= cp) return c == cp ? int32_t(lo) : -1;
-    }
-    return -1;
+    if (cp >= code_span) return -1;
+    uint32_t c = uint32_t(cell[n].base) + code[cp];
+    return c < cells && cell[c].check == n ? int32_t(c) : -1;
   }
 };
 
@@ -96,7 +92,6 @@ class Dictionary {
   Dictionary() = default;
   void attach(const char* data, size_t size);
   std::vector<char> owned_;
-  std::vector<int32_t> word_root_, syllable_root_;
   void* map_ = nullptr;
 };
 

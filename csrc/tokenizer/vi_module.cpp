@@ -63,7 +63,7 @@ py::list tokens_of(const std::vector<Piece>& pieces) {
 py::list spans_of(const std::vector<Piece>& pieces, bool keep_punct) {
   py::list out;
   for (const Piece& p : pieces) {
-    if (p.type == PieceType::kSpace || (!keep_punct && p.type == PieceType::kPunct)) continue;
+    if (!keep_punct && p.type == PieceType::kPunct) continue;
     if (p.char_end <= p.char_start) continue;
     out.append(py::make_tuple(p.char_start, p.char_end));
   }

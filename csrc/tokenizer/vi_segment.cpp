@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <array>
+#include <climits>
+#include <stdexcept>
 
 namespace electra_fast::vi {
 
@@ -33,7 +35,9 @@ namespace {
 
 struct Normalised {
   std::vector<uint32_t> text;  // lower-cased, marks merged
-  std::vector<int64_t> byte_at, char_at;  // size text + 1: where each character starts
+  // Size text + 1: where each character starts. 32 bits (segment refuses longer text), as both
+  // are written for every character.
+  std::vector<int32_t> byte_at, char_at;
 };
 
 Normalised normalise(const CharTable& chars, std::string_view utf8) {
@@ -44,18 +48,18 @@ Normalised normalise(const CharTable& chars, std::string_view utf8) {
   out.byte_at.resize(utf8.size() + 1);
   out.char_at.resize(utf8.size() + 1);
   auto* p = reinterpret_cast<const unsigned char*>(utf8.data());
-  int64_t chars_seen = 0;
+  int32_t chars_seen = 0;
   size_t k = 0;
   for (size_t i = 0; i < utf8.size(); ++chars_seen) {
     size_t at = i;
     uint32_t cp = p[i] < 0x80 ? chars.lower(p[i++]) : chars.lower(decode_utf8(p, utf8.size(), i));
     if (CharTable::may_be_mark(cp) && k > 0 && chars.merge_mark(out.text[k - 1], cp)) continue;
     out.text[k] = cp;
-    out.byte_at[k] = int64_t(at);
+    out.byte_at[k] = int32_t(at);
     out.char_at[k++] = chars_seen;
   }
   out.text.resize(k);
-  out.byte_at[k] = int64_t(utf8.size());
+  out.byte_at[k] = int32_t(utf8.size());
   out.char_at[k] = chars_seen;
   out.byte_at.resize(k + 1);
   out.char_at.resize(k + 1);
@@ -141,7 +145,6 @@ Segmenter::Candidate Segmenter::next_candidate(const uint32_t* t, int n, int fro
 namespace {
 
 uint8_t token_type(const CharTable& chars, const uint32_t* t, int from, int to) {
-  if (t[from] == ' ') return kSpace;
   if (!chars.is_alnum(t[from])) return kPunct;
   int separators = 0;
   for (int i = from; i < to; ++i) {
@@ -176,7 +179,7 @@ bool is_ordinal_suffix(uint32_t a, uint32_t b) {
 }  // namespace
 
 void Segmenter::tokenize(const uint32_t* t, int n, std::vector<Token>& out, std::vector<int>& splits,
-                         bool transforming, bool sticky, bool keep_punct) const {
+                         bool sticky, bool keep_punct) const {
   const CharTable& chars = dict_->chars;
   // best[i]: the best score of a segmentation of t[0, i); trace[i]: where its last word starts
   // (-1: position i is not the end of a word).
@@ -206,6 +209,7 @@ void Segmenter::tokenize(const uint32_t* t, int n, std::vector<Token>& out, std:
 
   // Back from the end: the words of the best segmentation, last first, with the rules that
   // merge or relabel them (percentages, ordinals, x^y and a+b, domains and URLs).
+  out.reserve(out.size() + size_t(n) / 2 + 1);  // more than the words: no regrowth
   bool next_is_domain = false;
   for (int i = n; i > 0;) {
     if (trace[i] == -1) {
@@ -290,15 +294,15 @@ void Segmenter::tokenize(const uint32_t* t, int n, std::vector<Token>& out, std:
   if (!keep_punct) {
     std::reverse(out.begin(), out.end());
   } else {
-    // In text order, with every character between words as a token of its own, except between
-    // the parts of a URL.
+    // In text order, with every character between words but spaces as a token of its own,
+    // except between the parts of a URL. (coccoc makes tokens of the spaces too, and its
+    // word_tokenize drops them again.)
     std::vector<Token> words;
     words.swap(out);
     out.reserve(words.size() * 2);
     auto add_between = [&](int& pos, int until) {
       for (; pos < until; ++pos)
-        if (transforming || t[pos] != ' ')
-          out.push_back(Token{pos, pos + 1, t[pos] == ' ' ? kSpace : kPunct});
+        if (t[pos] != ' ') out.push_back(Token{pos, pos + 1, kPunct});
     };
     int pos = 0;
     bool inside_url = false;
@@ -331,7 +335,7 @@ void Segmenter::split_url_part(const uint32_t* t, std::vector<Token>& out, std::
     spaced.push_back(t[pos]);
   }
   std::vector<Token> sub;
-  tokenize(spaced.data(), int(spaced.size()), sub, sub_splits, false, false, true);
+  tokenize(spaced.data(), int(spaced.size()), sub, sub_splits, false, true);
   out.pop_back();
   // Back into the coordinates of `t`: subtract the spaces inserted before each position.
   for (int r = int(sub.size()) - 1, k = int(sub_splits.size()) - 1; r >= 0; --r) {
@@ -390,8 +394,8 @@ void Segmenter::split_run_together(const uint32_t* t, int n, std::vector<int>& s
         if (next == -1) break;
         double score = syl.weight(next);
         float pair;
-        if (last_node != -1 && syl.index[last_node] != -1 && syl.index[next] != -1 &&
-            pairs.find(syl.index[last_node], syl.index[next], pair))
+        if (last_node != -1 && syl.value(last_node) != -1 && syl.value(next) != -1 &&
+            pairs.find(syl.value(last_node), syl.value(next), pair))
           score += pair;
         double& slot = best[row(j + 1) + len];
         if (slot < base + score) {
@@ -462,11 +466,13 @@ void cover_gaps(std::string_view utf8, std::vector<Piece>& pieces) {
 
 std::vector<Piece> Segmenter::segment(std::string_view utf8, Mode mode) const {
   const CharTable& chars = dict_->chars;
+  if (utf8.size() > size_t(INT32_MAX))
+    throw std::length_error("text is " + std::to_string(utf8.size()) + " bytes long; at most 2**31 - 1 can be segmented at once");
   Normalised s = normalise(chars, utf8);
   std::vector<Token> tokens;
   std::vector<int> splits;  // normalised positions where a syllable boundary was inserted
   if (mode == Mode::kNormal) {
-    tokenize(s.text.data(), int(s.text.size()), tokens, splits, true, true, true);
+    tokenize(s.text.data(), int(s.text.size()), tokens, splits, true, true);
   } else if (mode == Mode::kHost) {
     // Labels between dots, with everything that is neither alphanumeric nor a dot dropped.
     size_t kept = 0;
@@ -519,7 +525,7 @@ std::vector<Piece> Segmenter::segment(std::string_view utf8, Mode mode) const {
     spaced.byte_at.push_back(s.byte_at.back());
     spaced.char_at.push_back(s.char_at.back());
     s = std::move(spaced);
-    tokenize(s.text.data(), int(s.text.size()), tokens, splits, true, false, false);
+    tokenize(s.text.data(), int(s.text.size()), tokens, splits, false, false);
   }
 
   // Texts from the original bytes, as coccoc's Python binding builds them: spaces become '_',
@@ -543,7 +549,7 @@ std::vector<Piece> Segmenter::segment(std::string_view utf8, Mode mode) const {
         p.text += utf8[pos];
       }
     }
-    std::replace(p.text.begin(), p.text.end(), ' ', '_');
+    for (char& c : p.text) c = c == ' ' ? '_' : c;  // branch-free: the compiler vectorises it
     p.dropped_by_coccoc = p.text.size() == 1 && p.text[0] == '_';
     pieces.push_back(std::move(p));
   }

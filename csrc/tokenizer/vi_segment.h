@@ -16,7 +16,7 @@
 namespace electra_fast::vi {
 
 enum class Mode { kNormal = 0, kHost = 1, kUrl = 2 };
-enum PieceType : uint8_t { kWord = 0, kNumber = 1, kSpace = 2, kPunct = 3 };
+enum PieceType : uint8_t { kWord = 0, kNumber = 1, kPunct = 2 };
 
 // One token as coccoc's Python binding (word_tokenize) produces it, with where it lies.
 struct Piece {
@@ -24,8 +24,8 @@ struct Piece {
   int64_t byte_start, byte_end;  // bytes into the UTF-8 input
   std::string text;              // the original text, ' ' -> '_', '_' between split syllables
   uint8_t type;                  // PieceType
-  // coccoc's word_tokenize leaves this piece out: a space or a literal '_' (whose text is "_"),
-  // or a separator between the parts of a URL, which only the spans keep.
+  // coccoc's word_tokenize leaves this piece out: a literal '_' (whose text is "_"), or a
+  // separator between the parts of a URL, which only the spans keep.
   bool dropped_by_coccoc = false;
 };
 
@@ -43,7 +43,7 @@ class Segmenter {
   struct Walk;
   Candidate next_candidate(const uint32_t* t, int n, int from, Walk& walk) const;
   void tokenize(const uint32_t* t, int n, std::vector<Token>& out, std::vector<int>& splits,
-                bool transforming, bool sticky, bool keep_punct) const;
+                bool sticky, bool keep_punct) const;
   void split_url_part(const uint32_t* t, std::vector<Token>& out, std::vector<int>& splits) const;
   void split_run_together(const uint32_t* t, int n, std::vector<int>& splits) const;
   std::shared_ptr<const Dictionary> dict_;

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import gc
 import json
+import random
+import struct
 import threading
 import unicodedata
 from pathlib import Path
@@ -14,7 +16,7 @@ import pytest
 from electra_fast.tokenization import vietnamese
 from electra_fast.tokenization.vietnamese import Segmenter
 
-from .vietnamese_dicts import UNREAD_LAST_LETTER, write_dicts
+from .vietnamese_dicts import LETTERS, UNREAD_LAST_LETTER, write_dicts
 
 REFERENCE = Path(__file__).parent / "data" / "coccoc_reference.jsonl"
 
@@ -185,12 +187,49 @@ def test_compiled_dictionary_is_reused_and_rebuilt_when_sources_change(tmp_path)
     compiled.write_bytes(data[: len(data) // 2])
     assert Segmenter(directory).tokens("yêu nước") == ["yêu_nước"]
     assert compiled.stat().st_size == len(data)
+    # Damage inside a section goes undetected (a checksum would read all 240 MB of the real
+    # file on every load), but it never sends a lookup outside the file: with the root's base
+    # (the first field of the word trie's first cell) made huge, no word is found at all.
+    magic, _version, _options, _fingerprint, *sections = struct.unpack_from("<8sIIQ20Q", data)
+    assert magic == b"EFVIDICT"
+    word_cells = sections[1]  # offsets of the sections (sizes follow), word cells second
+    damaged = bytearray(data)
+    struct.pack_into("<i", damaged, word_cells, 2**31 - 1)
+    compiled.write_bytes(damaged)
+    assert Segmenter(directory).tokens("yêu nước") == ["yêu", "nước"]
     # A compiled file of an earlier format is replaced, not left beside the new one.
     stale = directory / compiled.name.replace(compiled.name.split("-")[1], "v1")
     stale.write_bytes(b"old")
     compiled.unlink()
     Segmenter(directory)
     assert not stale.exists() and compiled.exists()
+
+
+def _root(syllable: str) -> str:
+    """The form without tone or vowel marks that the dictionary also holds for each word."""
+    bare = unicodedata.normalize("NFD", syllable.replace("đ", "d"))
+    return "".join(c for c in bare if not unicodedata.combining(c))
+
+
+def test_every_word_of_a_large_dictionary_is_found_and_no_other(tmp_path):
+    """A dictionary of thousands of two-syllable words over all Vietnamese letters (code points
+    up to U+1EF9), so that the trie's nodes have up to ~90 children and its cells compete for
+    places. The oracle is a Python set: a word of the dictionary (or its form without marks)
+    comes out joined, any other pair of syllables apart."""
+    rng = random.Random(7)
+    letters = LETTERS[:26] + LETTERS[26:] * 2  # more weight on the letters with marks
+    syllables = sorted({"".join(rng.choices(letters, k=rng.randint(1, 3))) for _ in range(400)})
+    words = {f"{rng.choice(syllables)} {rng.choice(syllables)}" for _ in range(4000)}
+    segmenter = Segmenter(write_dicts(tmp_path, {w: 1000 for w in words}))
+    roots = {" ".join(_root(s) for s in w.split()) for w in words}
+    firsts = sorted({w.split()[0] for w in words})
+    others = {f"{rng.choice(firsts)} {rng.choice(syllables)}" for _ in range(4000)}
+    others = sorted(o for o in others if " ".join(_root(s) for s in o.split()) not in roots)
+    assert len(others) > 1000
+    for word in sorted(words):
+        assert segmenter.tokens(word) == [word.replace(" ", "_")]
+    for pair in others:
+        assert segmenter.tokens(pair) == pair.split()
 
 
 def _assert_well_formed(text, spans):

@@ -41,7 +41,8 @@ def varints(values: list[int]) -> bytes:
     return bytes(out)
 
 
-def write_dicts(directory: Path) -> Path:
+def write_dicts(directory: Path, words: dict[str, int] | None = None) -> Path:
+    """Writes every source file; `words` replaces WORDS as the multi-term dictionary."""
     directory.mkdir(parents=True, exist_ok=True)
     rows = [f"{c.upper()} {ord(c.upper())} {c} {ord(c)}" for c in LETTERS]
     rows.append(f"{UNREAD_LAST_LETTER.upper()} {ord(UNREAD_LAST_LETTER.upper())} "
@@ -52,7 +53,8 @@ def write_dicts(directory: Path) -> Path:
     digits = [f"{d} {ord(d)} {d} {ord(d)}" for d in "0123456789"]
     (directory / "numeric").write_text("10\n" + "\n".join(digits) + "\n")
     (directory / "vndic_multiterm").write_text(
-        "".join(f"{w} {f}\n" for w, f in WORDS.items()), encoding="utf-8"
+        "".join(f"{w} {f}\n" for w, f in (WORDS if words is None else words).items()),
+        encoding="utf-8",
     )
     (directory / "acronyms").write_text("".join(f"{w} {f}|gloss\n" for w, f in ACRONYMS.items()))
     (directory / "chemical_comp").write_text("h2o\nnacl\n")
