@@ -90,12 +90,21 @@ PYBIND11_MODULE(_coccoc, m) {
       py::arg("texts_utf8"), py::arg("mode"));
   m.def(
       "count",
-      // coccoc's C++ alone, for benchmarks: how many tokens word_tokenize would return.
-      [](const std::vector<std::string>& texts, int mode) {
+      // coccoc's C++ alone, for benchmarks: how many tokens word_tokenize would return or, with
+      // `plain`, how many its C++ `segment` returns (the call its own tools make: no
+      // punctuation, token texts rebuilt from the normalised text).
+      [](const std::vector<std::string>& texts, int mode, bool plain) {
         py::gil_scoped_release release;
         size_t count = 0;
-        for (const std::string& text : texts) count += segment_general(text, mode).size();
+        if (!plain) {
+          for (const std::string& text : texts) count += segment_general(text, mode).size();
+          return count;
+        }
+        std::lock_guard<std::mutex> hold(coccoc_lock);
+        if (!initialized) throw std::runtime_error("coccoc is not initialised");
+        for (const std::string& text : texts)
+          count += Tokenizer::instance().segment(text, false, mode).size();
         return count;
       },
-      py::arg("texts_utf8"), py::arg("mode"));
+      py::arg("texts_utf8"), py::arg("mode"), py::arg("plain") = false);
 }
