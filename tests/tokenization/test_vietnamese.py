@@ -294,3 +294,20 @@ def test_agrees_with_coccoc_on_its_real_dictionaries(real):
     for r in rows:
         if r["mode"] == "normal":
             _assert_well_formed(r["text"], real.segment(r["text"]))
+
+
+def test_download_of_present_sources_fetches_nothing_and_compiles(real, tmp_path, monkeypatch):
+    """The sources linked into a fresh directory have the right checksums, so pip is never run;
+    the default dictionary is compiled there, so the first Segmenter() only maps it."""
+    for name in vietnamese.DICT_FILES:
+        (tmp_path / name).symlink_to(real.dicts / name)
+
+    def no_download(*args, **kwargs):
+        raise AssertionError(f"a download was started: {args}")
+
+    monkeypatch.setattr(vietnamese.subprocess, "run", no_download)
+    assert vietnamese.download_dicts(tmp_path) == tmp_path
+    (compiled,) = tmp_path.glob("compiled-*-nontone.bin")
+    mtime = compiled.stat().st_mtime_ns
+    assert Segmenter(tmp_path).tokens("Việt Nam") == ["Việt_Nam"]
+    assert compiled.stat().st_mtime_ns == mtime  # mapped, not compiled again
