@@ -1,8 +1,9 @@
 """Vietnamese segmentation throughput (MB/s = size / p50) on the bundled Vietnamese text
 repeated 4 times (about 4 MB), with coccoc's real dictionaries (skipped when they are not
-downloaded): the batch call on 1 and 2 threads, one call per line from Python, and the C++ core
-alone on 1 and 2 threads (segmentation of the same batch, no Python object per token: the
-figure to compare with coccoc's C++). Where electra_fast was built against an installed coccoc,
+downloaded): the batch call on 1 and 2 threads, the batch of joined words (one str per text,
+what `prepare` asks for), one call per line from Python, and the C++ core alone on 1 and 2
+threads (segmentation of the same batch, no Python object per token: the figure to compare
+with coccoc's C++). Where electra_fast was built against an installed coccoc,
 `coccoc` rows time coccoc's own C++ on the same batch (one thread: it cannot run more), both
 the call that gives our output and its faster plain `segment`."""
 
@@ -24,7 +25,8 @@ def segmenter():
     return vietnamese.Segmenter()
 
 
-CALLS = ["batch 1 thread", "batch 2 threads", "per line", "core 1 thread", "core 2 threads"]
+CALLS = ["batch 1 thread", "batch 2 threads", "words batch 1 thread", "per line", "core 1 thread",
+         "core 2 threads"]  # fmt: skip
 
 
 @pytest.mark.parametrize("call", ["segment_general", "segment"])
@@ -60,6 +62,8 @@ def test_segment_vietnamese(benchmark, segmenter, call):
         run = lambda: [segmenter.tokens(line) for line in lines]  # noqa: E731
     elif call.startswith("core"):
         run = lambda: segmenter._impl._count_batch(lines, 0, threads)  # noqa: E731
+    elif call.startswith("words"):
+        run = lambda: segmenter.segment_words_batch(lines, num_threads=threads)  # noqa: E731
     else:
         run = lambda: segmenter.tokens_batch(lines, num_threads=threads)  # noqa: E731
     describe(benchmark, op="segment_vi", provider="electra_fast", mode=call,

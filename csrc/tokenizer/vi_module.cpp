@@ -59,6 +59,20 @@ py::list tokens_of(const std::vector<Piece>& pieces) {
   return out;
 }
 
+// The same tokens joined by spaces, as one str: the text the way the Vietnamese ELECTRA corpus
+// was written, without a Python object per token.
+py::str words_of(const std::vector<Piece>& pieces) {
+  std::string joined;
+  bool first = true;
+  for (const Piece& p : pieces) {
+    if (p.dropped_by_coccoc) continue;
+    if (!first) joined += ' ';
+    joined += p.text;
+    first = false;
+  }
+  return str_of(joined);
+}
+
 // Character spans of the non-space pieces (with punctuation unless `keep_punct` is false).
 py::list spans_of(const std::vector<Piece>& pieces, bool keep_punct) {
   py::list out;
@@ -243,6 +257,11 @@ PYBIND11_MODULE(_vi, m) {
           "_tokens_batch",
           [](const Segmenter& seg, py::handle texts, int mode, int num_threads) {
             return segment_batch(seg, texts, mode, num_threads, tokens_of);
+          })
+      .def(
+          "_words_batch",
+          [](const Segmenter& seg, py::handle texts, int mode, int num_threads) {
+            return segment_batch(seg, texts, mode, num_threads, words_of);
           })
       .def(
           "_count_batch",

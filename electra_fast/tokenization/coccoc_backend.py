@@ -62,6 +62,9 @@ class CoccocImpl:
     def _tokens_batch(self, texts, mode: int, num_threads: int) -> list[list[str]]:
         return [self._texts(row) for row in self._run(_many(texts), mode)]
 
+    def _words_batch(self, texts, mode: int, num_threads: int) -> list[str]:
+        return [" ".join(tokens) for tokens in self._tokens_batch(texts, mode, num_threads)]
+
     def _segment_batch(self, texts, mode: int, keep_punct: bool, num_threads: int):
         texts = list(_many(texts))
         rows = self._run(texts, mode)

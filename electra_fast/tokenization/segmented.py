@@ -82,7 +82,7 @@ class VietnameseWords:
         return self._segmenter.segment_words(text)
 
     def batch(self, texts: Sequence[str]) -> list[str]:
-        return [" ".join(t) for t in self._segmenter.tokens_batch(texts, num_threads=1)]
+        return self._segmenter.segment_words_batch(texts, num_threads=1)
 
 
 register_segmenter("vietnamese", VietnameseWords)

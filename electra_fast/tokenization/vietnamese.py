@@ -193,9 +193,16 @@ class Segmenter:
         """segment() of each text, on `num_threads` threads (0: all cores) without the GIL."""
         return self._impl._segment_batch(texts, _mode(mode), keep_punct, _threads(num_threads))
 
-    def segment_words(self, text: str) -> str:
+    def segment_words(self, text: str, mode: str = "normal") -> str:
         """The text as the Vietnamese ELECTRA corpus was written: tokens joined by spaces."""
-        return " ".join(self.tokens(text))
+        return " ".join(self.tokens(text, mode))
+
+    def segment_words_batch(
+        self, texts: Sequence[str], mode: str = "normal", num_threads: int = 0
+    ) -> list[str]:
+        """segment_words() of each text, on `num_threads` threads (0: all cores) without the
+        GIL; each text's words are joined in C++, so only one str per text is made."""
+        return self._impl._words_batch(texts, _mode(mode), _threads(num_threads))
 
 
 def _threads(num_threads: int) -> int:

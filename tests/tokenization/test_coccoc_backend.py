@@ -40,6 +40,9 @@ def test_backends_agree_on_real_text(both):
     for mode in vietnamese.MODES:
         texts = lines + [r["text"] for r in rows if r["mode"] == mode]
         assert original.tokens_batch(texts, mode=mode) == ours.tokens_batch(texts, mode=mode)
+        assert original.segment_words_batch(texts, mode=mode) == ours.segment_words_batch(
+            texts, mode=mode
+        )
     # Spans agree where coccoc drops nothing: no '_' and no URL in the text.
     plain = [t for t in lines if "_" not in t and "/" not in t and "." not in t.strip(".")]
     assert original.segment_batch(plain) == ours.segment_batch(plain)

@@ -115,6 +115,10 @@ def test_batches_equal_single_calls_on_any_thread_count(small):
     for threads in (0, 1, 2, 3):
         assert small.tokens_batch(texts, num_threads=threads) == single
         assert small.segment_batch(texts, num_threads=threads) == [small.segment(t) for t in texts]
+        joined = [" ".join(tokens) for tokens in single]  # as the corpus was written
+        assert small.segment_words_batch(texts, num_threads=threads) == joined
+    assert [small.segment_words(t) for t in texts] == joined
+    assert small.segment_words_batch(["a _ b", "x"]) == ["a b", "x"]
 
 
 def test_batches_take_any_iterable_and_any_str(small):
