@@ -49,9 +49,13 @@ class ExampleBuilder:
         """Adds one line (a sentence, or a blank line between documents); returns the example
         it completes, if any."""
         line = line.strip().replace("\n", " ")
-        if not line and self._length != 0:
+        return self.add_encoded(self._encode(line) if line else None)
+
+    def add_encoded(self, ids: list[int] | None) -> Example | None:
+        """add_line for a line tokenised beforehand: its ids, or None for a blank line."""
+        if ids is None and self._length != 0:
             return self._create_example()
-        ids = self._encode(line) if line else []
+        ids = [] if ids is None else ids
         self._sentences.append(ids)
         self._length += len(ids)
         if self._length >= self._target_length:

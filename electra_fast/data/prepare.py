@@ -8,8 +8,10 @@ and a rerun skips the shards that are already whole.
 
 from __future__ import annotations
 
+import itertools
 import json
 import multiprocessing
+import os
 import random
 import sys
 import time
@@ -30,6 +32,10 @@ from electra_fast.data.examples import ExampleBuilder
 from electra_fast.data.shards import FORMAT_VERSION, MANIFEST, shard_done, write_json, write_shard
 
 _worker_tokenizer = None
+# Lines tokenised per call: every tokenizer's encode_batch runs its loop in native code (the
+# Vietnamese segmenter makes one str per line instead of one per word), which one call per line
+# would give up. The examples are the same: encode_batch(lines) is [encode(l) for l in lines].
+ENCODE_CHUNK = 256
 
 
 def prepare(
@@ -85,7 +91,7 @@ def prepare(
             num_processes,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_worker,
-            initargs=(tokenizer_dir,),
+            initargs=(tokenizer_dir, True),
         )
         results = (
             f.result() for f in as_completed([pool.submit(_prepare_unit, a) for a in arguments])
@@ -125,8 +131,10 @@ def _check_previous(out_dir: Path, settings: dict) -> None:
             )
 
 
-def _init_worker(tokenizer_dir: str) -> None:
+def _init_worker(tokenizer_dir: str, one_of_many: bool = False) -> None:
     global _worker_tokenizer
+    if one_of_many:  # the processes share the cores: no thread pool of all of them in each
+        os.environ.setdefault("RAYON_NUM_THREADS", "1")  # Hugging Face tokenizers (WordPiece)
     _worker_tokenizer = tokenization.load(tokenizer_dir)
 
 
@@ -143,16 +151,20 @@ def _prepare_unit(arguments) -> int:
     )
     counter = ReplacementCounter()
     examples, documents, sentences, in_document = [], 0, 0, False
-    for line in read_lines(unit, counter):
-        if line.strip():
-            sentences += 1
-            documents += not in_document
-            in_document = True
-        else:
-            in_document = False
-        example = builder.add_line(line)
-        if example is not None:
-            examples.append(example)
+    lines = read_lines(unit, counter)
+    while chunk := list(itertools.islice(lines, ENCODE_CHUNK)):
+        chunk = [line.strip().replace("\n", " ") for line in chunk]  # as add_line has them
+        encoded = iter(tokenizer.encode_batch([line for line in chunk if line]))
+        for line in chunk:
+            if line:
+                sentences += 1
+                documents += not in_document
+                in_document = True
+            else:
+                in_document = False
+            example = builder.add_encoded(next(encoded) if line else None)
+            if example is not None:
+                examples.append(example)
     last = builder.flush()
     if last is not None:
         examples.append(last)

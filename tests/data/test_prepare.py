@@ -6,11 +6,13 @@ import filecmp
 import gzip
 import lzma
 import os
+import random
 
 import numpy as np
 import pytest
 import torch
 
+from electra_fast import tokenization
 from electra_fast.data import (
     PretrainingDataset,
     ResumableSampler,
@@ -18,6 +20,8 @@ from electra_fast.data import (
     collate_padded,
     prepare,
 )
+from electra_fast.data.examples import ExampleBuilder
+from electra_fast.data.prepare import ENCODE_CHUNK
 from tests.data.corpus_cases import corpus_text, documents, wordpiece
 
 
@@ -49,6 +53,27 @@ def test_shards_are_identical_whatever_the_process_count(tmp_path, corpus):
     assert other_seed["counts"]["tokens"] != one["counts"]["tokens"] or not filecmp.cmp(
         tmp_path / "one/shards" / names[1], tmp_path / "seed/shards" / names[1], False
     )
+
+
+def test_examples_are_the_builders_fed_one_line_at_a_time(tmp_path, corpus):
+    """prepare tokenises lines in chunks (encode_batch); the oracle is ExampleBuilder.add_line,
+    which encodes one line per call, with the unit's random stream ("seed/file/unit"). The
+    file has more lines than a chunk, and documents that straddle chunks."""
+    text = (corpus / "a.txt").read_text()
+    assert len(text.splitlines()) > 3 * ENCODE_CHUNK
+    directory = wordpiece(tmp_path / "tok")
+    run([corpus / "a.txt"], directory, tmp_path / "out", unit_bytes=10**9)
+    tok = tokenization.load(directory)
+    rng = random.Random("0/0/0")
+    builder = ExampleBuilder(tok.encode, 32, tok.cls_token_id, tok.sep_token_id, rng)
+    expected = [builder.add_line(line) for line in text.splitlines()] + [builder.flush()]
+    expected = [e for e in expected if e is not None]
+    dataset = PretrainingDataset(tmp_path / "out")
+    assert len(dataset) == len(expected) > 100
+    for i, example in enumerate(expected):
+        item = dataset[i]
+        assert item["input_ids"].tolist() == example.input_ids
+        assert item["token_type_ids"].tolist() == example.token_type_ids()
 
 
 def test_counts_and_the_examples_reproduce_the_text(tmp_path):
