@@ -93,24 +93,45 @@ struct Utf8Texts {
   std::vector<std::unique_ptr<std::string>> owned;
 };
 
+// The UTF-8 of a str, borrowed where Python holds it (every ASCII str, and others once encoded);
+// text with lone surrogates, which strict UTF-8 refuses, is encoded into `owned` instead and
+// passes through as Python would.
+std::string_view utf8_view(const py::handle& text, const char* argument, std::string& owned) {
+  require_str(text, argument);
+  Py_ssize_t size = 0;
+  if (const char* data = PyUnicode_AsUTF8AndSize(text.ptr(), &size)) return {data, size_t(size)};
+  PyErr_Clear();
+  owned = utf8_of(text, argument);
+  return owned;
+}
+
 Utf8Texts utf8_texts(const py::handle& texts) {
   if (PyUnicode_Check(texts.ptr()))
     throw py::type_error("texts must be a list of str, got a single str");
   Utf8Texts out;
   for (py::handle item : py::iter(texts)) {
     out.keep.push_back(py::reinterpret_borrow<py::object>(item));
-    require_str(item, "texts[i]");
-    Py_ssize_t size = 0;
-    const char* data = PyUnicode_AsUTF8AndSize(item.ptr(), &size);
-    if (data != nullptr) {
-      out.views.emplace_back(data, size_t(size));
-    } else {  // lone surrogates: strict UTF-8 refuses them; pass them through as Python would
-      PyErr_Clear();
-      out.owned.push_back(std::make_unique<std::string>(utf8_of(item, "texts[i]")));
-      out.views.emplace_back(*out.owned.back());
+    std::string owned;
+    std::string_view view = utf8_view(item, "texts[i]", owned);
+    if (view.data() == owned.data()) {  // encoded here: kept as long as the batch
+      out.owned.push_back(std::make_unique<std::string>(std::move(owned)));
+      view = *out.owned.back();
     }
+    out.views.push_back(view);
   }
   return out;
+}
+
+// One text's pieces. The GIL is released only for a long text: a sentence takes a few
+// microseconds, too short for another thread to gain from the release.
+std::vector<Piece> segment_one(const Segmenter& seg, py::handle text, int mode) {
+  constexpr size_t kReleaseGilFrom = 4096;  // bytes
+  std::string owned;
+  std::string_view utf8 = utf8_view(text, "text", owned);
+  Mode md = mode_of(mode);
+  if (utf8.size() < kReleaseGilFrom) return seg.segment(utf8, md);
+  py::gil_scoped_release release;
+  return seg.segment(utf8, md);
 }
 
 // Threads for `count` texts: `num_threads` (0: all cores), never more than there are texts.
@@ -232,26 +253,12 @@ PYBIND11_MODULE(_vi, m) {
       .def(
           "_tokens",
           [](const Segmenter& seg, py::handle text, int mode) {
-            std::string s = utf8_of(text, "text");
-            Mode md = mode_of(mode);
-            std::vector<Piece> pieces;
-            {
-              py::gil_scoped_release release;
-              pieces = seg.segment(s, md);
-            }
-            return tokens_of(pieces);
+            return tokens_of(segment_one(seg, text, mode));
           })
       .def(
           "_segment",
           [](const Segmenter& seg, py::handle text, int mode, bool keep_punct) {
-            std::string s = utf8_of(text, "text");
-            Mode md = mode_of(mode);
-            std::vector<Piece> pieces;
-            {
-              py::gil_scoped_release release;
-              pieces = seg.segment(s, md);
-            }
-            return spans_of(pieces, keep_punct);
+            return spans_of(segment_one(seg, text, mode), keep_punct);
           })
       .def(
           "_tokens_batch",
