@@ -467,7 +467,8 @@ void cover_gaps(std::string_view utf8, std::vector<Piece>& pieces) {
 std::vector<Piece> Segmenter::segment(std::string_view utf8, Mode mode) const {
   const CharTable& chars = dict_->chars;
   if (utf8.size() > size_t(INT32_MAX))
-    throw std::length_error("text is " + std::to_string(utf8.size()) + " bytes long; at most 2**31 - 1 can be segmented at once");
+    throw std::length_error("text is " + std::to_string(utf8.size()) +
+                            " bytes long; at most 2**31 - 1 can be segmented at once");
   Normalised s = normalise(chars, utf8);
   std::vector<Token> tokens;
   std::vector<int> splits;  // normalised positions where a syllable boundary was inserted
