@@ -10,10 +10,15 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <exception>
 #include <fstream>
+#include <memory>
 #include <sstream>
 #include <stdexcept>
+#include <thread>
 #include <unordered_map>
+
+#include "vi_trie_build.h"
 
 namespace electra_fast::vi {
 namespace {
@@ -42,46 +47,6 @@ std::ifstream open_source(const std::string& dir, const char* name) {
   if (!in) throw std::runtime_error("missing dictionary file " + dir + "/" + name);
   return in;
 }
-
-// A trie under construction, with what coccoc keeps per node before it compiles the trie.
-struct TrieBuilder {
-  std::vector<int32_t> frequency{-1};  // -1: no word ends here
-  std::vector<int32_t> space_count{0};
-  std::vector<uint8_t> special{0};
-  std::vector<int32_t> length{0};
-  std::unordered_map<uint64_t, uint32_t> edges;
-
-  uint32_t walk_or_add(const std::vector<uint32_t>& cps) {
-    uint32_t node = 0;
-    for (uint32_t cp : cps) {
-      auto [it, added] = edges.try_emplace(uint64_t(node) << 32 | cp, uint32_t(frequency.size()));
-      if (added) {
-        frequency.push_back(-1);
-        space_count.push_back(0);
-        special.push_back(0);
-        length.push_back(0);
-      }
-      node = it->second;
-    }
-    return node;
-  }
-  int32_t find(const std::vector<uint32_t>& cps) const {
-    uint32_t node = 0;
-    for (uint32_t cp : cps) {
-      auto it = edges.find(uint64_t(node) << 32 | cp);
-      if (it == edges.end()) return -1;
-      node = it->second;
-    }
-    return int32_t(node);
-  }
-  // Adds a word's frequency to its end node (saturating at INT_MAX, as coccoc does).
-  uint32_t add(const std::string& word, int32_t freq) {
-    uint32_t node = walk_or_add(to_code_points(word));
-    int32_t& f = frequency[node];
-    f = f == -1 ? freq : (f < INT_MAX - freq ? f + freq : INT_MAX);
-    return node;
-  }
-};
 
 // Frequencies are parsed as coccoc parses them: the last run of digits on the line, in 32-bit
 // arithmetic; the word is everything before the character that precedes that run.
@@ -147,6 +112,28 @@ float pair_weight(int32_t freq, int32_t length) {
                std::pow(double(freq), double(0.19f)));
 }
 
+// pair_weight for the 24.6 million pairs of the real file, whose lengths and frequencies take
+// few distinct values: each power is taken once per value and kept (the same doubles, so the
+// same floats), instead of two pow calls a pair.
+class PairWeights {
+ public:
+  float operator()(int32_t freq, int32_t length) {
+    if (freq < 0 || freq >= kKept || length < 0 || length >= kKept) return pair_weight(freq, length);
+    return float(double(0.1f) * power(by_length_, length, double(0.994141f)) *
+                 power(by_freq_, freq, double(0.19f)));
+  }
+
+ private:
+  static constexpr int32_t kKept = 1 << 16;
+  static double power(std::vector<double>& kept, int32_t x, double exponent) {
+    if (kept.empty()) kept.assign(kKept, -1.0);  // -1: not computed (every power is >= 0)
+    double& p = kept[size_t(x)];
+    if (p < 0) p = std::pow(double(x), exponent);
+    return p;
+  }
+  std::vector<double> by_length_, by_freq_;
+};
+
 // coccoc's variable-length integers: 7 bits per byte, little end first; a byte with the high
 // bit clear starts a number, bytes with it set continue it.
 struct VarintReader {
@@ -168,132 +155,106 @@ std::vector<char> read_all(const std::string& dir, const char* name) {
   return std::vector<char>((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
 }
 
-struct DoubleArray {
-  std::vector<TrieCell> cells;
-  std::vector<TrieData> data;
-  std::vector<uint16_t> code;  // by code point; 0 for one on no edge
-};
-
-// Free cells of a double array under construction: next_free[i] leads to the first cell at or
-// after i that may still take a node's first child (a union-find with path compression, so that
-// a scan skips the dense part of the array in a step or two).
-struct FreeCells {
-  std::vector<uint32_t> next_free;
-  std::vector<uint8_t> used, failures;
-
-  void grow(size_t size) {
-    if (size <= next_free.size()) return;
-    for (size_t i = next_free.size(); i < size; ++i) next_free.push_back(uint32_t(i));
-    used.resize(size, 0);
-    failures.resize(size, 0);
-  }
-  bool is_free(size_t i) const { return i >= used.size() || !used[i]; }
-  uint32_t find(uint32_t i) {
-    uint32_t root = i;
-    while (root < next_free.size() && next_free[root] != root) root = next_free[root];
-    if (root >= next_free.size()) grow(size_t(root) + 1);
-    while (i != root) {
-      uint32_t next = next_free[i];
-      next_free[i] = root;
-      i = next;
-    }
-    return root;
-  }
-  // A cell is no longer a place to try a first child: it is taken, or it failed often enough
-  // that trying it again is not worth the time (it still takes later children).
-  void retire(uint32_t i) { next_free[i] = i + 1; }
-  void take(uint32_t i) {
-    grow(size_t(i) + 1);
-    used[i] = 1;
-    retire(i);
-  }
-};
-
-// The builder's trie as a double array: nodes placed breadth first, each at the first base where
-// all its children's cells are free. `weight` and `value` are per builder node.
-DoubleArray double_array(const TrieBuilder& trie, const std::vector<float>& weight,
-                         const std::vector<int32_t>& value) {
-  struct Edge {
-    uint32_t parent, cp, child;
+// The compiled file in the making: its header, then its sections at offsets aligned to 64
+// bytes. Each section is kept as it was built (moved in, not copied: the file is 240 MB) until
+// it is written.
+struct Blob {
+  Header header{};
+  struct Part {
+    uint64_t offset;
+    const char* data;
+    size_t size;
   };
-  std::vector<Edge> edges;
-  edges.reserve(trie.edges.size());
-  for (auto& [key, child] : trie.edges) edges.push_back({uint32_t(key >> 32), uint32_t(key), child});
-  std::sort(edges.begin(), edges.end(),
-            [](const Edge& a, const Edge& b) { return a.parent != b.parent ? a.parent < b.parent : a.cp < b.cp; });
-  size_t count = trie.frequency.size();
-  std::vector<uint32_t> edges_from(count + 1, 0);  // by builder node, into `edges`
-  for (const Edge& e : edges) ++edges_from[e.parent + 1];
-  for (size_t n = 0; n < count; ++n) edges_from[n + 1] += edges_from[n];
+  std::vector<Part> parts;
+  std::vector<std::shared_ptr<const void>> held;
+  uint64_t end = sizeof(Header);
 
-  DoubleArray out;
-  std::vector<uint32_t> points;
-  for (const Edge& e : edges) points.push_back(e.cp);
-  std::sort(points.begin(), points.end());
-  points.erase(std::unique(points.begin(), points.end()), points.end());
-  if (points.size() >= UINT16_MAX)
-    throw std::runtime_error("a dictionary uses too many distinct characters");
-  out.code.assign(points.empty() ? 1 : points.back() + 1, 0);
-  for (size_t k = 0; k < points.size(); ++k) out.code[points[k]] = uint16_t(k + 1);
-  const uint32_t alphabet = uint32_t(points.size());
-
-  FreeCells slots;
-  slots.grow(count + alphabet + 1);
-  slots.take(0);
-  std::vector<TrieCell> cells(1, TrieCell{0, -1});
-  std::vector<TrieData> data(1, TrieData{weight[0], value[0]});
-  // (builder node, cell) pairs in breadth-first order; the root is in cell 0.
-  std::vector<std::pair<uint32_t, uint32_t>> queue{{0, 0}};
-  std::vector<uint32_t> codes;
-  for (size_t q = 0; q < queue.size(); ++q) {
-    auto [node, at] = queue[q];
-    uint32_t first = edges_from[node], last = edges_from[node + 1];
-    if (first == last) continue;
-    codes.clear();
-    for (uint32_t e = first; e < last; ++e) codes.push_back(out.code[edges[e].cp]);
-    uint32_t base = 0;
-    for (uint32_t p = slots.find(codes[0]);; p = slots.find(p + 1)) {
-      base = p - codes[0];
-      bool fits = true;
-      for (size_t k = 1; k < codes.size() && fits; ++k) fits = slots.is_free(base + codes[k]);
-      if (fits) break;
-      if (++slots.failures[p] >= 16) slots.retire(p);
-    }
-    if (base > uint32_t(INT32_MAX) - alphabet) throw std::runtime_error("dictionary too large");
-    size_t end = size_t(base) + codes.back() + 1;
-    if (cells.size() < end) {
-      cells.resize(end, TrieCell{0, -1});
-      data.resize(end, TrieData{0.f, 0});
-    }
-    cells[at].base = int32_t(base);
-    for (uint32_t e = first; e < last; ++e) {
-      uint32_t c = base + out.code[edges[e].cp];
-      slots.take(c);
-      uint32_t child = edges[e].child;
-      cells[c] = TrieCell{0, int32_t(at)};
-      data[c] = TrieData{weight[child], value[child]};
-      queue.emplace_back(child, c);
-    }
+  template <class T>
+  void put(Section s, std::vector<T> section) {
+    auto kept = std::make_shared<const std::vector<T>>(std::move(section));
+    uint64_t offset = (end + 63) & ~uint64_t(63);
+    size_t size = kept->size() * sizeof(T);
+    header.offset[s] = offset;
+    header.size[s] = size;
+    parts.push_back({offset, reinterpret_cast<const char*>(kept->data()), size});
+    held.push_back(kept);
+    end = offset + size;
   }
-  out.cells = std::move(cells);
-  out.data = std::move(data);
+  bool write(FILE* f) const {
+    static const char zeros[64] = {};
+    if (std::fwrite(&header, sizeof header, 1, f) != 1) return false;
+    uint64_t at = sizeof header;
+    for (const Part& part : parts) {
+      size_t gap = size_t(part.offset - at);
+      if (std::fwrite(zeros, 1, gap, f) != gap) return false;
+      if (std::fwrite(part.data, 1, part.size, f) != part.size) return false;
+      at = part.offset + part.size;
+    }
+    return true;
+  }
+  std::vector<char> bytes() const {
+    std::vector<char> out(end, 0);
+    std::memcpy(out.data(), &header, sizeof header);
+    for (const Part& part : parts)
+      if (part.size != 0) std::memcpy(out.data() + part.offset, part.data, part.size);
+    return out;
+  }
+};
+
+// nontone_pair_freq as read: for each first syllable, its second syllables in order and the
+// frequency of each pair (the last of a repeated pair counts, as in coccoc). Scores need the
+// syllables' lengths, known only once the syllable trie is built; reading comes first so that
+// it can run beside that.
+struct PairCounts {
+  uint32_t rows = 0;
+  std::vector<uint32_t> row_start{0}, column, freq;
+};
+
+PairCounts read_pair_counts(const std::string& dir) {
+  VarintReader reader{read_all(dir, "nontone_pair_freq")};
+  PairCounts out;
+  reader.next(out.rows);
+  // Every pair takes two bytes at least; the untouched part of the reservation costs nothing.
+  out.column.reserve(reader.data.size() / 2);
+  out.freq.reserve(reader.data.size() / 2);
+  for (uint32_t first = 0; first < out.rows; ++first) {
+    uint32_t count = 0, second = 0, delta, freq;
+    reader.next(count);
+    for (uint32_t k = 0; k < count && reader.next(delta) && reader.next(freq); ++k) {
+      second += delta;
+      if (second >= out.rows) continue;
+      if (out.column.size() > out.row_start.back() && out.column.back() == second) {
+        out.freq.back() = freq;  // a repeated pair: the last one counts
+      } else {
+        out.column.push_back(second);
+        out.freq.push_back(freq);
+      }
+    }
+    out.row_start.push_back(uint32_t(out.column.size()));
+  }
   return out;
 }
 
-struct Blob {
-  std::vector<char> bytes = std::vector<char>(sizeof(Header));  // the header goes first
-  Header header{};
-  template <class T>
-  void put(Section s, const std::vector<T>& v) {
-    size_t offset = (bytes.size() + 63) & ~size_t(63);
-    bytes.resize(offset + v.size() * sizeof(T));
-    if (!v.empty()) std::memcpy(bytes.data() + offset, v.data(), v.size() * sizeof(T));
-    header.offset[s] = offset;
-    header.size[s] = v.size() * sizeof(T);
-  }
-};
-
 Blob compile(const std::string& dir, DictionaryOptions options, uint64_t fingerprint) {
+  // The pair file (67 MB of varints) is read on a second thread while the tries are built.
+  PairCounts pair_counts;
+  std::exception_ptr pair_failure;
+  std::thread pair_reader;
+  struct JoinOnExit {
+    std::thread& thread;
+    ~JoinOnExit() {
+      if (thread.joinable()) thread.join();
+    }
+  } join_on_exit{pair_reader};
+  if (options.load_nontone_data) {
+    pair_reader = std::thread([&] {
+      try {
+        pair_counts = read_pair_counts(dir);
+      } catch (...) {
+        pair_failure = std::current_exception();
+      }
+    });
+  }
   CharTable chars;
   chars.read_classes(dir + "/alphabetic", dir + "/numeric");
   WordTrie words;
@@ -376,9 +337,9 @@ Blob compile(const std::string& dir, DictionaryOptions options, uint64_t fingerp
     flags[n] = (ending ? TrieView::kEnding : 0) | (w.special[n] ? TrieView::kSpecial : 0);
   }
   DoubleArray word_trie = double_array(w, weight, flags);
-  blob.put(kWordCells, word_trie.cells);
-  blob.put(kWordData, word_trie.data);
-  blob.put(kWordCodes, word_trie.code);
+  blob.put(kWordCells, std::move(word_trie.cells));
+  blob.put(kWordData, std::move(word_trie.data));
+  blob.put(kWordCodes, std::move(word_trie.code));
   if (!options.load_nontone_data) return blob;
 
   std::vector<float> syllable_weights(syllables.frequency.size());
@@ -400,38 +361,29 @@ Blob compile(const std::string& dir, DictionaryOptions options, uint64_t fingerp
       syllable_length.push_back(node >= 0 ? int32_t(cps.size()) : 0);
     }
   }
-  VarintReader reader{read_all(dir, "nontone_pair_freq")};
-  uint32_t rows = 0;
-  reader.next(rows);
-  if (rows != syllable_length.size())
-    throw std::runtime_error("nontone_pair_freq has " + std::to_string(rows) +
+  pair_reader.join();
+  if (pair_failure) std::rethrow_exception(pair_failure);
+  PairCounts& pc = pair_counts;
+  if (pc.rows != syllable_length.size())
+    throw std::runtime_error("nontone_pair_freq has " + std::to_string(pc.rows) +
                              " rows but Freq2NontoneUniFile has " +
                              std::to_string(syllable_length.size()) + " syllables");
-  std::vector<uint32_t> row_start{0}, column;
-  std::vector<float> score;
-  for (uint32_t first = 0; first < rows; ++first) {
-    uint32_t count = 0, second = 0, delta, freq;
-    reader.next(count);
-    for (uint32_t k = 0; k < count && reader.next(delta) && reader.next(freq); ++k) {
-      second += delta;
-      if (second >= rows) continue;
-      float s = pair_weight(int32_t(freq), syllable_length[first] + syllable_length[second]);
-      if (column.size() > row_start.back() && column.back() == second) {
-        score.back() = s;  // a repeated pair: the last one counts
-      } else {
-        column.push_back(second);
-        score.push_back(s);
-      }
-    }
-    row_start.push_back(uint32_t(column.size()));
-  }
+  std::vector<float> score(pc.freq.size());
+  PairWeights weights;
+  for (uint32_t first = 0; first < pc.rows; ++first)
+    for (uint32_t k = pc.row_start[first]; k < pc.row_start[first + 1]; ++k)
+      score[k] = weights(int32_t(pc.freq[k]),
+                         syllable_length[first] + syllable_length[pc.column[k]]);
+  std::vector<uint32_t>().swap(pc.freq);
+  std::vector<uint32_t>& row_start = pc.row_start;
+  std::vector<uint32_t>& column = pc.column;
   DoubleArray syllable_trie = double_array(syllables, syllable_weights, index);
-  blob.put(kSyllableCells, syllable_trie.cells);
-  blob.put(kSyllableData, syllable_trie.data);
-  blob.put(kSyllableCodes, syllable_trie.code);
-  blob.put(kPairRows, row_start);
-  blob.put(kPairColumn, column);
-  blob.put(kPairScore, score);
+  blob.put(kSyllableCells, std::move(syllable_trie.cells));
+  blob.put(kSyllableData, std::move(syllable_trie.data));
+  blob.put(kSyllableCodes, std::move(syllable_trie.code));
+  blob.put(kPairRows, std::move(row_start));
+  blob.put(kPairColumn, std::move(column));
+  blob.put(kPairScore, std::move(score));
   return blob;
 }
 
@@ -531,12 +483,11 @@ std::shared_ptr<const Dictionary> Dictionary::open(const std::string& dir, Dicti
   if (auto dict = map_file()) return dict;
 
   Blob blob = compile(dir, options, fingerprint);
-  std::memcpy(blob.bytes.data(), &blob.header, sizeof blob.header);
   // Written under a temporary name and renamed, so that an interrupted compile never leaves a
   // partial file where a later open would find it.
   std::string tmp = path + ".tmp." + std::to_string(getpid());
   if (FILE* f = std::fopen(tmp.c_str(), "wb")) {
-    bool ok = std::fwrite(blob.bytes.data(), 1, blob.bytes.size(), f) == blob.bytes.size();
+    bool ok = blob.write(f);
     ok = (std::fflush(f) == 0) && ok && fsync(fileno(f)) == 0;
     ok = (std::fclose(f) == 0) && ok && std::rename(tmp.c_str(), path.c_str()) == 0;
     if (!ok) std::remove(tmp.c_str());
@@ -547,7 +498,7 @@ std::shared_ptr<const Dictionary> Dictionary::open(const std::string& dir, Dicti
     }
   }
   std::shared_ptr<Dictionary> dict(new Dictionary());
-  dict->owned_ = std::move(blob.bytes);
+  dict->owned_ = blob.bytes();
   dict->attach(dict->owned_.data(), dict->owned_.size());
   return dict;
 }

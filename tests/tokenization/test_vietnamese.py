@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import random
 import struct
 import threading
@@ -207,6 +208,20 @@ def test_compiled_dictionary_is_reused_and_rebuilt_when_sources_change(tmp_path)
     compiled.unlink()
     Segmenter(directory)
     assert not stale.exists() and compiled.exists()
+
+
+def test_a_dictionary_that_cannot_be_written_is_compiled_in_memory(tmp_path):
+    """When the compiled file cannot be written (here a directory stands where its temporary
+    file would go; permissions would not stop root), the dictionary is built in memory and
+    segments the same."""
+    directory = write_dicts(tmp_path)
+    expected = Segmenter(directory).tokens("lý do ở Việt Nam")
+    (compiled,) = directory.glob("compiled-*.bin")
+    compiled.unlink()
+    (directory / f"{compiled.name}.tmp.{os.getpid()}").mkdir()
+    segmenter = Segmenter(directory)
+    assert segmenter._dictionary.compiled_path == "" and not compiled.exists()
+    assert segmenter.tokens("lý do ở Việt Nam") == expected == ["lý_do", "ở", "Việt_Nam"]
 
 
 def _root(syllable: str) -> str:
