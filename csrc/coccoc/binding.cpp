@@ -35,6 +35,13 @@ std::vector<FullToken> segment_general(const std::string& utf8, int mode) {
   return Tokenizer::instance().segment_general(utf8, mode);
 }
 
+// coccoc's plain C++ segment (no punctuation; what its own tools call), under the lock.
+std::vector<FullToken> segment_plain(const std::string& utf8, int mode) {
+  std::lock_guard<std::mutex> hold(coccoc_lock);
+  if (!initialized) throw std::runtime_error("coccoc is not initialised");
+  return Tokenizer::instance().segment(utf8, false, mode);
+}
+
 Tokens segment(const std::string& utf8, int mode) {
   Tokens out;
   for (const FullToken& t : segment_general(utf8, mode))
@@ -91,19 +98,12 @@ PYBIND11_MODULE(_coccoc, m) {
   m.def(
       "count",
       // coccoc's C++ alone, for benchmarks: how many tokens word_tokenize would return or, with
-      // `plain`, how many its C++ `segment` returns (the call its own tools make: no
-      // punctuation, token texts rebuilt from the normalised text).
+      // `plain`, how many its C++ `segment` returns.
       [](const std::vector<std::string>& texts, int mode, bool plain) {
         py::gil_scoped_release release;
         size_t count = 0;
-        if (!plain) {
-          for (const std::string& text : texts) count += segment_general(text, mode).size();
-          return count;
-        }
-        std::lock_guard<std::mutex> hold(coccoc_lock);
-        if (!initialized) throw std::runtime_error("coccoc is not initialised");
         for (const std::string& text : texts)
-          count += Tokenizer::instance().segment(text, false, mode).size();
+          count += (plain ? segment_plain(text, mode) : segment_general(text, mode)).size();
         return count;
       },
       py::arg("texts_utf8"), py::arg("mode"), py::arg("plain") = false);

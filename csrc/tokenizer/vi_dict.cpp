@@ -107,18 +107,12 @@ float syllable_weight(int32_t freq, int32_t length) {
                std::pow(double(freq), double(0.02f)));
 }
 
-float pair_weight(int32_t freq, int32_t length) {
-  return float(double(0.1f) * std::pow(double(length), double(0.994141f)) *
-               std::pow(double(freq), double(0.19f)));
-}
-
-// pair_weight for the 24.6 million pairs of the real file, whose lengths and frequencies take
-// few distinct values: each power is taken once per value and kept (the same doubles, so the
-// same floats), instead of two pow calls a pair.
+// coccoc's score of a syllable pair, for the 24.6 million pairs of the real file. Their lengths
+// and frequencies take few distinct values, so each power is taken once per value and kept (the
+// same doubles, so the same floats) instead of two pow calls a pair.
 class PairWeights {
  public:
   float operator()(int32_t freq, int32_t length) {
-    if (freq < 0 || freq >= kKept || length < 0 || length >= kKept) return pair_weight(freq, length);
     return float(double(0.1f) * power(by_length_, length, double(0.994141f)) *
                  power(by_freq_, freq, double(0.19f)));
   }
@@ -126,6 +120,7 @@ class PairWeights {
  private:
   static constexpr int32_t kKept = 1 << 16;
   static double power(std::vector<double>& kept, int32_t x, double exponent) {
+    if (x < 0 || x >= kKept) return std::pow(double(x), exponent);
     if (kept.empty()) kept.assign(kKept, -1.0);  // -1: not computed (every power is >= 0)
     double& p = kept[size_t(x)];
     if (p < 0) p = std::pow(double(x), exponent);
@@ -375,14 +370,12 @@ Blob compile(const std::string& dir, DictionaryOptions options, uint64_t fingerp
       score[k] = weights(int32_t(pc.freq[k]),
                          syllable_length[first] + syllable_length[pc.column[k]]);
   std::vector<uint32_t>().swap(pc.freq);
-  std::vector<uint32_t>& row_start = pc.row_start;
-  std::vector<uint32_t>& column = pc.column;
   DoubleArray syllable_trie = double_array(syllables, syllable_weights, index);
   blob.put(kSyllableCells, std::move(syllable_trie.cells));
   blob.put(kSyllableData, std::move(syllable_trie.data));
   blob.put(kSyllableCodes, std::move(syllable_trie.code));
-  blob.put(kPairRows, std::move(row_start));
-  blob.put(kPairColumn, std::move(column));
+  blob.put(kPairRows, std::move(pc.row_start));
+  blob.put(kPairColumn, std::move(pc.column));
   blob.put(kPairScore, std::move(score));
   return blob;
 }

@@ -550,7 +550,7 @@ std::vector<Piece> Segmenter::segment(std::string_view utf8, Mode mode) const {
         p.text += utf8[pos];
       }
     }
-    for (char& c : p.text) c = c == ' ' ? '_' : c;  // branch-free: the compiler vectorises it
+    for (char& c : p.text) c = c == ' ' ? '_' : c;  // branch-free, unlike std::replace
     p.dropped_by_coccoc = p.text.size() == 1 && p.text[0] == '_';
     pieces.push_back(std::move(p));
   }

@@ -12,6 +12,11 @@ RANDOM_LENGTH_PROB = 0.05  # examples whose target length is drawn from [5, max_
 NO_SPLIT = 100000  # the first segment's target when the example has one segment
 
 
+def clean_line(line: str) -> str:
+    """A line as it is tokenised: stripped, any newline left inside made a space; "" is blank."""
+    return line.strip().replace("\n", " ")
+
+
 class Example(NamedTuple):
     input_ids: list[int]  # [CLS] A [SEP] (B [SEP]), unpadded
     first_length: int  # len([CLS] A [SEP]): token type 0 before it, 1 from it on
@@ -48,7 +53,7 @@ class ExampleBuilder:
     def add_line(self, line: str) -> Example | None:
         """Adds one line (a sentence, or a blank line between documents); returns the example
         it completes, if any."""
-        line = line.strip().replace("\n", " ")
+        line = clean_line(line)
         return self.add_encoded(self._encode(line) if line else None)
 
     def add_encoded(self, ids: list[int] | None) -> Example | None:

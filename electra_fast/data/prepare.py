@@ -28,7 +28,7 @@ from electra_fast.data.corpus import (
     read_lines,
     split_units,
 )
-from electra_fast.data.examples import ExampleBuilder
+from electra_fast.data.examples import ExampleBuilder, clean_line
 from electra_fast.data.shards import FORMAT_VERSION, MANIFEST, shard_done, write_json, write_shard
 
 _worker_tokenizer = None
@@ -153,7 +153,7 @@ def _prepare_unit(arguments) -> int:
     examples, documents, sentences, in_document = [], 0, 0, False
     lines = read_lines(unit, counter)
     while chunk := list(itertools.islice(lines, ENCODE_CHUNK)):
-        chunk = [line.strip().replace("\n", " ") for line in chunk]  # as add_line has them
+        chunk = [clean_line(line) for line in chunk]
         encoded = iter(tokenizer.encode_batch([line for line in chunk if line]))
         for line in chunk:
             if line:
