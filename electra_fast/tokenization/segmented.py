@@ -106,6 +106,13 @@ class SegmentedTokenizer:
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return self.base.encode_batch(self.segment.batch(texts))
 
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """ids and each token's [start, end) in the original (unsegmented) text."""
+        segmented = self.segment(text)
+        ids, offsets = self.base.encode_with_offsets(segmented)
+        back = align_segmented(text, segmented)
+        return ids, [(back[start], back[max(start, end)]) for start, end in offsets]
+
     def decode(self, ids: list[int]) -> str:
         return self.base.decode(ids)
 
@@ -120,3 +127,36 @@ class SegmentedTokenizer:
         # Where the dictionaries live is not part of what the tokenizer does; the options are.
         options = {k: v for k, v in self.pre_segmenter.items() if k != "dicts"}
         return f"{self.base.checksum()}:pre_segmenter={json.dumps(options, sort_keys=True)}"
+
+
+def align_segmented(original: str, segmented: str) -> list[int]:
+    """For each position of `segmented` (and its end), the matching position of `original`.
+
+    A segmenter keeps every non-space character and changes only the spaces: it joins the
+    syllables of a word with '_' (a space in the original) and may put spaces where there were
+    none (before punctuation). A character it changed otherwise is taken as a substitution in
+    place, so the map stays monotone whatever the segmenter did."""
+    back = [0] * (len(segmented) + 1)
+    i = 0
+    for j, char in enumerate(segmented):
+        while i < len(original) and original[i].isspace() and not char.isspace():
+            if char == "_" and not _underscore_after_spaces(original, i):
+                break  # this '_' stands for the space
+            i += 1  # a space the segmenter dropped
+        back[j] = min(i, len(original))
+        if i < len(original) and (
+            original[i] == char or (original[i].isspace() and (char.isspace() or char == "_"))
+        ):
+            i += 1
+        elif char.isspace():
+            pass  # a space the segmenter inserted: it takes no original character
+        elif i < len(original):
+            i += 1  # a substituted character
+    back[len(segmented)] = len(original) if i >= len(original) else i
+    return back
+
+
+def _underscore_after_spaces(text: str, i: int) -> bool:
+    while i < len(text) and text[i].isspace():
+        i += 1
+    return i < len(text) and text[i] == "_"

@@ -4,11 +4,13 @@ Japanese ELECTRA recipe does) and encoding through the `sentencepiece` library."
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
 from electra_fast.tokenization import file_checksum, load, save_with_config, write_config
 
+_BYTE_PIECE = re.compile(r"<0x[0-9A-F]{2}>")
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 MODEL_TYPES = ("unigram", "bpe")
 
@@ -43,6 +45,37 @@ class SentencePieceTokenizer:
 
     def encode_batch(self, texts: list[str], num_threads: int = 1) -> list[list[int]]:
         return self._sp.encode(list(texts), out_type=int, num_threads=num_threads)
+
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """ids and each token's [start, end) in `text` (characters). SentencePiece works on
+        its normalised text ("▁" for spaces, NFKC), so the spans come from the normaliser's
+        own map back to the input; a token's leading "▁" is not part of its span, and the
+        byte pieces of a byte-fallback model share the span of their character."""
+        normalized, back = self._sp.normalize(text, with_offsets=True)
+        pieces = self._sp.encode(text, out_type=str)
+        ids = self._sp.encode(text, out_type=int)
+        offsets, at, pending = [], 0, bytearray()
+        for index, piece in enumerate(pieces):
+            if _BYTE_PIECE.fullmatch(piece):
+                pending.append(int(piece[3:5], 16))
+                try:
+                    width = len(pending.decode("utf-8"))
+                except UnicodeDecodeError:  # an incomplete character: its next byte follows
+                    continue
+                span = (back[at], back[min(at + width, len(normalized))])
+                offsets += [span] * (index + 1 - len(offsets))
+                at, pending = at + width, bytearray()
+                continue
+            start = at + len(piece) - len(piece.lstrip("\u2581"))
+            at += len(piece)
+            if at > len(normalized):
+                break
+            offsets.append((back[start], back[at]) if start < at else (back[at], back[at]))
+        if at != len(normalized) or len(offsets) != len(ids):
+            raise RuntimeError(
+                f"{self.model_file}: the pieces of {text[:50]!r} do not tile its normalised text"
+            )
+        return ids, offsets
 
     def decode(self, ids: list[int]) -> str:
         return self._sp.decode(list(ids))
