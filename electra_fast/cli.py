@@ -1,8 +1,10 @@
-"""The `electra-fast` command: extract-wiki, train-tokenizer, prepare, pretrain, export, plot."""
+"""The `electra-fast` command: extract-wiki, train-tokenizer, prepare, pretrain, finetune, export,
+plot, download-vi-dicts."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 
@@ -97,6 +99,17 @@ def plot(args) -> None:
     print(f"wrote {plot_run(args.run)}")
 
 
+def finetune(args) -> None:
+    from electra_fast.finetuning import FinetuneHparams, finetune
+
+    hparams = FinetuneHparams.from_json(args.hparams, task=args.task)
+    scores = finetune(args.model, args.train, args.eval, args.out, hparams,
+                      tokenizer=args.tokenizer)  # fmt: skip
+    print(f"finetuned model and results in {args.out}")
+    if scores:
+        print(json.dumps(scores, indent=1))
+
+
 def download_vi_dicts(args) -> None:
     from electra_fast.tokenization.vietnamese import download_dicts
 
@@ -156,6 +169,23 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-resume", action="store_true", help="refuse to continue a run")
     p.add_argument("--stop-at-step", type=int, help="stop (with a checkpoint) at this step")
     p.set_defaults(handler=pretrain)
+
+    p = commands.add_parser(
+        "finetune", help="finetune a pretrained discriminator (classification, regression, squad)"
+    )
+    p.add_argument("--task", choices=("classification", "regression", "squad"), required=True)
+    p.add_argument(
+        "--model",
+        required=True,
+        help="a discriminator directory (Hugging Face format; a pretraining run's export/ too), "
+        "or with --eval alone a model this command finetuned",
+    )
+    p.add_argument("--train", help="training data: .jsonl/.csv/.tsv, or SQuAD-format JSON")
+    p.add_argument("--eval", help="evaluation data, same formats")
+    p.add_argument("--out", required=True, help="directory for the model, scores, predictions")
+    p.add_argument("--tokenizer", help="the tokenizer directory (default: the model's own)")
+    p.add_argument("--hparams", help="a JSON object or file, official key names")
+    p.set_defaults(handler=finetune)
 
     p = commands.add_parser("export", help="a run's checkpoint to Hugging Face models")
     p.add_argument("run", help="the run directory")

@@ -67,19 +67,30 @@ class ClassificationHead(nn.Module):
 class ElectraForSequenceClassification(FinetuningModel):
     """Sequence classification (num_labels classes) or regression (regression=True, one value)
     from the [CLS] vector. head="electra": the official head (dropout → dense); head="hf":
-    Hugging Face's, whose checkpoints transformers can load."""
+    Hugging Face's, whose checkpoints transformers can load. `labels` names the classes in
+    config.json's id2label."""
 
     architecture = "ElectraForSequenceClassification"
 
-    def __init__(self, config, num_labels: int = 2, head: str = "hf", regression: bool = False):
+    def __init__(
+        self,
+        config,
+        num_labels: int = 2,
+        head: str = "hf",
+        regression: bool = False,
+        labels: list[str] | None = None,
+    ):
         super().__init__(config)
         if head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {head!r}")
         if regression:
             num_labels = 1
+        if labels is not None and len(labels) != num_labels:
+            raise ValueError(f"labels names {len(labels)} classes but num_labels={num_labels}")
         if num_labels < 1:
             raise ValueError(f"num_labels must be positive, got {num_labels}")
         self.num_labels, self.head, self.regression = num_labels, head, regression
+        self.labels = list(labels) if labels is not None else None
         if head == "hf":
             self.classifier = ClassificationHead(config, num_labels)
         else:
@@ -100,16 +111,21 @@ class ElectraForSequenceClassification(FinetuningModel):
         return F.cross_entropy(logits, labels)
 
     def config_extra(self) -> dict:
+        names = self.labels or [f"LABEL_{i}" for i in range(self.num_labels)]
         return {
-            "id2label": {str(i): f"LABEL_{i}" for i in range(self.num_labels)},
+            "id2label": {str(i): name for i, name in enumerate(names)},
+            "label2id": {name: i for i, name in enumerate(names)},
             "problem_type": "regression" if self.regression else "single_label_classification",
             "electra_fast_head": self.head,
         }
 
     @classmethod
     def init_arguments(cls, config_json: dict) -> dict:
+        id2label = config_json.get("id2label", {"0": "LABEL_0", "1": "LABEL_1"})
+        names = [id2label[str(i)] for i in range(len(id2label))]
         return {
-            "num_labels": len(config_json.get("id2label", {"0": 0, "1": 1})),
+            "num_labels": len(id2label),
+            "labels": None if names == [f"LABEL_{i}" for i in range(len(names))] else names,
             "head": config_json.get("electra_fast_head", "hf"),
             "regression": config_json.get("problem_type") == "regression",
         }

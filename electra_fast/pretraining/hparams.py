@@ -17,6 +17,33 @@ PRESETS = {  # configure_pretraining.py and the paper's table 6
 }  # fmt: skip
 
 
+def read_json_object(text_or_path: str | None, argument: str = "--hparams") -> dict:
+    """A JSON object given inline or as the path of a file holding one ({} for None)."""
+    if not text_or_path:
+        return {}
+    text = text_or_path
+    if not text.lstrip().startswith("{"):
+        path = Path(text)
+        if not path.is_file():
+            raise ValueError(f"{argument} is neither a JSON object nor a file: {text!r}")
+        text = path.read_text()
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{argument} is neither a JSON object nor a file: {error}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"hparams must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+def check_keys(data: dict, cls) -> None:
+    """An unknown key is an error that names it and lists the known ones."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown hparams {unknown}; known: {sorted(known)}")
+
+
 @dataclasses.dataclass
 class Hparams:
     model_size: str = "small"
@@ -52,26 +79,8 @@ class Hparams:
     def from_json(cls, text_or_path: str | None) -> Hparams:
         """From a JSON object or a path to a JSON file, official keys; the model size's preset
         fills what is not given. An unknown key is an error that names it."""
-        data = {}
-        if text_or_path:
-            text = text_or_path
-            if not text.lstrip().startswith("{"):
-                path = Path(text)
-                if not path.is_file():
-                    raise ValueError(f"--hparams is neither a JSON object nor a file: {text!r}")
-                text = path.read_text()
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError as error:
-                raise ValueError(
-                    f"--hparams is neither a JSON object nor a file: {error}"
-                ) from None
-        if not isinstance(data, dict):
-            raise ValueError(f"hparams must be a JSON object, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown hparams {unknown}; known: {sorted(known)}")
+        data = read_json_object(text_or_path)
+        check_keys(data, cls)
         size = data.get("model_size", "small")
         if size not in PRESETS:
             raise ValueError(f"model_size must be one of {sorted(PRESETS)}, got {size!r}")

@@ -1,0 +1,100 @@
+"""Finetuning hyper-parameters with the official names and defaults (configure_finetuning.py):
+lr 1e-4 with layer-wise decay 0.8 (large: 5e-5 and 0.9), weight decay 0.01, 10% warmup, batch
+32, 3 epochs at length 128; question answering: 2 epochs at length 512, questions of at most 64
+tokens, windows 128 tokens apart, answers of at most 30 tokens from the 20 best starts and
+ends."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from electra_fast.pretraining.hparams import check_keys, read_json_object
+
+TASKS = ("classification", "regression", "squad")
+
+
+@dataclasses.dataclass
+class FinetuneHparams:
+    task: str = "classification"
+    model_size: str | None = None  # default: from the model's hidden size (256/768/1024)
+    learning_rate: float | None = None  # default 1e-4; large 5e-5
+    layerwise_lr_decay: float | None = None  # default 0.8; large 0.9; 0 turns it off
+    weight_decay_rate: float = 0.01
+    num_train_epochs: float | None = None  # default 3; squad 2
+    num_train_steps: int | None = None  # overrides the epochs
+    warmup_proportion: float = 0.1
+    train_batch_size: int = 32
+    eval_batch_size: int = 32
+    max_seq_length: int | None = None  # default 128; squad 512
+    max_grad_norm: float = 1.0
+    classification_head: str = "electra"  # the official head; "hf": Hugging Face's
+    # data
+    text_field: str = "text"
+    pair_field: str | None = None
+    label_field: str = "label"
+    # question answering
+    v2: bool = False  # SQuAD 2.0: questions may have no answer
+    answerable_classifier: bool = True  # with v2: a [CLS] classifier of answerability
+    answerable_weight: float = 0.5
+    max_query_length: int = 64
+    doc_stride: int = 128
+    n_best_size: int = 20
+    max_answer_length: int = 30
+    qa_na_threshold: float = 0.0  # with v2: answer "" when the null odds exceed this
+    f1_unit: str = "word"  # "char" for text without spaces (Japanese)
+    # running
+    precision: str = "auto"  # bf16 autocast on GPU, fp32 on CPU
+    seed: int = 0
+    log_steps: int = 50
+
+    @classmethod
+    def from_json(cls, text_or_path: str | None, **given) -> FinetuneHparams:
+        """From a JSON object or file (official keys) and keyword arguments; unknown keys are
+        errors that name them."""
+        data = {**read_json_object(text_or_path), **given}
+        check_keys(data, cls)
+        return cls(**data)
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        if self.model_size not in (None, "small", "base", "large"):
+            raise ValueError(f"model_size must be small, base or large, got {self.model_size!r}")
+        if self.classification_head not in ("electra", "hf"):
+            raise ValueError(
+                f"classification_head must be 'electra' or 'hf', got {self.classification_head!r}"
+            )
+        if self.f1_unit not in ("word", "char"):
+            raise ValueError(f"f1_unit must be 'word' or 'char', got {self.f1_unit!r}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+        for name in ("train_batch_size", "eval_batch_size", "max_query_length", "doc_stride",
+                     "n_best_size", "max_answer_length", "log_steps"):  # fmt: skip
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0 <= self.warmup_proportion <= 1:
+            raise ValueError(f"warmup_proportion must be in [0, 1], got {self.warmup_proportion}")
+
+    def resolved(self, hidden_size: int) -> FinetuneHparams:
+        """These settings with the defaults that depend on the model and the task filled in."""
+        size = self.model_size or {256: "small", 768: "base", 1024: "large"}.get(hidden_size)
+        large = size == "large"
+        squad = self.task == "squad"
+        filled = dataclasses.replace(
+            self,
+            model_size=size,
+            learning_rate=self.learning_rate or (5e-5 if large else 1e-4),
+            layerwise_lr_decay=(0.9 if large else 0.8)
+            if self.layerwise_lr_decay is None
+            else self.layerwise_lr_decay,
+            num_train_epochs=self.num_train_epochs or (2.0 if squad else 3.0),
+            max_seq_length=self.max_seq_length or (512 if squad else 128),
+        )
+        if filled.learning_rate <= 0 or filled.num_train_epochs <= 0:
+            raise ValueError("learning_rate and num_train_epochs must be positive")
+        if not 0 <= filled.layerwise_lr_decay <= 1:
+            raise ValueError(f"layerwise_lr_decay must be in [0, 1], got {self.layerwise_lr_decay}")
+        return filled
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)

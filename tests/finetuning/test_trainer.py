@@ -1,0 +1,181 @@
+"""finetune() and `electra-fast finetune` end to end on tiny models: tasks a small encoder
+learns in a few hundred CPU steps, the files a run writes, evaluation of a saved model,
+Hugging Face loading of the result, and bad input."""
+
+import json
+import random
+
+import pytest
+import torch
+
+from electra_fast import ElectraDiscriminator, cli
+from electra_fast.finetuning import FinetuneHparams, finetune
+from tests.data.corpus_cases import wordpiece
+from tests.finetuning.cases import tiny_config
+
+pytest.importorskip("tokenizers")
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pretrained")
+    tokenizer = wordpiece(root / "tokenizer")
+    torch.manual_seed(0)
+    config = tiny_config()
+    ElectraDiscriminator(config).save_pretrained(root / "discriminator")
+    return root / "discriminator", tokenizer
+
+
+def squad_file(path, n, seed, impossible=0.0):
+    """Questions whose answer is the run of 1-3 words from w1 .. w9 somewhere in a context of
+    10-60 words from w10 .. w199; with `impossible`, that share of contexts has no such run."""
+    rng = random.Random(seed)
+    data = []
+    for i in range(n):
+        words = [f"w{rng.randrange(10, 200)}" for _ in range(rng.randint(10, 60))]
+        qa = {"id": f"{seed}-{i}", "question": "w0"}
+        if rng.random() < impossible:
+            qa.update(answers=[], is_impossible=True)
+        else:
+            at = rng.randrange(len(words) + 1)
+            answer = [f"w{rng.randrange(1, 10)}" for _ in range(rng.randint(1, 3))]
+            words[at:at] = answer
+            start = len(" ".join(words[:at])) + (1 if at else 0)
+            qa["answers"] = [{"text": " ".join(answer), "answer_start": start}]
+        data.append({"paragraphs": [{"context": " ".join(words), "qas": [qa]}]})
+    path.write_text(json.dumps({"data": data}))
+    return path
+
+
+QA = dict(task="squad", max_seq_length=48, max_query_length=4, doc_stride=16,
+          train_batch_size=16, learning_rate=2e-3, num_train_epochs=12, log_steps=20)  # fmt: skip
+
+
+def test_squad_finetuning_learns_and_writes_a_loadable_model(pretrained, tmp_path):
+    model, tokenizer = pretrained
+    train = squad_file(tmp_path / "train.json", 300, seed=1)
+    dev = squad_file(tmp_path / "dev.json", 60, seed=2)
+    out = tmp_path / "out"
+    scores = finetune(model, train, dev, out, FinetuneHparams(**QA), tokenizer=tokenizer,
+                      progress=False)  # fmt: skip
+    # A random span would rarely be the answer; the model learns which words make it.
+    assert scores["exact"] >= 45 and scores["f1"] >= 75, scores
+    log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in log if "loss" in r]
+    assert losses[-1] < losses[0] / 2
+    assert log[-1]["eval"] == scores == json.loads((out / "eval_results.json").read_text())
+    predictions = json.loads((out / "predictions.json").read_text())
+    assert len(predictions) == 60 and all(p.startswith("w") for p in predictions.values())
+    assert json.loads((out / "hparams.json").read_text())["layerwise_lr_decay"] == 0.8
+    # The saved model and tokenizer evaluate to the same scores on their own.
+    again = finetune(out / "model", None, dev, tmp_path / "eval", FinetuneHparams(**QA),
+                     progress=False)  # fmt: skip
+    assert again == scores
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.ElectraForQuestionAnswering.from_pretrained(out / "model")
+    assert hf.config.num_hidden_layers == 2
+
+
+def test_squad_v2_with_the_answerable_classifier(pretrained, tmp_path):
+    model, tokenizer = pretrained
+    train = squad_file(tmp_path / "train.json", 300, seed=3, impossible=0.3)
+    dev = squad_file(tmp_path / "dev.json", 60, seed=4, impossible=0.3)
+    hparams = FinetuneHparams(**QA, v2=True)
+    scores = finetune(model, train, dev, tmp_path / "out", hparams, tokenizer=tokenizer,
+                      progress=False)  # fmt: skip
+    assert scores["NoAns_total"] > 5 and scores["HasAns_total"] > 5
+    # Always answering "" would score NoAns 100 and HasAns 0: both kinds must be mostly right.
+    assert scores["NoAns_exact"] >= 70 and scores["HasAns_f1"] >= 60, scores
+    predictions = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    assert set(predictions) == {"answers", "null_odds"}
+    config = json.loads((tmp_path / "out" / "model" / "config.json").read_text())
+    assert config["electra_fast_answerable"] is True
+
+
+def classification_file(path, n, seed):
+    """Three classes, told by which of w1, w2, w3 a sentence of other words contains."""
+    rng = random.Random(seed)
+    with open(path, "w") as f:
+        for _ in range(n):
+            label = rng.choice(["pos", "neg", "mid"])
+            words = [f"w{rng.randrange(10, 200)}" for _ in range(rng.randint(2, 12))]
+            words.insert(
+                rng.randrange(len(words) + 1), {"pos": "w1", "neg": "w2", "mid": "w3"}[label]
+            )
+            f.write(json.dumps({"sentence": " ".join(words), "y": label}) + "\n")
+    return path
+
+
+def test_classification_through_the_command_line(pretrained, tmp_path, capsys):
+    model, tokenizer = pretrained
+    train = classification_file(tmp_path / "train.jsonl", 400, seed=5)
+    dev = classification_file(tmp_path / "dev.jsonl", 100, seed=6)
+    hparams = dict(text_field="sentence", label_field="y", max_seq_length=16,
+                   train_batch_size=16, learning_rate=2e-3, num_train_epochs=4)  # fmt: skip
+    code = cli.main(["finetune", "--task", "classification", "--model", str(model),
+                     "--train", str(train), "--eval", str(dev), "--out", str(tmp_path / "out"),
+                     "--tokenizer", str(tokenizer), "--hparams", json.dumps(hparams)])  # fmt: skip
+    assert code == 0
+    scores = json.loads((tmp_path / "out" / "eval_results.json").read_text())
+    assert scores["accuracy"] >= 0.9, scores  # chance: 1/3
+    predictions = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    assert set(predictions) == {"mid", "neg", "pos"} and len(predictions) == 100
+    config = json.loads((tmp_path / "out" / "model" / "config.json").read_text())
+    assert config["id2label"] == {"0": "mid", "1": "neg", "2": "pos"}
+    assert "finetuned model and results" in capsys.readouterr().out
+
+
+def test_regression(pretrained, tmp_path):
+    model, tokenizer = pretrained
+    rng = random.Random(7)
+    for name, n in (("train", 300), ("dev", 60)):
+        with open(tmp_path / f"{name}.tsv", "w") as f:
+            f.write("a\tb\tscore\n")
+            for _ in range(n):
+                k = rng.randint(0, 5)  # the score counts the w1s in the pair
+                words = ["w1"] * k + [f"w{rng.randrange(10, 200)}" for _ in range(6 - k)]
+                rng.shuffle(words)
+                f.write(f"{' '.join(words[:3])}\t{' '.join(words[3:])}\t{k}\n")
+    hparams = FinetuneHparams(task="regression", text_field="a", pair_field="b",
+                              label_field="score", max_seq_length=16, train_batch_size=16,
+                              learning_rate=2e-3, num_train_epochs=6)  # fmt: skip
+    scores = finetune(model, tmp_path / "train.tsv", tmp_path / "dev.tsv", tmp_path / "out",
+                      hparams, tokenizer=tokenizer, progress=False)  # fmt: skip
+    assert scores["pearson"] >= 0.8, scores
+
+
+def test_bad_input_is_named(pretrained, tmp_path, capsys):
+    model, tokenizer = pretrained
+    train = classification_file(tmp_path / "train.jsonl", 40, seed=8)
+    with pytest.raises(ValueError, match="--tokenizer is needed"):
+        finetune(model, train, None, tmp_path / "o", FinetuneHparams(text_field="sentence"))
+    with pytest.raises(ValueError, match="give --train, --eval or both"):
+        finetune(model, None, None, tmp_path / "o", FinetuneHparams())
+    with pytest.raises(ValueError, match="make no batch of train_batch_size=64"):
+        finetune(model, train, None, tmp_path / "o", tokenizer=tokenizer, progress=False,
+                 hparams=FinetuneHparams(text_field="sentence", label_field="y",
+                                         train_batch_size=64))  # fmt: skip
+    code = cli.main(["finetune", "--task", "squad", "--model", str(model), "--out", "o",
+                     "--eval", str(train), "--hparams", '{"epochs": 2}'])  # fmt: skip
+    assert code == 2 and "unknown hparams ['epochs']" in capsys.readouterr().err
+
+
+def test_an_interrupted_save_keeps_the_previous_model(pretrained, tmp_path, monkeypatch):
+    from electra_fast.finetuning import trainer
+
+    model, tokenizer = pretrained
+    train = classification_file(tmp_path / "train.jsonl", 40, seed=9)
+    hparams = FinetuneHparams(text_field="sentence", label_field="y", train_batch_size=8,
+                              num_train_steps=2, max_seq_length=16)  # fmt: skip
+    finetune(model, train, None, tmp_path / "out", hparams, tokenizer=tokenizer, progress=False)
+    before = (tmp_path / "out" / "model" / "model.safetensors").read_bytes()
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(trainer.ElectraForSequenceClassification, "save_pretrained", fail)
+    with pytest.raises(OSError, match="disk full"):
+        finetune(model, train, None, tmp_path / "out", hparams.__class__(**{**hparams.to_dict(),
+                 "seed": 1}), tokenizer=tokenizer, progress=False)  # fmt: skip
+    assert (tmp_path / "out" / "model" / "model.safetensors").read_bytes() == before
+    assert (tmp_path / "out" / "model" / "config.json").is_file()
