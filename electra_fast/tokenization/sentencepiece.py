@@ -51,7 +51,7 @@ class SentencePieceTokenizer:
         its normalised text ("▁" for spaces, NFKC), so the spans come from the normaliser's
         own map back to the input; a token's leading "▁" is not part of its span, and the
         byte pieces of a byte-fallback model share the span of their character."""
-        normalized, back = self._sp.normalize(text, with_offsets=True)
+        normalized, back = self._sp.Normalize(text, with_offsets=True)
         pieces = self._sp.encode(text, out_type=str)
         ids = self._sp.encode(text, out_type=int)
         offsets, at, pending = [], 0, bytearray()

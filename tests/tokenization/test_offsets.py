@@ -102,7 +102,8 @@ def test_segmented_tokenizer_offsets_point_into_the_original(tmp_path):
     pytest.importorskip("sentencepiece")
     register_segmenter("toy-offsets", _Toy)
     lines = ["Tôi yêu Việt Nam và Hà Nội.", "Việt Nam, Hà Nội là thủ đô."] * 50
-    base = train_sentencepiece([_toy_segment(t) for t in lines], tmp_path, vocab_size=30)
+    lines += (SAMPLES / "vi.txt").read_text(encoding="utf-8").splitlines()[:300]
+    base = train_sentencepiece([_toy_segment(t) for t in lines], tmp_path, vocab_size=300)
     tokenizer = tokenization.segmented.SegmentedTokenizer(base, {"type": "toy-offsets"})
     text = "Tôi  yêu Việt Nam,Hà Nội."
     ids, offsets = tokenizer.encode_with_offsets(text)
