@@ -60,3 +60,12 @@ def test_reading_jsonl_csv_tsv(tmp_path):
         classification.read_examples(tmp_path / "bad.jsonl")
     with pytest.raises(ValueError, match="expected a .jsonl, .csv or .tsv"):
         classification.read_examples(tmp_path / "d.json")
+
+
+def test_pair_trimming_equals_the_official_loop_everywhere():
+    for len_a in range(25):
+        for len_b in range(25):
+            for room in range(30):
+                kept = official_trim(range(len_a), range(len_b), room)
+                expected = tuple(map(len, kept))
+                assert classification._trim_pair(len_a, len_b, room) == expected
