@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from electra_fast.data.dataset import collate_padded
+
 
 @dataclass
 class ClassificationExample:
@@ -104,15 +106,9 @@ def _trim_pair(len_a: int, len_b: int, room: int) -> tuple[int, int]:
 def collate(
     rows: list[tuple[list[int], list[int]]], labels: torch.Tensor | None, pad_id: int
 ) -> dict[str, torch.Tensor]:
-    width = max(len(ids) for ids, _ in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    types = torch.zeros((len(rows), width), dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for row, (row_ids, row_types) in enumerate(rows):
-        ids[row, : len(row_ids)] = torch.tensor(row_ids)
-        types[row, : len(row_ids)] = torch.tensor(row_types)
-        mask[row, : len(row_ids)] = 1
-    batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+    batch = collate_padded(
+        [{"input_ids": torch.tensor(ids), "token_type_ids": torch.tensor(types)}
+         for ids, types in rows], pad_id)  # fmt: skip
     if labels is not None:
         batch["labels"] = labels
     return batch

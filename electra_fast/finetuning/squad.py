@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from electra_fast.data.dataset import collate_padded
+
 
 @dataclass
 class QAExample:
@@ -99,11 +101,11 @@ def make_features(
             raise ValueError(f"{name} must be positive, got {value}")
     cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
     features, stats = [], FeatureStats(examples=len(examples))
-    contexts: dict[str, tuple[list[int], list[tuple[int, int]]]] = {}
+    context = None
     for index, example in enumerate(examples):
-        if example.context not in contexts:  # the questions of a paragraph share its context
-            contexts = {example.context: tokenizer.encode_with_offsets(example.context)}
-        doc_ids, doc_spans = contexts[example.context]
+        if example.context != context:  # the questions of a paragraph share its context
+            context = example.context
+            doc_ids, doc_spans = tokenizer.encode_with_offsets(context)
         query = tokenizer.encode(example.question)[:max_query_length]
         target = None
         if training and example.answers:
@@ -179,16 +181,9 @@ def _is_max_context(windows: list[tuple[int, int]], current: int, position: int)
 def collate(features: list[QAFeature], pad_id: int, training: bool) -> dict[str, torch.Tensor]:
     """A right-padded batch: input_ids, attention_mask, token_type_ids, and with `training`
     start_positions, end_positions and has_answer."""
-    width = max(len(f.input_ids) for f in features)
-    ids = torch.full((len(features), width), pad_id, dtype=torch.long)
-    types = torch.zeros((len(features), width), dtype=torch.long)
-    mask = torch.zeros((len(features), width), dtype=torch.long)
-    for row, f in enumerate(features):
-        n = len(f.input_ids)
-        ids[row, :n] = torch.tensor(f.input_ids)
-        types[row, :n] = torch.tensor(f.token_type_ids)
-        mask[row, :n] = 1
-    batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+    batch = collate_padded(
+        [{"input_ids": torch.tensor(f.input_ids), "token_type_ids": torch.tensor(f.token_type_ids)}
+         for f in features], pad_id)  # fmt: skip
     if training:
         batch["start_positions"] = torch.tensor([f.start_position for f in features])
         batch["end_positions"] = torch.tensor([f.end_position for f in features])

@@ -26,6 +26,7 @@ from electra_fast.finetuning import classification, squad
 from electra_fast.finetuning.hparams import FinetuneHparams
 from electra_fast.finetuning.metrics import classification_scores, regression_scores, squad_scores
 from electra_fast.finetuning.optimization import layerwise_groups
+from electra_fast.model.config import ElectraConfig
 from electra_fast.model.finetuning import (
     ElectraForQuestionAnswering,
     ElectraForSequenceClassification,
@@ -56,7 +57,8 @@ def finetune(
     task = _task(hparams.task)
     train = task.load(train_file, hparams) if train_file is not None else None
     torch.manual_seed(hparams.seed)  # the new head's initialisation, then dropout
-    net, hparams = task.build(model_dir, hparams, train, train_file is None)
+    hparams = hparams.resolved(ElectraConfig.load(model_dir).hidden_size)
+    net = task.build(model_dir, hparams, train, train_file is None)
     net.to(device)
     out.mkdir(parents=True, exist_ok=True)
     _write_json(out / "hparams.json", hparams.to_dict())
@@ -159,9 +161,6 @@ class _Classification:
                                             label_field=hparams.label_field)  # fmt: skip
 
     def build(self, model_dir, hparams, train, finetuned):
-        hparams = hparams.resolved(
-            json.loads((model_dir / "config.json").read_text())["hidden_size"]
-        )
         if finetuned:  # evaluation only: a model this command finetuned before
             net = ElectraForSequenceClassification.from_pretrained(model_dir)
         elif hparams.task == "regression":
@@ -174,7 +173,7 @@ class _Classification:
                 model_dir, num_labels=len(labels), labels=labels,
                 head=hparams.classification_head)  # fmt: skip
         self.labels = net.labels or [f"LABEL_{i}" for i in range(net.num_labels)]
-        return net, hparams
+        return net
 
     def features(self, examples, tok, hparams, training):
         rows = classification.encode(examples, tok, hparams.max_seq_length)
@@ -222,15 +221,10 @@ class _Squad:
         return squad.read_squad(path)
 
     def build(self, model_dir, hparams, train, finetuned):
-        hparams = hparams.resolved(
-            json.loads((model_dir / "config.json").read_text())["hidden_size"]
-        )
         if finetuned:
-            return ElectraForQuestionAnswering.from_pretrained(model_dir), hparams
+            return ElectraForQuestionAnswering.from_pretrained(model_dir)
         answerable = hparams.v2 and hparams.answerable_classifier
-        return ElectraForQuestionAnswering.from_discriminator(
-            model_dir, answerable=answerable
-        ), hparams
+        return ElectraForQuestionAnswering.from_discriminator(model_dir, answerable=answerable)
 
     def features(self, examples, tok, hparams, training):
         features, stats = squad.make_features(

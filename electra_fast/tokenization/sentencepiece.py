@@ -53,7 +53,7 @@ class SentencePieceTokenizer:
         byte pieces of a byte-fallback model share the span of their character."""
         normalized, back = self._sp.Normalize(text, with_offsets=True)
         pieces = self._sp.encode(text, out_type=str)
-        ids = self._sp.encode(text, out_type=int)
+        ids = [self._sp.piece_to_id(piece) for piece in pieces]  # an unknown piece: [UNK]
         offsets, at, pending = [], 0, bytearray()
         for index, piece in enumerate(pieces):
             if _BYTE_PIECE.fullmatch(piece):
