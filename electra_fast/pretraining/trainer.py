@@ -29,11 +29,14 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from electra_fast import tokenization
 from electra_fast.data import PretrainingDataset, ResumableSampler, collate_padded
 from electra_fast.model import ElectraForPretraining
 from electra_fast.pretraining.checkpoint import load_latest, save_checkpoint
 from electra_fast.pretraining.hparams import Hparams
 from electra_fast.pretraining.optimization import AdamWeightDecay, learning_rate, parameter_groups
+
+TOKENIZER = "tokenizer"  # RUN/tokenizer: a copy of the dataset's
 
 
 class NonFiniteLoss(RuntimeError):
@@ -138,6 +141,7 @@ def pretrain(
             "data": str(Path(data).resolve()),
         }
         (out / "config.json").write_text(json.dumps(effective, indent=2) + "\n")
+        _keep_tokenizer(dataset, out / TOKENIZER)
 
     trained = model
     if world > 1:
@@ -299,7 +303,7 @@ def pretrain(
         checkpoint()
         finished = step >= hparams.num_train_steps
         if finished and rank == 0:
-            model.save_pretrained(out / "export")
+            _export(model, out)
     finally:
         if log is not None:
             log.close()
@@ -349,5 +353,33 @@ def export(run: str | os.PathLike, checkpoint: str | os.PathLike | None = None) 
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     model = ElectraForPretraining(ElectraConfig(**state["config"]))
     model.load_state_dict(state["model"])
+    return _export(model, run)
+
+
+def _keep_tokenizer(dataset: PretrainingDataset, directory: Path) -> None:
+    """Copies the dataset's tokenizer into the run, so that the export can carry it even after
+    the original has moved. A tokenizer that is gone or changed since `prepare` is left out,
+    with a warning: the export then needs --tokenizer to be finetuned."""
+    source = dataset.manifest["tokenizer"]
+    try:
+        tokenizer = tokenization.load(source)
+    except (OSError, ValueError) as error:
+        print(f"warning: the dataset's tokenizer cannot be loaded ({error}); the export will "
+              "not include it", file=sys.stderr)  # fmt: skip
+        return
+    if tokenizer.checksum() != dataset.manifest["tokenizer_checksum"]:
+        print(f"warning: the tokenizer at {source} changed since the dataset was prepared; the "
+              "export will not include it", file=sys.stderr)  # fmt: skip
+        return
+    tokenizer.save(directory)
+
+
+def _export(model: ElectraForPretraining, run: Path) -> Path:
+    """RUN/export/{discriminator,generator}, each with the run's tokenizer beside the weights
+    (when the run kept one), which `electra-fast finetune` then finds by itself."""
     model.save_pretrained(run / "export")
+    if (run / TOKENIZER / tokenization.CONFIG).is_file():
+        tokenizer = tokenization.load(run / TOKENIZER)
+        for part in ("discriminator", "generator"):
+            tokenizer.save(run / "export" / part)
     return run / "export"

@@ -3,11 +3,13 @@ interrupted and resumed run ends with the parameters of an uninterrupted one, hp
 validated, checkpoints are atomic, the run exports Hugging Face models."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
+from electra_fast import tokenization
 from electra_fast.cli import main
 from electra_fast.data import prepare
 from electra_fast.pretraining import checkpoint as checkpoints
@@ -57,6 +59,11 @@ def test_loss_falls_and_the_run_exports(dataset, tmp_path):
     from electra_fast import ElectraDiscriminator
 
     assert ElectraDiscriminator.from_pretrained(tmp_path / "run" / "export" / "discriminator")
+    # Each exported model carries the dataset's tokenizer, so finetuning needs no --tokenizer.
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    for part in ("discriminator", "generator"):
+        exported = tokenization.load(tmp_path / "run" / "export" / part)
+        assert exported.checksum() == manifest["tokenizer_checksum"]
     effective = json.loads((tmp_path / "run" / "config.json").read_text())
     assert effective["vocab_size"] == 500 and effective["per_device_batch_size"] == 16
 
@@ -147,3 +154,16 @@ def test_non_finite_steps_are_skipped_then_stop_the_run(dataset, tmp_path, monke
         pretrain(dataset, tmp_path / "run", settings, progress=False)
     state, path = checkpoints.load_latest(tmp_path / "run" / "checkpoints")
     assert state["step"] == 4 and path.name == "step-00000004.pt"  # the last good one, intact
+
+
+def test_a_tokenizer_gone_since_prepare_is_left_out_of_the_export(dataset, tmp_path, capsys):
+    moved = tmp_path / "data"
+    shutil.copytree(dataset, moved)
+    manifest = json.loads((moved / "manifest.json").read_text())
+    manifest["tokenizer"] = str(tmp_path / "gone")
+    (moved / "manifest.json").write_text(json.dumps(manifest))
+    pretrain(moved, tmp_path / "run", hparams(num_train_steps=2), progress=False)
+    assert "tokenizer cannot be loaded" in capsys.readouterr().err
+    export = tmp_path / "run" / "export" / "discriminator"
+    assert (export / "model.safetensors").is_file()
+    assert not (export / tokenization.CONFIG).exists()
