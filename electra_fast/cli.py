@@ -171,16 +171,23 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=pretrain)
 
     p = commands.add_parser(
-        "finetune", help="finetune a pretrained discriminator (classification, regression, squad)"
+        "finetune",
+        help="finetune a pretrained discriminator (classification, regression, squad, tagging)",
     )
-    p.add_argument("--task", choices=("classification", "regression", "squad"), required=True)
+    p.add_argument(
+        "--task", choices=("classification", "regression", "squad", "tagging"), required=True
+    )
     p.add_argument(
         "--model",
         required=True,
         help="a discriminator directory (Hugging Face format; a pretraining run's export/ too), "
         "or with --eval alone a model this command finetuned",
     )
-    p.add_argument("--train", help="training data: .jsonl/.csv/.tsv, or SQuAD-format JSON")
+    p.add_argument(
+        "--train",
+        help="training data: .jsonl/.csv/.tsv (classification), SQuAD-format JSON (squad), "
+        "CoNLL-style or .jsonl tagged words (tagging)",
+    )
     p.add_argument("--eval", help="evaluation data, same formats")
     p.add_argument("--out", required=True, help="directory for the model, scores, predictions")
     p.add_argument("--tokenizer", help="the tokenizer directory (default: the model's own)")

@@ -1,8 +1,8 @@
 """Finetuning hyper-parameters with the official names and defaults (configure_finetuning.py):
 lr 1e-4 with layer-wise decay 0.8 (large: 5e-5 and 0.9), weight decay 0.01, 10% warmup, batch
-32, 3 epochs at length 128; question answering: 2 epochs at length 512, questions of at most 64
-tokens, windows 128 tokens apart, answers of at most 30 tokens from the 20 best starts and
-ends."""
+32, 3 epochs at length 128 (tagging: 256, as for the official chunking); question answering: 2
+epochs at length 512, questions of at most 64 tokens, windows 128 tokens apart, answers of at
+most 30 tokens from the 20 best starts and ends."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import dataclasses
 
 from electra_fast.pretraining.hparams import check_keys, read_json_object
 
-TASKS = ("classification", "regression", "squad")
+TASKS = ("classification", "regression", "squad", "tagging")
 
 
 @dataclasses.dataclass
@@ -25,13 +25,15 @@ class FinetuneHparams:
     warmup_proportion: float = 0.1
     train_batch_size: int = 32
     eval_batch_size: int = 32
-    max_seq_length: int | None = None  # default 128; squad 512
+    max_seq_length: int | None = None  # default 128; tagging 256; squad 512
     max_grad_norm: float = 1.0
     classification_head: str = "electra"  # the official head; "hf": Hugging Face's
     # data
     text_field: str = "text"
     pair_field: str | None = None
     label_field: str = "label"
+    # tagging
+    tagging_level: str | None = None  # "span" (F1) or "token" (accuracy); default: from the tags
     # question answering
     v2: bool = False  # SQuAD 2.0: questions may have no answer
     answerable_classifier: bool = True  # with v2: a [CLS] classifier of answerability
@@ -64,6 +66,8 @@ class FinetuneHparams:
             raise ValueError(
                 f"classification_head must be 'electra' or 'hf', got {self.classification_head!r}"
             )
+        if self.tagging_level not in (None, "span", "token"):
+            raise ValueError(f"tagging_level must be 'span' or 'token', got {self.tagging_level!r}")
         if self.f1_unit not in ("word", "char"):
             raise ValueError(f"f1_unit must be 'word' or 'char', got {self.f1_unit!r}")
         if self.precision not in ("auto", "fp32", "bf16"):
@@ -88,7 +92,8 @@ class FinetuneHparams:
             if self.layerwise_lr_decay is None
             else self.layerwise_lr_decay,
             num_train_epochs=self.num_train_epochs or (2.0 if squad else 3.0),
-            max_seq_length=self.max_seq_length or (512 if squad else 128),
+            max_seq_length=self.max_seq_length
+            or {"squad": 512, "tagging": 256}.get(self.task, 128),
         )
         if filled.learning_rate <= 0 or filled.num_train_epochs <= 0:
             raise ValueError("learning_rate and num_train_epochs must be positive")

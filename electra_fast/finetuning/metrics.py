@@ -2,7 +2,8 @@
 normalised by lower-casing and removing punctuation, English articles and extra spaces; F1
 over the words both answers share), and the same F1 over characters for languages written
 without spaces (Japanese, Chinese), where a whole answer is one "word". Classification:
-accuracy, F1, Matthews correlation; regression: Pearson and Spearman correlation."""
+accuracy, F1, Matthews correlation; regression: Pearson and Spearman correlation. Tagging:
+span precision, recall and F1, or word accuracy."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import re
 import string
 from collections import Counter
 from collections.abc import Sequence
+
+from electra_fast.finetuning.tagging import span_labels
 
 _PUNCTUATION = set(string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
@@ -110,6 +113,43 @@ def _matthews(labels, predictions, classes) -> float:
         n * n - sum(true_counts[c] ** 2 for c in classes)
     )
     return numerator / denominator if denominator else 0.0
+
+
+def span_scores(
+    golds: Sequence[Sequence[str]], predictions: Sequence[Sequence[str]]
+) -> dict[str, float]:
+    """precision, recall and f1 of the spans the predicted tags mark against the gold ones,
+    counted over all sentences as the official EntityLevelF1Scorer does (a span counts when its
+    words and type both match; tags are read by tagging.span_labels)."""
+    _check_sentences(golds, predictions)
+    correct = predicted = gold = 0
+    for gold_tags, predicted_tags in zip(golds, predictions, strict=True):
+        want, got = set(span_labels(list(gold_tags))), set(span_labels(list(predicted_tags)))
+        correct, predicted, gold = correct + len(want & got), predicted + len(got), gold + len(want)
+    precision = correct / predicted if correct else 0.0
+    recall = correct / gold if correct else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if correct else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1, "spans": gold}
+
+
+def word_accuracy(
+    golds: Sequence[Sequence[str]], predictions: Sequence[Sequence[str]]
+) -> dict[str, float]:
+    """accuracy: the share of words whose predicted tag is the gold one."""
+    _check_sentences(golds, predictions)
+    pairs = [
+        pair for g, p in zip(golds, predictions, strict=True) for pair in zip(g, p, strict=True)
+    ]
+    return {"accuracy": sum(a == b for a, b in pairs) / len(pairs), "words": len(pairs)}
+
+
+def _check_sentences(golds, predictions) -> None:
+    if len(golds) != len(predictions) or not golds:
+        raise ValueError(f"need as many predicted sentences as gold ones (got {len(predictions)} "
+                         f"and {len(golds)}), and at least one")  # fmt: skip
+    for i, (g, p) in enumerate(zip(golds, predictions, strict=True)):
+        if len(g) != len(p):
+            raise ValueError(f"sentence {i} has {len(g)} gold tags but {len(p)} predicted")
 
 
 def regression_scores(targets: Sequence[float], predictions: Sequence[float]) -> dict[str, float]:

@@ -19,18 +19,12 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from electra_fast import tokenization
-from electra_fast.finetuning import classification, squad
 from electra_fast.finetuning.hparams import FinetuneHparams
-from electra_fast.finetuning.metrics import classification_scores, regression_scores, squad_scores
 from electra_fast.finetuning.optimization import layerwise_groups
+from electra_fast.finetuning.tasks import task_for
 from electra_fast.model.config import ElectraConfig
-from electra_fast.model.finetuning import (
-    ElectraForQuestionAnswering,
-    ElectraForSequenceClassification,
-)
 from electra_fast.pretraining.optimization import AdamWeightDecay, learning_rate
 
 
@@ -54,7 +48,7 @@ def finetune(
         model_dir = model_dir / "discriminator"
     tok = _tokenizer(tokenizer, model_dir)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    task = _task(hparams.task)
+    task = task_for(hparams.task)
     train = task.load(train_file, hparams) if train_file is not None else None
     torch.manual_seed(hparams.seed)  # the new head's initialisation, then dropout
     hparams = hparams.resolved(ElectraConfig.load(model_dir).hidden_size)
@@ -145,139 +139,6 @@ def _train(net, task, features, tok, hparams, device, autocast, log, progress) -
                 print(f"step {step + 1}/{total} loss {record['loss']:.4f} "
                       f"({rate_s:.1f} steps/s)", file=sys.stderr)  # fmt: skip
     net.eval()
-
-
-def _batches(items: list, size: int):
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
-
-
-class _Classification:
-    """classification and regression (hparams.task)."""
-
-    def load(self, path, hparams):
-        return classification.read_examples(path, text_field=hparams.text_field,
-                                            pair_field=hparams.pair_field,
-                                            label_field=hparams.label_field)  # fmt: skip
-
-    def build(self, model_dir, hparams, train, finetuned):
-        if finetuned:  # evaluation only: a model this command finetuned before
-            net = ElectraForSequenceClassification.from_pretrained(model_dir)
-        elif hparams.task == "regression":
-            net = ElectraForSequenceClassification.from_discriminator(
-                model_dir, regression=True, head=hparams.classification_head
-            )
-        else:
-            labels = classification.label_vocabulary(train)
-            net = ElectraForSequenceClassification.from_discriminator(
-                model_dir, num_labels=len(labels), labels=labels,
-                head=hparams.classification_head)  # fmt: skip
-        self.labels = net.labels or [f"LABEL_{i}" for i in range(net.num_labels)]
-        return net
-
-    def features(self, examples, tok, hparams, training):
-        rows = classification.encode(examples, tok, hparams.max_seq_length)
-        return [(row, self._target(e, hparams)) for row, e in zip(rows, examples, strict=True)]
-
-    def _target(self, example, hparams):
-        if example.label is None:
-            raise ValueError(f"an example has no {hparams.label_field!r}: {example.text[:50]!r}")
-        if hparams.task == "regression":
-            return float(example.label)
-        names = self.labels or []
-        if str(example.label) not in names:
-            raise ValueError(f"label {example.label!r} is not one of the model's {names}")
-        return names.index(str(example.label))
-
-    def collate(self, items, tok):
-        dtype = torch.float32 if isinstance(items[0][1], float) else torch.long
-        labels = torch.tensor([target for _, target in items], dtype=dtype)
-        return classification.collate([row for row, _ in items], labels, tok.pad_token_id)
-
-    def loss(self, net, batch, hparams):
-        labels = batch.pop("labels")
-        return net.loss(net(**batch).float(), labels)
-
-    @torch.no_grad()
-    def evaluate(self, net, examples, tok, hparams, device, autocast):
-        items = self.features(examples, tok, hparams, training=False)
-        outputs = []
-        for chunk in _batches(items, hparams.eval_batch_size):
-            batch = {k: v.to(device) for k, v in self.collate(chunk, tok).items()}
-            batch.pop("labels")
-            with autocast():
-                outputs.append(net(**batch).float().cpu())
-        logits = torch.cat(outputs)
-        targets = [target for _, target in items]
-        if hparams.task == "regression":
-            predicted = logits.squeeze(-1).tolist()
-            return regression_scores(targets, predicted), predicted
-        predicted = logits.argmax(-1).tolist()
-        return classification_scores(targets, predicted), [self.labels[i] for i in predicted]
-
-
-class _Squad:
-    def load(self, path, hparams):
-        return squad.read_squad(path)
-
-    def build(self, model_dir, hparams, train, finetuned):
-        if finetuned:
-            return ElectraForQuestionAnswering.from_pretrained(model_dir)
-        answerable = hparams.v2 and hparams.answerable_classifier
-        return ElectraForQuestionAnswering.from_discriminator(model_dir, answerable=answerable)
-
-    def features(self, examples, tok, hparams, training):
-        features, stats = squad.make_features(
-            examples, tok, max_seq_length=hparams.max_seq_length,
-            max_query_length=hparams.max_query_length, doc_stride=hparams.doc_stride,
-            training=training)  # fmt: skip
-        if stats.skipped:
-            print(f"{len(stats.skipped)} of {stats.examples} training answers were not found at "
-                  f"their offsets and were skipped", file=sys.stderr)  # fmt: skip
-        return features
-
-    def collate(self, features, tok):
-        return squad.collate(features, tok.pad_token_id, training=True)
-
-    def loss(self, net, batch, hparams):
-        targets = {k: batch.pop(k) for k in ("start_positions", "end_positions", "has_answer")}
-        logits = net(**batch)
-        start, end = logits.start.float(), logits.end.float()
-        padding = batch["attention_mask"] == 0
-        start, end = start.masked_fill(padding, -1e4), end.masked_fill(padding, -1e4)
-        loss = (F.cross_entropy(start, targets["start_positions"])
-                + F.cross_entropy(end, targets["end_positions"])) / 2  # fmt: skip
-        if logits.answerable is not None:
-            loss = loss + hparams.answerable_weight * F.binary_cross_entropy_with_logits(
-                logits.answerable.float(), targets["has_answer"]
-            )
-        return loss
-
-    @torch.no_grad()
-    def evaluate(self, net, examples, tok, hparams, device, autocast):
-        features = self.features(examples, tok, hparams, training=False)
-        starts, ends, answerable = [], [], []
-        for chunk in _batches(features, hparams.eval_batch_size):
-            batch = squad.collate(chunk, tok.pad_token_id, training=False)
-            with autocast():
-                logits = net(**{k: v.to(device) for k, v in batch.items()})
-            starts += logits.start.float().cpu().tolist()
-            ends += logits.end.float().cpu().tolist()
-            if logits.answerable is not None:
-                answerable += logits.answerable.float().cpu().tolist()
-        answers, null_odds = squad.predict(
-            examples, features, starts, ends, answerable or None,
-            n_best_size=hparams.n_best_size, max_answer_length=hparams.max_answer_length,
-            allow_no_answer=hparams.v2, null_threshold=hparams.qa_na_threshold)  # fmt: skip
-        golds = {e.qid: e.answers for e in examples}
-        scores = squad_scores(golds, answers, hparams.f1_unit)
-        if hparams.v2:
-            return scores, {"answers": answers, "null_odds": null_odds}
-        return scores, answers
-
-
-def _task(name: str):
-    return _Squad() if name == "squad" else _Classification()
 
 
 def _write_json(path: Path, value) -> None:

@@ -111,36 +111,42 @@ class ElectraForSequenceClassification(FinetuningModel):
         return F.cross_entropy(logits, labels)
 
     def config_extra(self) -> dict:
-        names = self.labels or [f"LABEL_{i}" for i in range(self.num_labels)]
         return {
-            "id2label": {str(i): name for i, name in enumerate(names)},
-            "label2id": {name: i for i, name in enumerate(names)},
+            **_label_names(self.labels, self.num_labels),
             "problem_type": "regression" if self.regression else "single_label_classification",
             "electra_fast_head": self.head,
         }
 
     @classmethod
     def init_arguments(cls, config_json: dict) -> dict:
-        id2label = config_json.get("id2label", {"0": "LABEL_0", "1": "LABEL_1"})
-        names = [id2label[str(i)] for i in range(len(id2label))]
         return {
-            "num_labels": len(id2label),
-            "labels": None if names == [f"LABEL_{i}" for i in range(len(names))] else names,
+            **_label_arguments(config_json),
             "head": config_json.get("electra_fast_head", "hf"),
             "regression": config_json.get("problem_type") == "regression",
         }
 
 
 class ElectraForTokenClassification(FinetuningModel):
-    """A label per token: dropout → dense (Hugging Face's head)."""
+    """A label per token: dropout → dense (Hugging Face's head). `labels` names the classes in
+    config.json's id2label; `span_tags=True` records that they are BIOES tags of spans (see
+    finetuning.tagging), so that a saved tagger is scored by spans again."""
 
     architecture = "ElectraForTokenClassification"
 
-    def __init__(self, config: ElectraConfig, num_labels: int = 2):
+    def __init__(
+        self,
+        config: ElectraConfig,
+        num_labels: int = 2,
+        labels: list[str] | None = None,
+        span_tags: bool = False,
+    ):
         super().__init__(config)
+        if labels is not None and len(labels) != num_labels:
+            raise ValueError(f"labels names {len(labels)} classes but num_labels={num_labels}")
         if num_labels < 1:
             raise ValueError(f"num_labels must be positive, got {num_labels}")
-        self.num_labels = num_labels
+        self.num_labels, self.span_tags = num_labels, span_tags
+        self.labels = list(labels) if labels is not None else None
         self.classifier = nn.Linear(config.hidden_size, num_labels)
         init_weights(self, config.initializer_range)
 
@@ -149,12 +155,40 @@ class ElectraForTokenClassification(FinetuningModel):
         hidden = self.encoder(input_ids, attention_mask, token_type_ids)
         return self.classifier(self.dropout(hidden))
 
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the labelled tokens (-100 marks the others), summed over each
+        sentence and averaged over the batch, as the official tagging loss is."""
+        total = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100,
+                                reduction="sum")  # fmt: skip
+        return total / labels.shape[0]
+
     def config_extra(self) -> dict:
-        return {"id2label": {str(i): f"LABEL_{i}" for i in range(self.num_labels)}}
+        return {
+            **_label_names(self.labels, self.num_labels),
+            "electra_fast_span_tags": self.span_tags,
+        }
 
     @classmethod
     def init_arguments(cls, config_json: dict) -> dict:
-        return {"num_labels": len(config_json.get("id2label", {"0": 0, "1": 1}))}
+        return {
+            **_label_arguments(config_json),
+            "span_tags": bool(config_json.get("electra_fast_span_tags", False)),
+        }
+
+
+def _label_names(labels: list[str] | None, num_labels: int) -> dict:
+    names = labels or [f"LABEL_{i}" for i in range(num_labels)]
+    return {
+        "id2label": {str(i): name for i, name in enumerate(names)},
+        "label2id": {name: i for i, name in enumerate(names)},
+    }
+
+
+def _label_arguments(config_json: dict) -> dict:
+    id2label = config_json.get("id2label", {"0": "LABEL_0", "1": "LABEL_1"})
+    names = [id2label[str(i)] for i in range(len(id2label))]
+    default = names == [f"LABEL_{i}" for i in range(len(names))]
+    return {"num_labels": len(id2label), "labels": None if default else names}
 
 
 class SpanLogits(NamedTuple):
