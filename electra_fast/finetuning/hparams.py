@@ -38,11 +38,13 @@ class FinetuneHparams:
     v2: bool = False  # SQuAD 2.0: questions may have no answer
     answerable_classifier: bool = True  # with v2: a [CLS] classifier of answerability
     answerable_weight: float = 0.5
+    joint_prediction: bool = True  # the official joint start-end head; False: Hugging Face's
+    beam_size: int = 20  # starts, and ends per start, the joint head keeps
     max_query_length: int = 64
     doc_stride: int = 128
     n_best_size: int = 20
     max_answer_length: int = 30
-    qa_na_threshold: float = 0.0  # with v2: answer "" when the null odds exceed this
+    qa_na_threshold: float = -2.75  # with v2: answer "" when the null odds exceed this
     f1_unit: str = "word"  # "char" for text without spaces (Japanese)
     # running
     precision: str = "auto"  # bf16 autocast on GPU, fp32 on CPU
@@ -73,9 +75,12 @@ class FinetuneHparams:
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         for name in ("train_batch_size", "eval_batch_size", "max_query_length", "doc_stride",
-                     "n_best_size", "max_answer_length", "log_steps"):  # fmt: skip
+                     "n_best_size", "max_answer_length", "log_steps", "beam_size"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.v2 and self.joint_prediction and not self.answerable_classifier:
+            raise ValueError("v2 with joint_prediction needs answerable_classifier: the joint head "
+                             "has no [CLS] score to tell unanswerable questions by")  # fmt: skip
         if not 0 <= self.warmup_proportion <= 1:
             raise ValueError(f"warmup_proportion must be in [0, 1], got {self.warmup_proportion}")
 

@@ -199,18 +199,61 @@ def predict(
     answerable_logits: list[float] | None = None,
     *,
     n_best_size: int = 20,
+    **options,
+) -> tuple[dict[str, str], dict[str, float]]:
+    """Each question's answer and its "null odds", from independent start and end logits.
+
+    A candidate span starts and ends at one of a window's `n_best_size` highest start and end
+    logits, and scores start + end logit. `choose` says which are legal, and what the null odds
+    and `options` (max_answer_length, allow_no_answer, null_threshold) are."""
+    candidates, null_scores = [], []
+    for feature, starts, ends in zip(features, start_logits, end_logits, strict=True):
+        n = len(feature.input_ids)
+        top_ends = _top(ends[:n], n_best_size)
+        candidates.append(
+            [(s, e, starts[s] + ends[e]) for s in _top(starts[:n], n_best_size) for e in top_ends]
+        )
+        null_scores.append(starts[0] + ends[0])
+    return choose(examples, features, candidates, null_scores, answerable_logits, **options)
+
+
+def predict_joint(
+    examples: list[QAExample],
+    features: list[QAFeature],
+    beams: list[tuple[list[float], list[int], list[list[float]], list[list[int]]]],
+    answerable_logits: list[float] | None = None,
+    **options,
+) -> tuple[dict[str, str], dict[str, float]]:
+    """The same from the joint head's beams (start log-probabilities and positions, and each
+    start's end log-probabilities and positions): a candidate scores the sum of its start's
+    and its end's log-probability. SQuAD 2.0 then needs the answerable classifier."""
+    if options.get("allow_no_answer") and answerable_logits is None:
+        raise ValueError("the joint head predicts no-answer only with the answerable classifier")
+    candidates = [
+        [(s, e, s_lp + e_lp) for s_lp, s, e_lps, es in zip(*beam, strict=True)
+         for e_lp, e in zip(e_lps, es, strict=True)]
+        for beam in beams
+    ]  # fmt: skip
+    return choose(examples, features, candidates, None, answerable_logits, **options)
+
+
+def choose(
+    examples: list[QAExample],
+    features: list[QAFeature],
+    candidates: list[list[tuple[int, int, float]]],
+    null_scores: list[float] | None,
+    answerable_logits: list[float] | None,
+    *,
     max_answer_length: int = 30,
     allow_no_answer: bool = False,
     null_threshold: float = 0.0,
 ) -> tuple[dict[str, str], dict[str, float]]:
-    """Each question's answer and its "null odds", from the logits of its features.
-
-    A candidate span starts and ends at one of a window's `n_best_size` highest start and end
-    logits, lies in the context, ends no earlier than it starts, is at most `max_answer_length`
-    tokens long and starts where the window gives its widest context; its score is
-    start + end logit. With `allow_no_answer` (SQuAD 2.0) the answer is "" when the null odds
-    exceed `null_threshold`: the null odds are minus the answerable classifier's logit when
-    there is one, else the smallest [CLS] score (start + end logit at position 0) minus the
+    """Each question's best legal (start, end, score) over its windows' candidates: a legal
+    span lies in the context, ends no earlier than it starts, is at most `max_answer_length`
+    tokens long and starts where its window gives it the widest context. With
+    `allow_no_answer` (SQuAD 2.0) the answer is "" when the null odds exceed `null_threshold`:
+    minus the largest answerable logit over the windows when there is a classifier (the
+    official min over windows of its no-answer logit), else the smallest [CLS] score minus the
     best span's score."""
     by_example: dict[int, list[int]] = {}
     for i, feature in enumerate(features):
@@ -220,21 +263,20 @@ def predict(
         best_text, best_score = "", -float("inf")
         null_score, answerable = float("inf"), -float("inf")
         for i in by_example.get(index, []):
-            feature, starts, ends = features[i], start_logits[i], end_logits[i]
-            n = len(feature.input_ids)
-            null_score = min(null_score, starts[0] + ends[0])
+            feature = features[i]
+            if null_scores is not None:
+                null_score = min(null_score, null_scores[i])
             if answerable_logits is not None:
                 answerable = max(answerable, answerable_logits[i])
-            for s in _top(starts[:n], n_best_size):
-                if feature.spans[s] is None or not feature.max_context[s]:
+            n = len(feature.spans)  # a beam may reach into the padding
+            for s, e, score in candidates[i]:
+                if s >= n or e >= n or feature.spans[s] is None or not feature.max_context[s]:
                     continue
-                for e in _top(ends[:n], n_best_size):
-                    if feature.spans[e] is None or not s <= e < s + max_answer_length:
-                        continue
-                    score = starts[s] + ends[e]
-                    if score > best_score:
-                        begin, end = feature.spans[s][0], feature.spans[e][1]
-                        best_text, best_score = example.context[begin:end], score
+                if feature.spans[e] is None or not s <= e < s + max_answer_length:
+                    continue
+                if score > best_score:
+                    begin, end = feature.spans[s][0], feature.spans[e][1]
+                    best_text, best_score = example.context[begin:end], score
         odds = -answerable if answerable_logits is not None else null_score - best_score
         null_odds[example.qid] = odds
         no_answer = allow_no_answer and (odds > null_threshold or best_score == -float("inf"))

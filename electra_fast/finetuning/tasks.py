@@ -103,7 +103,9 @@ class SquadTask:
         if finetuned:
             return ElectraForQuestionAnswering.from_pretrained(model_dir)
         answerable = hparams.v2 and hparams.answerable_classifier
-        return ElectraForQuestionAnswering.from_discriminator(model_dir, answerable=answerable)
+        return ElectraForQuestionAnswering.from_discriminator(
+            model_dir, answerable=answerable, joint=hparams.joint_prediction
+        )
 
     def features(self, examples, tok, hparams, training):
         features, stats = squad.make_features(
@@ -119,13 +121,12 @@ class SquadTask:
         return squad.collate(features, tok.pad_token_id, training=True)
 
     def loss(self, net, batch, hparams):
-        targets = {k: batch.pop(k) for k in ("start_positions", "end_positions", "has_answer")}
-        logits = net(**batch)
-        start, end = logits.start.float(), logits.end.float()
-        padding = batch["attention_mask"] == 0
-        start, end = start.masked_fill(padding, -1e4), end.masked_fill(padding, -1e4)
-        loss = (F.cross_entropy(start, targets["start_positions"])
-                + F.cross_entropy(end, targets["end_positions"])) / 2  # fmt: skip
+        targets = {k: batch.pop(k) for k in ("end_positions", "has_answer")}
+        starts = batch.pop("start_positions")
+        # The joint head's end logits are those given the gold start, as officially.
+        logits = net(**batch, start_positions=starts) if net.joint else net(**batch)
+        loss = (F.cross_entropy(logits.start.float(), starts)
+                + F.cross_entropy(logits.end.float(), targets["end_positions"])) / 2  # fmt: skip
         if logits.answerable is not None:
             loss = loss + hparams.answerable_weight * F.binary_cross_entropy_with_logits(
                 logits.answerable.float(), targets["has_answer"]
@@ -135,19 +136,31 @@ class SquadTask:
     @torch.no_grad()
     def evaluate(self, net, examples, tok, hparams, device, autocast):
         features = self.features(examples, tok, hparams, training=False)
-        starts, ends, answerable = [], [], []
+        outputs, answerable = [], []
         for chunk in _batches(features, hparams.eval_batch_size):
-            batch = squad.collate(chunk, tok.pad_token_id, training=False)
+            batch = {k: v.to(device) for k, v in
+                     squad.collate(chunk, tok.pad_token_id, training=False).items()}  # fmt: skip
             with autocast():
-                logits = net(**{k: v.to(device) for k, v in batch.items()})
-            starts += logits.start.float().cpu().tolist()
-            ends += logits.end.float().cpu().tolist()
-            if logits.answerable is not None:
-                answerable += logits.answerable.float().cpu().tolist()
-        answers, null_odds = squad.predict(
-            examples, features, starts, ends, answerable or None,
-            n_best_size=hparams.n_best_size, max_answer_length=hparams.max_answer_length,
-            allow_no_answer=hparams.v2, null_threshold=hparams.qa_na_threshold)  # fmt: skip
+                if net.joint:
+                    result = net.beam_search(**batch, beam=hparams.beam_size)
+                else:
+                    result = net(**batch)
+            rows = [x.float().cpu().tolist() if x.is_floating_point() else x.cpu().tolist()
+                    for x in result[:-1]]  # fmt: skip
+            outputs += zip(*rows, strict=True)
+            if result.answerable is not None:
+                answerable += result.answerable.float().cpu().tolist()
+        common = dict(max_answer_length=hparams.max_answer_length, allow_no_answer=hparams.v2,
+                      null_threshold=hparams.qa_na_threshold)  # fmt: skip
+        if net.joint:
+            answers, null_odds = squad.predict_joint(
+                examples, features, outputs, answerable or None, **common
+            )
+        else:
+            starts, ends = zip(*outputs, strict=True)
+            answers, null_odds = squad.predict(examples, features, starts, ends,
+                                               answerable or None, n_best_size=hparams.n_best_size,
+                                               **common)  # fmt: skip
         golds = {e.qid: e.answers for e in examples}
         scores = squad_scores(golds, answers, hparams.f1_unit)
         if hparams.v2:

@@ -193,39 +193,144 @@ def _label_arguments(config_json: dict) -> dict:
 
 class SpanLogits(NamedTuple):
     start: torch.Tensor  # [B, L]
-    end: torch.Tensor  # [B, L]
+    end: torch.Tensor  # [B, L]; with the joint head, given the start position passed
     answerable: torch.Tensor | None  # [B] logit that the question has an answer, if asked for
 
 
+class SpanBeam(NamedTuple):
+    """The joint head's candidates: the `beam` most likely starts, and for each of them the
+    `beam` most likely ends, with their log-probabilities over the answer positions."""
+
+    start_log_probs: torch.Tensor  # [B, beam]
+    start_index: torch.Tensor  # [B, beam]
+    end_log_probs: torch.Tensor  # [B, beam, beam]
+    end_index: torch.Tensor  # [B, beam, beam]
+    answerable: torch.Tensor | None  # [B]
+
+
+class JointSpanHead(nn.Module):
+    """The official joint start-end head (finetune/qa, joint_prediction): start logits from
+    each token; end logits from each token together with the start token, through a 512-unit
+    GELU layer over their concatenation."""
+
+    def __init__(self, hidden_size: int, inner: int = 512):
+        super().__init__()
+        self.start = nn.Linear(hidden_size, 1)
+        self.end_hidden = nn.Linear(2 * hidden_size, inner)
+        self.end = nn.Linear(inner, 1)
+
+    def end_logits(self, hidden: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
+        """[B, K, L] end logits of each of the K start vectors starts [B, K, H]."""
+        # dense([h_s; h_j]) = W_s h_s + W_e h_j + b: the two halves apply apart and add, so
+        # the [B, K, L, 2H] concatenation the official code tiles is never formed.
+        w_start, w_end = self.end_hidden.weight.split(hidden.shape[-1], dim=1)
+        inner = (starts @ w_start.T).unsqueeze(2) + F.linear(hidden, w_end, self.end_hidden.bias)[
+            :, None
+        ]
+        return self.end(F.gelu(inner)).squeeze(-1)
+
+
+class AnswerableHead(nn.Module):
+    """The official answerable classifier (answerable_uses_start_logits): [CLS] and the
+    start-probability-weighted mean of the tokens, through a 512-unit GELU layer."""
+
+    def __init__(self, hidden_size: int, inner: int = 512):
+        super().__init__()
+        self.hidden = nn.Linear(2 * hidden_size, inner)
+        self.output = nn.Linear(inner, 1)
+
+    def forward(self, hidden: torch.Tensor, start_logits: torch.Tensor) -> torch.Tensor:
+        pooled = torch.einsum(
+            "bl,blh->bh", start_logits.float().softmax(-1).to(hidden.dtype), hidden
+        )
+        return self.output(F.gelu(self.hidden(torch.cat([hidden[:, 0], pooled], -1)))).squeeze(-1)
+
+
+def answer_mask(attention_mask: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
+    """Where an answer may start or end: the context (segment 1) and [CLS] (no answer)."""
+    mask = (attention_mask.bool() & token_type_ids.bool()).clone()
+    mask[:, 0] = True
+    return mask
+
+
+def _masked(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    # As the official head: −1000 outside the answer positions, in fp32.
+    return logits.float() + (mask.float() - 1) * 1000.0
+
+
 class ElectraForQuestionAnswering(FinetuningModel):
-    """SQuAD-style spans: start and end logits per token (Hugging Face's qa_outputs), and with
-    answerable=True a [CLS] classifier for SQuAD 2.0's unanswerable questions."""
+    """SQuAD-style spans. joint=False: Hugging Face's head (qa_outputs, independent start and
+    end logits; transformers loads it). joint=True: the official joint head, whose end logits
+    depend on the start (training: the gold start, `start_positions`; prediction:
+    `beam_search`). answerable=True adds the official answerable classifier for SQuAD 2.0.
+    Start and end logits are −1000 outside the context and [CLS], as officially."""
 
     architecture = "ElectraForQuestionAnswering"
 
-    def __init__(self, config: ElectraConfig, answerable: bool = False):
+    def __init__(self, config: ElectraConfig, answerable: bool = False, joint: bool = False):
         super().__init__(config)
-        self.qa_outputs = nn.Linear(config.hidden_size, 2)
-        self.answerable_head = None
-        if answerable:
-            self.answerable_head = nn.Sequential(
-                nn.Linear(config.hidden_size, config.hidden_size),
-                nn.GELU(),
-                nn.Linear(config.hidden_size, 1),
-            )
+        self.joint = joint
+        if joint:
+            self.qa_head = JointSpanHead(config.hidden_size)
+        else:
+            self.qa_outputs = nn.Linear(config.hidden_size, 2)
+        self.answerable_head = AnswerableHead(config.hidden_size) if answerable else None
         init_weights(self, config.initializer_range)
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None) -> SpanLogits:
+    def forward(
+        self, input_ids, attention_mask=None, token_type_ids=None, start_positions=None
+    ) -> SpanLogits:
+        hidden, mask = self._encode(input_ids, attention_mask, token_type_ids)
+        if self.joint:
+            if start_positions is None:
+                raise ValueError("the joint head needs start_positions (or use beam_search)")
+            start = _masked(self.qa_head.start(hidden).squeeze(-1), mask)
+            chosen = hidden[torch.arange(len(hidden), device=hidden.device), start_positions]
+            end = _masked(self.qa_head.end_logits(hidden, chosen[:, None])[:, 0], mask)
+        else:
+            start, end = (_masked(x, mask) for x in self.qa_outputs(hidden).unbind(-1))
+        return SpanLogits(start, end, self._answerable(hidden, start))
+
+    @torch.no_grad()
+    def beam_search(
+        self, input_ids, attention_mask=None, token_type_ids=None, beam: int = 20
+    ) -> SpanBeam:
+        """The joint head's prediction: the top `beam` starts, each with its top `beam` ends."""
+        if not self.joint:
+            raise ValueError("beam_search needs the joint head (joint=True)")
+        hidden, mask = self._encode(input_ids, attention_mask, token_type_ids)
+        start = _masked(self.qa_head.start(hidden).squeeze(-1), mask)
+        beam = min(beam, start.shape[1])
+        start_log_probs, start_index = start.log_softmax(-1).topk(beam, -1)
+        chosen = hidden.gather(1, start_index[..., None].expand(-1, -1, hidden.shape[-1]))
+        end = _masked(self.qa_head.end_logits(hidden, chosen), mask[:, None])
+        end_log_probs, end_index = end.log_softmax(-1).topk(beam, -1)
+        return SpanBeam(
+            start_log_probs, start_index, end_log_probs, end_index, self._answerable(hidden, start)
+        )
+
+    def _encode(self, input_ids, attention_mask, token_type_ids):
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if token_type_ids is None:
+            raise ValueError("question answering needs token_type_ids (1 on the context)")
         hidden = self.encoder(input_ids, attention_mask, token_type_ids)
-        start, end = self.qa_outputs(hidden).unbind(-1)
-        answerable = None
-        if self.answerable_head is not None:
-            answerable = self.answerable_head(hidden[:, 0]).squeeze(-1)
-        return SpanLogits(start, end, answerable)
+        return hidden, answer_mask(attention_mask, token_type_ids)
+
+    def _answerable(self, hidden, start_logits):
+        if self.answerable_head is None:
+            return None
+        return self.answerable_head(hidden, start_logits).float()
 
     def config_extra(self) -> dict:
-        return {"electra_fast_answerable": self.answerable_head is not None}
+        return {
+            "electra_fast_answerable": self.answerable_head is not None,
+            "electra_fast_joint": self.joint,
+        }
 
     @classmethod
     def init_arguments(cls, config_json: dict) -> dict:
-        return {"answerable": bool(config_json.get("electra_fast_answerable", False))}
+        return {
+            "answerable": bool(config_json.get("electra_fast_answerable", False)),
+            "joint": bool(config_json.get("electra_fast_joint", False)),
+        }

@@ -32,6 +32,7 @@ RENAMES = [
     ("classifier.", "classifier."),
     ("qa_outputs.", "qa_outputs."),
     ("answerable_head.", "answerable_head."),
+    ("qa_head.", "qa_head."),  # the official joint head: no Hugging Face counterpart
 ]
 _QKV = re.compile(r"encoder\.layers\.(\d+)\.qkv\.(weight|bias)$")
 _HF_QKV = re.compile(
@@ -84,7 +85,8 @@ def from_hf(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], li
     Keys of a bare ElectraModel (no `electra.` prefix) are accepted too."""
     out, parts, unused = {}, {}, []
     for name, tensor in state.items():
-        heads = ("discriminator_", "generator_", "classifier.", "qa_outputs.", "answerable_head.")
+        heads = ("discriminator_", "generator_", "classifier.", "qa_outputs.", "answerable_head.",
+                 "qa_head.")  # fmt: skip
         if not name.startswith(("electra.",) + heads):
             name = "electra." + name
         if _IGNORED.match(name):

@@ -48,3 +48,10 @@ def test_defaults_by_model_size_and_task():
         FinetuneHparams(task="ner")
     with pytest.raises(ValueError, match="train_batch_size must be positive"):
         FinetuneHparams.from_json('{"train_batch_size": 0}')
+    assert FinetuneHparams(task="tagging").resolved(256).max_seq_length == 256  # as for chunk
+    qa = FinetuneHparams(task="squad")  # configure_finetuning.py's QA defaults
+    assert (qa.joint_prediction, qa.beam_size, qa.qa_na_threshold) == (True, 20, -2.75)
+    with pytest.raises(ValueError, match="v2 with joint_prediction needs answerable_classifier"):
+        FinetuneHparams(task="squad", v2=True, answerable_classifier=False)
+    with pytest.raises(ValueError, match="tagging_level must be 'span' or 'token', got 'word'"):
+        FinetuneHparams(task="tagging", tagging_level="word")

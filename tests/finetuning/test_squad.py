@@ -168,3 +168,26 @@ def test_read_squad_v1_v2_and_errors(tmp_path):
     path.write_text(json.dumps({"data": [{"paragraphs": [{"qas": []}]}]}))
     with pytest.raises(ValueError, match=r"paragraphs\[0\] has no 'context'"):
         squad.read_squad(path)
+
+
+def test_predict_joint_sums_the_beams_log_probabilities(tokenizer):
+    words = [f"w{i}" for i in range(10, 30)]
+    ex = example(words, 3, 2)
+    (feature,), _ = squad.make_features([ex], tokenizer, max_seq_length=64)
+    first, n = 5, len(feature.input_ids)  # [CLS] w1 w2 w3 [SEP]
+    beam = (
+        [-0.5, -1.0, -0.1, -0.2],  # start log-probabilities, best first except where illegal:
+        [first + 4, first + 2, 2, n + 3],  # w14, w12, a question token, the padding
+        [[-0.4, -0.1], [-0.2, -0.3], [0.0, 0.0], [0.0, 0.0]],
+        [[first + 6, first + 3], [first + 3, first + 2], [first + 6, 3], [n + 4, first + 6]],
+    )
+    # w14 .. w16 scores -0.9; w14 .. w13 ends before it starts; w12 .. w13 scores -1.2.
+    answers, _ = squad.predict_joint([ex], [feature], [beam])
+    assert answers == {"q": "w14 w15 w16"}
+    answers, _ = squad.predict_joint([ex], [feature], [beam], max_answer_length=2)
+    assert answers == {"q": "w12 w13"}
+    answers, odds = squad.predict_joint([ex], [feature], [beam], [-1.0], allow_no_answer=True,
+                                        null_threshold=0.5)  # fmt: skip
+    assert answers == {"q": ""} and odds == {"q": 1.0}
+    with pytest.raises(ValueError, match="only with the answerable classifier"):
+        squad.predict_joint([ex], [feature], [beam], allow_no_answer=True)

@@ -10,6 +10,7 @@ import torch
 
 from electra_fast import ElectraDiscriminator, cli
 from electra_fast.finetuning import FinetuneHparams, finetune
+from electra_fast.model import ElectraForQuestionAnswering
 from tests.data.corpus_cases import wordpiece
 from tests.finetuning.cases import tiny_config
 
@@ -71,16 +72,16 @@ def test_squad_finetuning_learns_and_writes_a_loadable_model(pretrained, tmp_pat
     again = finetune(out / "model", None, dev, tmp_path / "eval", FinetuneHparams(**QA),
                      progress=False)  # fmt: skip
     assert again == scores
-    transformers = pytest.importorskip("transformers")
-    hf = transformers.ElectraForQuestionAnswering.from_pretrained(out / "model")
-    assert hf.config.num_hidden_layers == 2
+    config = json.loads((out / "model" / "config.json").read_text())
+    assert config["electra_fast_joint"] is True  # the official joint head by default
 
 
 def test_squad_v2_with_the_answerable_classifier(pretrained, tmp_path):
     model, tokenizer = pretrained
     train = squad_file(tmp_path / "train.json", 300, seed=3, impossible=0.3)
     dev = squad_file(tmp_path / "dev.json", 60, seed=4, impossible=0.3)
-    hparams = FinetuneHparams(**QA, v2=True)
+    # Hugging Face's independent start and end head here, for transformers to load.
+    hparams = FinetuneHparams(**QA, v2=True, joint_prediction=False)
     scores = finetune(model, train, dev, tmp_path / "out", hparams, tokenizer=tokenizer,
                       progress=False)  # fmt: skip
     assert scores["NoAns_total"] > 5 and scores["HasAns_total"] > 5
@@ -89,7 +90,11 @@ def test_squad_v2_with_the_answerable_classifier(pretrained, tmp_path):
     predictions = json.loads((tmp_path / "out" / "predictions.json").read_text())
     assert set(predictions) == {"answers", "null_odds"}
     config = json.loads((tmp_path / "out" / "model" / "config.json").read_text())
-    assert config["electra_fast_answerable"] is True
+    assert config["electra_fast_answerable"] is True and config["electra_fast_joint"] is False
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.ElectraForQuestionAnswering.from_pretrained(tmp_path / "out" / "model")
+    ours = ElectraForQuestionAnswering.from_pretrained(tmp_path / "out" / "model")
+    assert torch.equal(hf.qa_outputs.weight, ours.qa_outputs.weight)
 
 
 def classification_file(path, n, seed):

@@ -11,6 +11,7 @@ from electra_fast.model import (
     ElectraForSequenceClassification,
     ElectraForTokenClassification,
 )
+from electra_fast.model.finetuning import answer_mask
 from tests.model.test_hf_parity import TINY, batch
 
 transformers = pytest.importorskip("transformers")
@@ -52,6 +53,11 @@ def test_parity_with_transformers_both_ways(tmp_path, ours_class, hf_name, label
     want = hf_outputs(theirs, ids, mask, types)
     got = ours_outputs(ours, ids, mask, types)
     keep = mask.bool() if got.dim() == 3 else slice(None)
+    if ours_class is ElectraForQuestionAnswering:
+        # Ours puts -1000 on the positions that cannot hold an answer (the question), as the
+        # official head does; everywhere else the logits are Hugging Face's.
+        keep = answer_mask(mask, types)
+        assert (got[~keep] < -900).all()
     torch.testing.assert_close(got[keep], want[keep], rtol=1e-5, atol=1e-5)
 
     ours.save_pretrained(tmp_path / "ours")  # and back
@@ -116,3 +122,61 @@ def test_round_trip_keeps_the_head_kind(tmp_path):
     model.save_pretrained(tmp_path)
     again = ElectraForSequenceClassification.from_pretrained(tmp_path)
     assert (again.head, again.regression, again.num_labels) == ("electra", True, 1)
+
+
+def qa_model(**arguments):
+    torch.manual_seed(4)
+    return ElectraForQuestionAnswering(ElectraConfig(**TINY), **arguments).eval()
+
+
+def test_the_joint_head_is_the_official_formula():
+    net = qa_model(joint=True, answerable=True)
+    ids, mask, types = batch(TINY["vocab_size"])
+    starts = torch.tensor([3, 0, 5])
+    with torch.no_grad():
+        spans = net(ids, mask, types, start_positions=starts)
+        hidden = net.encoder(ids, mask, types)
+    head, allowed = net.qa_head, answer_mask(mask, types)
+    # As the official head builds them: the start token's vector tiled beside every token,
+    # then dense(512, gelu) and dense(1), and -1000 outside the context and [CLS].
+    tiled = hidden[torch.arange(3), starts][:, None].expand_as(hidden)
+    end = head.end(F.gelu(head.end_hidden(torch.cat([tiled, hidden], -1)))).squeeze(-1)
+    end = end + (allowed.float() - 1) * 1000
+    start = head.start(hidden).squeeze(-1) + (allowed.float() - 1) * 1000
+    torch.testing.assert_close(spans.start, start)
+    torch.testing.assert_close(spans.end, end, rtol=1e-5, atol=1e-4)
+    # The answerable classifier: [CLS] beside the start-probability-weighted mean of the tokens.
+    pooled = (start.softmax(-1)[..., None] * hidden).sum(1)
+    a = net.answerable_head
+    want = a.output(F.gelu(a.hidden(torch.cat([hidden[:, 0], pooled], -1)))).squeeze(-1)
+    torch.testing.assert_close(spans.answerable, want, rtol=1e-5, atol=1e-5)
+
+
+def test_beam_search_keeps_the_best_starts_and_their_best_ends():
+    net = qa_model(joint=True)
+    ids, mask, types = batch(TINY["vocab_size"])
+    beam = net.beam_search(ids, mask, types, beam=4)
+    with torch.no_grad():
+        start = net(ids, mask, types, start_positions=torch.zeros(3, dtype=torch.long)).start
+    want = start.log_softmax(-1).topk(4)
+    torch.testing.assert_close(beam.start_log_probs, want.values)
+    assert torch.equal(beam.start_index, want.indices)
+    for i in range(4):  # each kept start, run through the training path on its own
+        with torch.no_grad():
+            end = net(ids, mask, types, start_positions=beam.start_index[:, i]).end
+        want = end.log_softmax(-1).topk(4)
+        torch.testing.assert_close(beam.end_log_probs[:, i], want.values, rtol=1e-5, atol=1e-5)
+        assert torch.equal(beam.end_index[:, i], want.indices)
+    with pytest.raises(ValueError, match="needs start_positions"):
+        net(ids, mask, types)
+    with pytest.raises(ValueError, match="needs the joint head"):
+        qa_model().beam_search(ids, mask, types)
+
+
+def test_a_joint_head_saves_and_loads(tmp_path):
+    net = qa_model(joint=True, answerable=True)
+    net.save_pretrained(tmp_path)
+    again = ElectraForQuestionAnswering.from_pretrained(tmp_path)
+    assert again.joint and again.answerable_head is not None
+    for name, tensor in net.state_dict().items():
+        assert torch.equal(again.state_dict()[name], tensor), name
