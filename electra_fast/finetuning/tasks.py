@@ -21,6 +21,7 @@ from electra_fast.model.finetuning import (
     ElectraForQuestionAnswering,
     ElectraForSequenceClassification,
     ElectraForTokenClassification,
+    label_names,
 )
 
 
@@ -49,7 +50,7 @@ class ClassificationTask:
             net = ElectraForSequenceClassification.from_discriminator(
                 model_dir, num_labels=len(labels), labels=labels,
                 head=hparams.classification_head)  # fmt: skip
-        self.labels = net.labels or [f"LABEL_{i}" for i in range(net.num_labels)]
+        self.labels = label_names(net.labels, net.num_labels)
         return net
 
     def features(self, examples, tok, hparams, training):
@@ -61,10 +62,9 @@ class ClassificationTask:
             raise ValueError(f"an example has no {hparams.label_field!r}: {example.text[:50]!r}")
         if hparams.task == "regression":
             return float(example.label)
-        names = self.labels or []
-        if str(example.label) not in names:
-            raise ValueError(f"label {example.label!r} is not one of the model's {names}")
-        return names.index(str(example.label))
+        if str(example.label) not in self.labels:
+            raise ValueError(f"label {example.label!r} is not one of the model's {self.labels}")
+        return self.labels.index(str(example.label))
 
     def collate(self, items, tok):
         dtype = torch.float32 if isinstance(items[0][1], float) else torch.long
@@ -184,7 +184,7 @@ class TaggingTask:
             net = ElectraForTokenClassification.from_discriminator(
                 model_dir, num_labels=len(labels), labels=labels, span_tags=self.level == "span"
             )
-        self.labels = net.labels or [f"LABEL_{i}" for i in range(net.num_labels)]
+        self.labels = label_names(net.labels, net.num_labels)
         return net
 
     def features(self, sentences, tok, hparams, training):

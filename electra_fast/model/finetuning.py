@@ -85,12 +85,8 @@ class ElectraForSequenceClassification(FinetuningModel):
             raise ValueError(f"head must be one of {HEADS}, got {head!r}")
         if regression:
             num_labels = 1
-        if labels is not None and len(labels) != num_labels:
-            raise ValueError(f"labels names {len(labels)} classes but num_labels={num_labels}")
-        if num_labels < 1:
-            raise ValueError(f"num_labels must be positive, got {num_labels}")
+        self.labels = _checked_labels(labels, num_labels)
         self.num_labels, self.head, self.regression = num_labels, head, regression
-        self.labels = list(labels) if labels is not None else None
         if head == "hf":
             self.classifier = ClassificationHead(config, num_labels)
         else:
@@ -141,12 +137,8 @@ class ElectraForTokenClassification(FinetuningModel):
         span_tags: bool = False,
     ):
         super().__init__(config)
-        if labels is not None and len(labels) != num_labels:
-            raise ValueError(f"labels names {len(labels)} classes but num_labels={num_labels}")
-        if num_labels < 1:
-            raise ValueError(f"num_labels must be positive, got {num_labels}")
+        self.labels = _checked_labels(labels, num_labels)
         self.num_labels, self.span_tags = num_labels, span_tags
-        self.labels = list(labels) if labels is not None else None
         self.classifier = nn.Linear(config.hidden_size, num_labels)
         init_weights(self, config.initializer_range)
 
@@ -176,8 +168,21 @@ class ElectraForTokenClassification(FinetuningModel):
         }
 
 
+def label_names(labels: list[str] | None, num_labels: int) -> list[str]:
+    """The classes' names: `labels`, or Hugging Face's LABEL_0, LABEL_1, ... when unnamed."""
+    return labels or [f"LABEL_{i}" for i in range(num_labels)]
+
+
+def _checked_labels(labels: list[str] | None, num_labels: int) -> list[str] | None:
+    if labels is not None and len(labels) != num_labels:
+        raise ValueError(f"labels names {len(labels)} classes but num_labels={num_labels}")
+    if num_labels < 1:
+        raise ValueError(f"num_labels must be positive, got {num_labels}")
+    return list(labels) if labels is not None else None
+
+
 def _label_names(labels: list[str] | None, num_labels: int) -> dict:
-    names = labels or [f"LABEL_{i}" for i in range(num_labels)]
+    names = label_names(labels, num_labels)
     return {
         "id2label": {str(i): name for i, name in enumerate(names)},
         "label2id": {name: i for i, name in enumerate(names)},
@@ -187,7 +192,7 @@ def _label_names(labels: list[str] | None, num_labels: int) -> dict:
 def _label_arguments(config_json: dict) -> dict:
     id2label = config_json.get("id2label", {"0": "LABEL_0", "1": "LABEL_1"})
     names = [id2label[str(i)] for i in range(len(id2label))]
-    default = names == [f"LABEL_{i}" for i in range(len(names))]
+    default = names == label_names(None, len(names))
     return {"num_labels": len(id2label), "labels": None if default else names}
 
 
@@ -248,7 +253,7 @@ class AnswerableHead(nn.Module):
 
 def answer_mask(attention_mask: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
     """Where an answer may start or end: the context (segment 1) and [CLS] (no answer)."""
-    mask = (attention_mask.bool() & token_type_ids.bool()).clone()
+    mask = attention_mask.bool() & token_type_ids.bool()
     mask[:, 0] = True
     return mask
 
