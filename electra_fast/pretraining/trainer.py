@@ -360,6 +360,8 @@ def _keep_tokenizer(dataset: PretrainingDataset, directory: Path) -> None:
     """Copies the dataset's tokenizer into the run, so that the export can carry it even after
     the original has moved. A tokenizer that is gone or changed since `prepare` is left out,
     with a warning: the export then needs --tokenizer to be finetuned."""
+    if (directory / tokenization.CONFIG).is_file():
+        return  # kept, and checked, when the run started; a resume keeps that copy
     source = dataset.manifest["tokenizer"]
     try:
         tokenizer = tokenization.load(source)
