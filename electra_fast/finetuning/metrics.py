@@ -53,6 +53,47 @@ def squad_scores(
     """exact and f1 (percent, the best over each question's gold answers; a question with no
     gold answer expects the empty prediction), with HasAns/NoAns splits when both occur. A
     question missing from `predictions` scores 0, as in the official script."""
+    exact, f1, has_answer = _question_scores(golds, predictions, unit)
+    scores = {"exact": _percent(exact.values()), "f1": _percent(f1.values()), "total": len(golds)}
+    for name, want in (("HasAns", True), ("NoAns", False)):
+        ids = [q for q in golds if has_answer[q] == want]
+        if ids and len(ids) < len(golds):
+            scores[f"{name}_exact"] = _percent(exact[q] for q in ids)
+            scores[f"{name}_f1"] = _percent(f1[q] for q in ids)
+            scores[f"{name}_total"] = len(ids)
+    return scores
+
+
+def best_thresholds(
+    golds: dict[str, list[str]],
+    answers: dict[str, str],
+    null_odds: dict[str, float],
+    unit: str = "word",
+) -> dict[str, float]:
+    """SQuAD 2.0's best_exact and best_f1: the scores the best no-answer threshold would give,
+    and that threshold (answer "" when a question's null odds exceed it), searched as the
+    official evaluation's find_best_thresh does. `answers` are each question's best non-empty
+    answer, before any threshold. The search starts from answering nothing (threshold 0.0, as
+    officially, whatever the odds) and admits the questions in increasing order of their null
+    odds; a question missing from `null_odds` is never answered."""
+    exact, f1, has_answer = _question_scores(golds, answers, unit)
+    order = sorted((q for q in null_odds if q in golds), key=null_odds.__getitem__)
+    result = {}
+    for name, scores in (("exact", exact), ("f1", f1)):
+        current = best = sum(not has_answer[q] for q in golds)  # every question left unanswered
+        threshold = 0.0
+        for qid in order:
+            # Answering it gains its score, or loses the empty answer's point if it had none.
+            current += scores[qid] if has_answer[qid] else -float(bool(answers.get(qid)))
+            if current > best:
+                best, threshold = current, null_odds[qid]
+        result[f"best_{name}"] = 100.0 * best / len(golds)
+        result[f"best_{name}_thresh"] = threshold
+    return result
+
+
+def _question_scores(golds, predictions, unit):
+    """Each question's exact and F1 against its best gold answer, and whether it has one."""
     if unit not in F1_UNITS:
         raise ValueError(f"f1 unit must be one of {F1_UNITS}, got {unit!r}")
     if not golds:
@@ -67,14 +108,7 @@ def squad_scores(
             continue
         exact[qid] = max(exact_match(a, prediction) for a in answers)
         f1[qid] = max(f1_score(a, prediction, unit) for a in answers)
-    scores = {"exact": _percent(exact.values()), "f1": _percent(f1.values()), "total": len(golds)}
-    for name, want in (("HasAns", True), ("NoAns", False)):
-        ids = [q for q in golds if has_answer[q] == want]
-        if ids and len(ids) < len(golds):
-            scores[f"{name}_exact"] = _percent(exact[q] for q in ids)
-            scores[f"{name}_f1"] = _percent(f1[q] for q in ids)
-            scores[f"{name}_total"] = len(ids)
-    return scores
+    return exact, f1, has_answer
 
 
 def _percent(values) -> float:

@@ -279,9 +279,18 @@ def choose(
                     best_text, best_score = example.context[begin:end], score
         odds = -answerable if answerable_logits is not None else null_score - best_score
         null_odds[example.qid] = odds
-        no_answer = allow_no_answer and (odds > null_threshold or best_score == -float("inf"))
-        answers[example.qid] = "" if no_answer else best_text
+        answers[example.qid] = best_text  # "" when no span is legal
+    if allow_no_answer:
+        answers = abstain(answers, null_odds, null_threshold)
     return answers, null_odds
+
+
+def abstain(
+    answers: dict[str, str], null_odds: dict[str, float], threshold: float
+) -> dict[str, str]:
+    """The answers with "" for each question whose null odds exceed `threshold`: SQuAD 2.0's
+    decision, which the official evaluation takes from its na_prob_thresh."""
+    return {qid: "" if null_odds[qid] > threshold else text for qid, text in answers.items()}
 
 
 def _top(values: list[float], k: int) -> list[int]:

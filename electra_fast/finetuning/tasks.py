@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from electra_fast.finetuning import classification, squad, tagging
 from electra_fast.finetuning.metrics import (
+    best_thresholds,
     classification_scores,
     regression_scores,
     span_scores,
@@ -150,22 +151,25 @@ class SquadTask:
             outputs += zip(*rows, strict=True)
             if result.answerable is not None:
                 answerable += result.answerable.float().cpu().tolist()
-        common = dict(max_answer_length=hparams.max_answer_length, allow_no_answer=hparams.v2,
-                      null_threshold=hparams.qa_na_threshold)  # fmt: skip
+        # The best non-empty answers first; SQuAD 2.0's threshold comes after, as officially,
+        # so that the evaluation can also search for the best threshold.
+        longest = hparams.max_answer_length
         if net.joint:
-            answers, null_odds = squad.predict_joint(
-                examples, features, outputs, answerable or None, **common
+            found, null_odds = squad.predict_joint(
+                examples, features, outputs, answerable or None, max_answer_length=longest
             )
         else:
             starts, ends = zip(*outputs, strict=True)
-            answers, null_odds = squad.predict(examples, features, starts, ends,
-                                               answerable or None, n_best_size=hparams.n_best_size,
-                                               **common)  # fmt: skip
+            found, null_odds = squad.predict(examples, features, starts, ends, answerable or None,
+                                             n_best_size=hparams.n_best_size,
+                                             max_answer_length=longest)  # fmt: skip
         golds = {e.qid: e.answers for e in examples}
+        if not hparams.v2:
+            return squad_scores(golds, found, hparams.f1_unit), found
+        answers = squad.abstain(found, null_odds, hparams.qa_na_threshold)
         scores = squad_scores(golds, answers, hparams.f1_unit)
-        if hparams.v2:
-            return scores, {"answers": answers, "null_odds": null_odds}
-        return scores, answers
+        scores.update(best_thresholds(golds, found, null_odds, hparams.f1_unit))
+        return scores, {"answers": answers, "best_non_null": found, "null_odds": null_odds}
 
 
 class TaggingTask:

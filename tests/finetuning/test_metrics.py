@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from electra_fast.finetuning.metrics import (
+    best_thresholds,
     classification_scores,
     exact_match,
     f1_score,
@@ -14,6 +15,7 @@ from electra_fast.finetuning.metrics import (
     regression_scores,
     squad_scores,
 )
+from electra_fast.finetuning.squad import abstain
 
 
 def test_normalisation_and_answer_scores():
@@ -44,6 +46,43 @@ def test_squad_scores_best_gold_missing_predictions_and_no_answer_split():
     assert scores["HasAns_f1"] == pytest.approx(60.0)
     with pytest.raises(ValueError, match="f1 unit"):
         squad_scores(golds, predictions, unit="byte")
+
+
+def test_best_thresholds_by_hand():
+    golds = {"a": ["x"], "b": [], "c": ["y z"], "d": [], "e": ["p q r s"]}
+    found = {"a": "x", "b": "w", "c": "y z", "d": "", "e": "p q r"}  # before any threshold
+    odds = {"a": -3.0, "b": -1.0, "c": 0.5, "e": 1.0, "d": 2.0}
+    # Answering nothing gets b and d right: 2 of 5. Admitting by increasing odds, exact goes
+    # a: 3, b: 2 (a wrong answer to b), c: 3, e: 3 (exact 0), d: 3 (its "" stays right), so
+    # its best is 3 first reached at a's odds. F1 adds e's 6/7 (precision 1, recall 3/4).
+    scores = best_thresholds(golds, found, odds)
+    assert scores["best_exact"] == pytest.approx(60.0) and scores["best_exact_thresh"] == -3.0
+    assert scores["best_f1"] == pytest.approx(100 * (3 + 6 / 7) / 5)
+    assert scores["best_f1_thresh"] == 1.0
+    # Every odds above zero and nothing worth answering: the official start, threshold 0.0.
+    worst = best_thresholds({"b": []}, {"b": "w"}, {"b": 1.0})
+    assert worst == {"best_exact": 100.0, "best_exact_thresh": 0.0,
+                     "best_f1": 100.0, "best_f1_thresh": 0.0}  # fmt: skip
+
+
+def test_best_thresholds_equal_the_best_of_every_threshold():
+    # Oracle: score the answers under each threshold that separates the odds, and take the
+    # best; the threshold found must give that score when applied.
+    rng = np.random.default_rng(1)
+    words = ["a1", "b2", "c3", "d4"]
+    for _ in range(200):
+        n = int(rng.integers(1, 9))
+        golds = {f"q{i}": [] if rng.random() < 0.4 else [" ".join(rng.choice(words, 2))]
+                 for i in range(n)}  # fmt: skip
+        found = {q: "" if rng.random() < 0.2 else " ".join(rng.choice(words, 2)) for q in golds}
+        odds = dict(zip(golds, rng.permutation(n) - n / 2 + 0.5, strict=True))
+        got = best_thresholds(golds, found, odds)
+        for name in ("exact", "f1"):
+            cuts = [min(odds.values()) - 1, *odds.values()]
+            value = {t: squad_scores(golds, abstain(found, odds, t))[name] for t in cuts}
+            assert got[f"best_{name}"] == pytest.approx(max(value.values()))
+            if got[f"best_{name}"] > value[cuts[0]]:  # better than answering nothing
+                assert value[got[f"best_{name}_thresh"]] == pytest.approx(max(value.values()))
 
 
 def test_binary_classification_scores_by_hand():

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from electra_fast import ElectraDiscriminator, cli
-from electra_fast.finetuning import FinetuneHparams, finetune
+from electra_fast.finetuning import FinetuneHparams, finetune, squad
+from electra_fast.finetuning.metrics import squad_scores
 from electra_fast.model import ElectraForQuestionAnswering
 from tests.data.corpus_cases import wordpiece
 from tests.finetuning.cases import tiny_config
@@ -88,7 +89,15 @@ def test_squad_v2_with_the_answerable_classifier(pretrained, tmp_path):
     # Always answering "" would score NoAns 100 and HasAns 0: both kinds must be mostly right.
     assert scores["NoAns_exact"] >= 70 and scores["HasAns_f1"] >= 60, scores
     predictions = json.loads((tmp_path / "out" / "predictions.json").read_text())
-    assert set(predictions) == {"answers", "null_odds"}
+    assert set(predictions) == {"answers", "best_non_null", "null_odds"}
+    # The search for the best threshold can only match or beat the one used.
+    # (Up to rounding: the two sum the same scores in different orders.)
+    assert scores["best_f1"] >= scores["f1"] - 1e-9
+    assert scores["best_exact"] >= scores["exact"] - 1e-9
+    answered = {q: "" if predictions["null_odds"][q] > scores["best_f1_thresh"] else text
+                for q, text in predictions["best_non_null"].items()}  # fmt: skip
+    golds = {e.qid: e.answers for e in squad.read_squad(dev)}
+    assert squad_scores(golds, answered)["f1"] == pytest.approx(scores["best_f1"])
     config = json.loads((tmp_path / "out" / "model" / "config.json").read_text())
     assert config["electra_fast_answerable"] is True and config["electra_fast_joint"] is False
     transformers = pytest.importorskip("transformers")
