@@ -220,6 +220,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, ImportError, RuntimeError) as error:
         print(f"electra-fast {args.command}: error: {error}", file=sys.stderr)
         return 2
+    # Under torchrun: a process that left gloo's threads to the interpreter's exit sometimes
+    # aborted ("terminate called without an active exception").
+    if "torch.distributed" in sys.modules:  # only the training commands load it
+        from electra_fast import distributed
+
+        distributed.close()
     return 0
 
 

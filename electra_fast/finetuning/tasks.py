@@ -9,6 +9,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
+from electra_fast import distributed
 from electra_fast.finetuning import classification, squad, tagging
 from electra_fast.finetuning.metrics import (
     best_thresholds,
@@ -26,9 +27,18 @@ from electra_fast.model.finetuning import (
 )
 
 
-def _batches(items: list, size: int):
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
+def _each(items: list, size: int, run) -> list:
+    """`run(batch)` gives one result per item of a batch; this rank runs it over its share of
+    `items`, `size` at a time, and gets every rank's results back in the order of `items`."""
+    mine, results = distributed.share(items), []
+    for i in range(0, len(mine), size):
+        results += run(mine[i : i + size])
+    return distributed.gather(results, len(items))
+
+
+def _note(message: str) -> None:
+    if distributed.is_main():
+        print(message, file=sys.stderr)
 
 
 class ClassificationTask:
@@ -72,20 +82,21 @@ class ClassificationTask:
         labels = torch.tensor([target for _, target in items], dtype=dtype)
         return classification.collate([row for row, _ in items], labels, tok.pad_token_id)
 
-    def loss(self, net, batch, hparams):
+    def loss(self, net, forward, batch, hparams):
         labels = batch.pop("labels")
-        return net.loss(net(**batch).float(), labels)
+        return net.loss(forward(**batch).float(), labels)
 
     @torch.no_grad()
     def evaluate(self, net, examples, tok, hparams, device, autocast):
         items = self.features(examples, tok, hparams, training=False)
-        outputs = []
-        for chunk in _batches(items, hparams.eval_batch_size):
+
+        def run(chunk):
             batch = {k: v.to(device) for k, v in self.collate(chunk, tok).items()}
             batch.pop("labels")
             with autocast():
-                outputs.append(net(**batch).float().cpu())
-        logits = torch.cat(outputs)
+                return net(**batch).float().cpu().tolist()
+
+        logits = torch.tensor(_each(items, hparams.eval_batch_size, run))
         targets = [target for _, target in items]
         if hparams.task == "regression":
             predicted = logits.squeeze(-1).tolist()
@@ -114,18 +125,20 @@ class SquadTask:
             max_query_length=hparams.max_query_length, doc_stride=hparams.doc_stride,
             training=training)  # fmt: skip
         if stats.skipped:
-            print(f"{len(stats.skipped)} of {stats.examples} training answers were not found at "
-                  f"their offsets and were skipped", file=sys.stderr)  # fmt: skip
+            _note(
+                f"{len(stats.skipped)} of {stats.examples} training answers were not found at "
+                "their offsets and were skipped"
+            )
         return features
 
     def collate(self, features, tok):
         return squad.collate(features, tok.pad_token_id, training=True)
 
-    def loss(self, net, batch, hparams):
+    def loss(self, net, forward, batch, hparams):
         targets = {k: batch.pop(k) for k in ("end_positions", "has_answer")}
         starts = batch.pop("start_positions")
         # The joint head's end logits are those given the gold start, as officially.
-        logits = net(**batch, start_positions=starts) if net.joint else net(**batch)
+        logits = forward(**batch, start_positions=starts) if net.joint else forward(**batch)
         loss = (F.cross_entropy(logits.start.float(), starts)
                 + F.cross_entropy(logits.end.float(), targets["end_positions"])) / 2  # fmt: skip
         if logits.answerable is not None:
@@ -136,9 +149,11 @@ class SquadTask:
 
     @torch.no_grad()
     def evaluate(self, net, examples, tok, hparams, device, autocast):
+        if not examples:
+            raise ValueError("the evaluation file has no questions")
         features = self.features(examples, tok, hparams, training=False)
-        outputs, answerable = [], []
-        for chunk in _batches(features, hparams.eval_batch_size):
+
+        def run(chunk):
             batch = {k: v.to(device) for k, v in
                      squad.collate(chunk, tok.pad_token_id, training=False).items()}  # fmt: skip
             with autocast():
@@ -148,19 +163,23 @@ class SquadTask:
                     result = net(**batch)
             rows = [x.float().cpu().tolist() if x.is_floating_point() else x.cpu().tolist()
                     for x in result[:-1]]  # fmt: skip
-            outputs += zip(*rows, strict=True)
+            answerable = [None] * len(chunk)
             if result.answerable is not None:
-                answerable += result.answerable.float().cpu().tolist()
+                answerable = result.answerable.float().cpu().tolist()
+            return list(zip(zip(*rows, strict=True), answerable, strict=True))
+
+        outputs, answerable = zip(*_each(features, hparams.eval_batch_size, run), strict=True)
+        answerable = None if answerable[0] is None else list(answerable)
         # The best non-empty answers first; SQuAD 2.0's threshold comes after, as officially,
         # so that the evaluation can also search for the best threshold.
         longest = hparams.max_answer_length
         if net.joint:
             found, null_odds = squad.predict_joint(
-                examples, features, outputs, answerable or None, max_answer_length=longest
+                examples, features, outputs, answerable, max_answer_length=longest
             )
         else:
             starts, ends = zip(*outputs, strict=True)
-            found, null_odds = squad.predict(examples, features, starts, ends, answerable or None,
+            found, null_odds = squad.predict(examples, features, starts, ends, answerable,
                                              n_best_size=hparams.n_best_size,
                                              max_answer_length=longest)  # fmt: skip
         golds = {e.qid: e.answers for e in examples}
@@ -208,9 +227,9 @@ class TaggingTask:
         features, targets = zip(*items, strict=True)
         return tagging.collate(list(features), list(targets), tok.pad_token_id)
 
-    def loss(self, net, batch, hparams):
+    def loss(self, net, forward, batch, hparams):
         labels = batch.pop("labels")
-        return net.loss(net(**batch).float(), labels)
+        return net.loss(forward(**batch).float(), labels)
 
     @torch.no_grad()
     def evaluate(self, net, sentences, tok, hparams, device, autocast):
@@ -219,16 +238,20 @@ class TaggingTask:
         if self.level == "span":
             tagging.check_span_tags(t for s in sentences for t in s.tags)
         features = self.features(sentences, tok, hparams, training=False)
-        predicted, cut = [], 0
-        for chunk in _batches(list(zip(features, sentences, strict=True)), hparams.eval_batch_size):
-            batch = tagging.collate([f for f, _ in chunk], None, tok.pad_token_id)
+
+        def run(chunk):
+            batch = tagging.collate(chunk, None, tok.pad_token_id)
             with autocast():
                 classes = net(**{k: v.to(device) for k, v in batch.items()}).argmax(-1).cpu()
-            for row, (feature, sentence) in enumerate(chunk):
-                tags = [self.labels[c] for c in classes[row, feature.positions].tolist()]
-                missing = len(sentence.words) - len(tags)  # words past max_seq_length
-                predicted.append(tags + ["O"] * missing)
-                cut += missing
+            return [[self.labels[c] for c in classes[row, feature.positions].tolist()]
+                    for row, feature in enumerate(chunk)]  # fmt: skip
+
+        predicted, cut = [], 0
+        for tags, sentence in zip(_each(features, hparams.eval_batch_size, run), sentences,
+                                  strict=True):  # fmt: skip
+            missing = len(sentence.words) - len(tags)  # words past max_seq_length
+            predicted.append(tags + ["O"] * missing)
+            cut += missing
         golds = [s.tags for s in sentences]
         if self.level == "span":
             scores = span_scores(golds, predicted)
@@ -236,8 +259,9 @@ class TaggingTask:
             scores = word_accuracy(golds, predicted)
         scores["truncated_words"] = cut
         if cut:
-            print(f"{cut} words lay past max_seq_length={hparams.max_seq_length} and were "
-                  f"predicted O", file=sys.stderr)  # fmt: skip
+            _note(
+                f"{cut} words lay past max_seq_length={hparams.max_seq_length} and were predicted O"
+            )
         outputs = []
         for sentence, tags in zip(sentences, predicted, strict=True):
             output = {"words": sentence.words, "tags": tags}

@@ -6,6 +6,11 @@ recipe (finetuning.hparams, finetuning.optimization), then evaluated on the eval
 receives hparams.json (the effective settings), metrics.jsonl (training losses and each
 evaluation), eval_results.json, the predictions, and model/ (a Hugging Face checkpoint of the
 finetuned model with its tokenizer). Every file is written whole or not at all.
+
+The GPUs of one machine (train_batch_size stays the global batch, split among them):
+    torchrun --nproc-per-node 8 -m electra_fast.cli finetune --task squad --model M ...
+Each rank trains on its share of every batch, and evaluates its share of the eval set; only
+rank 0 writes.
 """
 
 from __future__ import annotations
@@ -19,8 +24,10 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
-from electra_fast import tokenization
+from electra_fast import distributed, tokenization
 from electra_fast.finetuning.hparams import FinetuneHparams
 from electra_fast.finetuning.optimization import layerwise_groups
 from electra_fast.finetuning.tasks import task_for
@@ -47,32 +54,45 @@ def finetune(
     if (model_dir / "discriminator").is_dir():
         model_dir = model_dir / "discriminator"
     tok = _tokenizer(tokenizer, model_dir)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    rank, world = distributed.init()
+    device = distributed.device_for(rank)
+    if hparams.train_batch_size % world:
+        raise ValueError(f"train_batch_size={hparams.train_batch_size} must be a multiple of "
+                         f"the world size {world}")  # fmt: skip
     task = task_for(hparams.task)
     train = task.load(train_file, hparams) if train_file is not None else None
     torch.manual_seed(hparams.seed)  # the new head's initialisation, then dropout
     hparams = hparams.resolved(ElectraConfig.load(model_dir).hidden_size)
     net = task.build(model_dir, hparams, train, train_file is None)
     net.to(device)
-    out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / "hparams.json", hparams.to_dict())
+    main = rank == 0
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_json(out / "hparams.json", hparams.to_dict())
     autocast = _autocast(hparams, device)
     scores = {}
-    with open(out / "metrics.jsonl", "a", encoding="utf-8") as log:
+    with open(out / "metrics.jsonl", "a", encoding="utf-8") if main else nullcontext() as log:
         if train is not None:
             features = task.features(train, tok, hparams, training=True)
-            _train(net, task, features, tok, hparams, device, autocast, log, progress)
+            if main:
+                per_device = hparams.train_batch_size // world
+                log.write(json.dumps({"world_size": world, "per_device_batch_size": per_device}))
+                log.write("\n")
+            _train(net, task, features, tok, hparams, device, autocast, log, progress and main)
         if eval_file is not None:
             examples = task.load(eval_file, hparams)
             net.eval()
             scores, predictions = task.evaluate(net, examples, tok, hparams, device, autocast)
-            log.write(json.dumps({"eval": scores}) + "\n")
-            _write_json(out / "eval_results.json", scores)
-            _write_json(out / "predictions.json", predictions)
-            if progress:
+            if main:
+                log.write(json.dumps({"eval": scores}) + "\n")
+                _write_json(out / "eval_results.json", scores)
+                _write_json(out / "predictions.json", predictions)
+            if progress and main:
                 print(f"eval: {json.dumps(scores)}", file=sys.stderr)
-    if train is not None:
+    if train is not None and main:
         _save_model(net, tok, out / "model")
+    if world > 1:
+        dist.barrier()  # the ranks leave together, once rank 0 has written (see pretraining)
     return scores
 
 
@@ -106,34 +126,50 @@ def _train(net, task, features, tok, hparams, device, autocast, log, progress) -
     warmup = total * hparams.warmup_proportion
     groups = layerwise_groups(net, hparams.weight_decay_rate, hparams.layerwise_lr_decay)
     optimizer = AdamWeightDecay(groups, lr=hparams.learning_rate)
+    # Every rank draws the same order and takes its share of each batch.
     generator = torch.Generator().manual_seed(hparams.seed)
+    forward = net
+    if dist.is_initialized():
+        # DDP gives every rank rank 0's head; dropout then differs between ranks.
+        forward = DistributedDataParallel(
+            net, device_ids=[device] if device.type == "cuda" else None
+        )
+        torch.manual_seed(hparams.seed + dist.get_rank())
     net.train()
     order: list[int] = []
-    started, running = time.time(), 0.0
+    started, running = time.time(), torch.zeros((), device=device)
     for step in range(total):
         if len(order) < hparams.train_batch_size:  # a new epoch; the remainder is dropped
             order = torch.randperm(len(features), generator=generator).tolist()
         rows, order = order[: hparams.train_batch_size], order[hparams.train_batch_size :]
-        batch = {k: v.to(device) for k, v in task.collate([features[i] for i in rows], tok).items()}
+        mine = distributed.share(rows)
+        batch = {k: v.to(device) for k, v in task.collate([features[i] for i in mine], tok).items()}
         with autocast():
-            loss = task.loss(net, batch, hparams)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"the loss is {loss.item()} at step {step + 1}")
+            loss = task.loss(net, forward, batch, hparams)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), hparams.max_grad_norm)
+        norm = torch.nn.utils.clip_grad_norm_(net.parameters(), hparams.max_grad_norm)
+        # The norm of the averaged gradient is the same on every rank, so all of them stop
+        # together when any rank's loss is not finite.
+        if not torch.isfinite(norm):
+            raise FloatingPointError(f"the gradient norm is {norm.item()} at step {step + 1} "
+                                     f"(this rank's loss: {loss.item()})")  # fmt: skip
         rate = learning_rate(step, hparams.learning_rate, warmup, total)
         for group in optimizer.param_groups:
             group["lr"] = rate * group["lr_scale"]
         optimizer.step()
-        running += loss.item()
+        running += loss.detach().float()
         if (step + 1) % hparams.log_steps == 0 or step + 1 == total:
+            if dist.is_initialized():
+                dist.all_reduce(running)
+                running /= dist.get_world_size()
             done = (step + 1) % hparams.log_steps or hparams.log_steps
-            record = {"step": step + 1, "loss": running / done, "lr": rate,
+            record = {"step": step + 1, "loss": running.item() / done, "lr": rate,
                       "epoch": (step + 1) / per_epoch}  # fmt: skip
-            log.write(json.dumps(record) + "\n")
-            log.flush()
-            running = 0.0
+            running.zero_()
+            if log is not None:
+                log.write(json.dumps(record) + "\n")
+                log.flush()
             if progress:
                 rate_s = (step + 1) / (time.time() - started)
                 print(f"step {step + 1}/{total} loss {record['loss']:.4f} "

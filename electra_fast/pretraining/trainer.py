@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from electra_fast import tokenization
+from electra_fast import distributed, tokenization
 from electra_fast.data import PretrainingDataset, ResumableSampler, collate_padded
 from electra_fast.model import ElectraForPretraining
 from electra_fast.pretraining.checkpoint import load_latest, save_checkpoint
@@ -41,21 +41,6 @@ TOKENIZER = "tokenizer"  # RUN/tokenizer: a copy of the dataset's
 
 class NonFiniteLoss(RuntimeError):
     pass
-
-
-def _distributed() -> tuple[int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return (dist.get_rank(), world) if world > 1 else (0, 1)
-
-
-def _device(rank: int) -> torch.device:
-    if torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", rank))
-        torch.cuda.set_device(local)
-        return torch.device("cuda", local)
-    return torch.device("cpu")
 
 
 def _autocast(hparams: Hparams, device: torch.device):
@@ -82,8 +67,8 @@ def pretrain(
     that step as an interruption would (a checkpoint, no export): for tests and time slots."""
     finished = False
     out = Path(out)
-    rank, world = _distributed()
-    device = _device(rank)
+    rank, world = distributed.init()
+    device = distributed.device_for(rank)
     dataset = PretrainingDataset(data)
     vocab_size = dataset.vocab_size
     if hparams.vocab_size is not None and hparams.vocab_size != vocab_size:

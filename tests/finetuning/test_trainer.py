@@ -8,24 +8,18 @@ import random
 import pytest
 import torch
 
-from electra_fast import ElectraDiscriminator, cli
+from electra_fast import cli
 from electra_fast.finetuning import FinetuneHparams, finetune, squad
 from electra_fast.finetuning.metrics import squad_scores
 from electra_fast.model import ElectraForQuestionAnswering
-from tests.data.corpus_cases import wordpiece
-from tests.finetuning.cases import tiny_config
+from tests.finetuning.cases import pretrained_discriminator
 
 pytest.importorskip("tokenizers")
 
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pretrained")
-    tokenizer = wordpiece(root / "tokenizer")
-    torch.manual_seed(0)
-    config = tiny_config()
-    ElectraDiscriminator(config).save_pretrained(root / "discriminator")
-    return root / "discriminator", tokenizer
+    return pretrained_discriminator(tmp_path_factory.mktemp("pretrained"))
 
 
 def squad_file(path, n, seed, impossible=0.0):
@@ -172,6 +166,22 @@ def test_bad_input_is_named(pretrained, tmp_path, capsys):
     code = cli.main(["finetune", "--task", "squad", "--model", str(model), "--out", "o",
                      "--eval", str(train), "--hparams", '{"epochs": 2}'])  # fmt: skip
     assert code == 2 and "unknown hparams ['epochs']" in capsys.readouterr().err
+
+
+def test_a_non_finite_loss_stops_the_run_before_the_update(pretrained, tmp_path, monkeypatch):
+    from electra_fast.finetuning.tasks import ClassificationTask
+
+    model, tokenizer = pretrained
+    train = classification_file(tmp_path / "train.jsonl", 40, seed=9)
+    real = ClassificationTask.loss
+    monkeypatch.setattr(ClassificationTask, "loss",
+                        lambda *args: real(*args) * float("nan"))  # fmt: skip
+    hparams = FinetuneHparams(text_field="sentence", label_field="y", train_batch_size=8,
+                              num_train_steps=2, max_seq_length=16)  # fmt: skip
+    with pytest.raises(FloatingPointError, match="gradient norm is nan at step 1"):
+        finetune(model, train, None, tmp_path / "out", hparams, tokenizer=tokenizer,
+                 progress=False)  # fmt: skip
+    assert not (tmp_path / "out" / "model").exists()
 
 
 def test_an_interrupted_save_keeps_the_previous_model(pretrained, tmp_path, monkeypatch):

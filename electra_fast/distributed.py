@@ -1,0 +1,60 @@
+"""What the training loops share to run under torchrun: the process group (NCCL on GPUs, gloo
+on CPUs), each rank's device, and gathering per-item results that the ranks computed on
+their shares of a list."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def init() -> tuple[int, int]:
+    """(rank, world size): (0, 1) in a plain process; under torchrun, joins the process
+    group the first time."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def close() -> None:
+    """Leaves the process group, if this process joined one."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def device_for(rank: int) -> torch.device:
+    """The rank's GPU (by LOCAL_RANK, made current for NCCL), or the CPU."""
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", rank))
+        torch.cuda.set_device(local)
+        return torch.device("cuda", local)
+    return torch.device("cpu")
+
+
+def is_main() -> bool:
+    """Whether this process logs and writes: rank 0, or the only process."""
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def share(items: list) -> list:
+    """This rank's share of `items`: every world-th item from its rank on."""
+    if not dist.is_initialized():
+        return items
+    return items[dist.get_rank() :: dist.get_world_size()]
+
+
+def gather(mine: list, total: int) -> list:
+    """The results of every rank's `share`, gathered on every rank in the original order:
+    `mine[i]` belongs to item rank + i x world."""
+    if not dist.is_initialized():
+        return mine
+    world = dist.get_world_size()
+    parts: list = [None] * world
+    dist.all_gather_object(parts, mine)
+    ordered: list = [None] * total
+    for rank, part in enumerate(parts):
+        ordered[rank::world] = part
+    return ordered
