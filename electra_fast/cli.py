@@ -73,18 +73,18 @@ def pretrain(args) -> None:
 
     try:
         run(args.data, args.out, Hparams.from_json(args.hparams), resume=not args.no_resume,
-            stop_at_step=args.stop_at_step)  # fmt: skip
+            stop_at_step=args.stop_at_step, device=args.device)  # fmt: skip
     finally:
-        # Under torchrun, pretrain() opened the process group. Leaving it to interpreter
-        # shutdown sometimes aborts the process ("terminate called without an active exception"
-        # from gloo's threads) after the run has finished.
-        import gc
+        _leave_process_group()
 
-        import torch.distributed as dist
 
-        if dist.is_available() and dist.is_initialized():
-            gc.collect()  # DistributedDataParallel's reducer goes before its process group
-            dist.destroy_process_group()
+def _leave_process_group() -> None:
+    """Under torchrun, the training commands opened a process group. Leaving it to interpreter
+    shutdown sometimes aborts the process after the run has finished ("terminate called
+    without an active exception", from gloo's threads)."""
+    from electra_fast import distributed
+
+    distributed.close()
 
 
 def export(args) -> None:
@@ -103,8 +103,11 @@ def finetune(args) -> None:
     from electra_fast.finetuning import FinetuneHparams, finetune
 
     hparams = FinetuneHparams.from_json(args.hparams, task=args.task)
-    scores = finetune(args.model, args.train, args.eval, args.out, hparams,
-                      tokenizer=args.tokenizer)  # fmt: skip
+    try:
+        scores = finetune(args.model, args.train, args.eval, args.out, hparams,
+                          tokenizer=args.tokenizer, device=args.device)  # fmt: skip
+    finally:
+        _leave_process_group()
     print(f"finetuned model and results in {args.out}")
     if scores:
         print(json.dumps(scores, indent=1))
@@ -168,6 +171,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--hparams", help="a JSON object or file, official key names")
     p.add_argument("--no-resume", action="store_true", help="refuse to continue a run")
     p.add_argument("--stop-at-step", type=int, help="stop (with a checkpoint) at this step")
+    p.add_argument("--device", choices=("cuda", "cpu"),
+                   help="default: $ELECTRA_FAST_DEVICE, else the GPU if any")  # fmt: skip
     p.set_defaults(handler=pretrain)
 
     p = commands.add_parser(
@@ -192,6 +197,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="directory for the model, scores, predictions")
     p.add_argument("--tokenizer", help="the tokenizer directory (default: the model's own)")
     p.add_argument("--hparams", help="a JSON object or file, official key names")
+    p.add_argument("--device", choices=("cuda", "cpu"),
+                   help="default: $ELECTRA_FAST_DEVICE, else the GPU if any")  # fmt: skip
     p.set_defaults(handler=finetune)
 
     p = commands.add_parser("export", help="a run's checkpoint to Hugging Face models")
@@ -220,12 +227,6 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, ImportError, RuntimeError) as error:
         print(f"electra-fast {args.command}: error: {error}", file=sys.stderr)
         return 2
-    # Under torchrun: a process that left gloo's threads to the interpreter's exit sometimes
-    # aborted ("terminate called without an active exception").
-    if "torch.distributed" in sys.modules:  # only the training commands load it
-        from electra_fast import distributed
-
-        distributed.close()
     return 0
 
 

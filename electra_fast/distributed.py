@@ -4,30 +4,48 @@ their shares of a list."""
 
 from __future__ import annotations
 
+import gc
 import os
 
 import torch
 import torch.distributed as dist
 
+DEVICE_VARIABLE = "ELECTRA_FAST_DEVICE"
 
-def init() -> tuple[int, int]:
+
+def device_type(device: str | None = None) -> str:
+    """The device type to train on: `device` ("cuda" or "cpu") if given, else
+    $ELECTRA_FAST_DEVICE if set, else "cuda" when a GPU is visible."""
+    chosen = device or os.environ.get(DEVICE_VARIABLE) or None
+    if chosen is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if chosen not in ("cuda", "cpu"):
+        where = "device" if device else f"${DEVICE_VARIABLE}"
+        raise ValueError(f"{where} must be 'cuda' or 'cpu', got {chosen!r}")
+    if chosen == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but no CUDA GPU is visible")
+    return chosen
+
+
+def init(kind: str) -> tuple[int, int]:
     """(rank, world size): (0, 1) in a plain process; under torchrun, joins the process
-    group the first time."""
+    group the first time (NCCL for `kind` "cuda", else gloo)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group("nccl" if kind == "cuda" else "gloo")
     return (dist.get_rank(), world) if world > 1 else (0, 1)
 
 
 def close() -> None:
     """Leaves the process group, if this process joined one."""
     if dist.is_available() and dist.is_initialized():
+        gc.collect()  # DistributedDataParallel's reducer goes before its process group
         dist.destroy_process_group()
 
 
-def device_for(rank: int) -> torch.device:
-    """The rank's GPU (by LOCAL_RANK, made current for NCCL), or the CPU."""
-    if torch.cuda.is_available():
+def device_for(rank: int, kind: str) -> torch.device:
+    """The rank's GPU (by LOCAL_RANK, made current for NCCL) for `kind` "cuda", or the CPU."""
+    if kind == "cuda":
         local = int(os.environ.get("LOCAL_RANK", rank))
         torch.cuda.set_device(local)
         return torch.device("cuda", local)

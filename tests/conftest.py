@@ -25,3 +25,11 @@ def implementation(request, device):
     if request.param == "kernel" and not _extension.has_kernel(op, device.type):
         pytest.skip(f"no compiled {device.type} kernel in this build")
     return request.param
+
+
+@pytest.fixture(autouse=True)
+def _train_on_the_cpu(request, monkeypatch):
+    """The training loops' tests are CPU tests (exact resumes, one process against two gloo
+    ones), also where a GPU is visible; the ones marked cuda choose their device themselves."""
+    if "cuda" not in request.keywords:
+        monkeypatch.setenv("ELECTRA_FAST_DEVICE", "cpu")

@@ -44,9 +44,11 @@ def finetune(
     *,
     tokenizer: str | os.PathLike | None = None,
     progress: bool = True,
+    device: str | None = None,
 ) -> dict:
     """Trains on `train_file` (if given), evaluates on `eval_file` (if given) and returns the
-    evaluation's scores."""
+    evaluation's scores. `device`: "cuda" or "cpu" (default: $ELECTRA_FAST_DEVICE, else the
+    GPU when there is one)."""
     if train_file is None and eval_file is None:
         raise ValueError("give --train, --eval or both")
     out = Path(out)
@@ -54,8 +56,9 @@ def finetune(
     if (model_dir / "discriminator").is_dir():
         model_dir = model_dir / "discriminator"
     tok = _tokenizer(tokenizer, model_dir)
-    rank, world = distributed.init()
-    device = distributed.device_for(rank)
+    kind = distributed.device_type(device)
+    rank, world = distributed.init(kind)
+    device = distributed.device_for(rank, kind)
     if hparams.train_batch_size % world:
         raise ValueError(f"train_batch_size={hparams.train_batch_size} must be a multiple of "
                          f"the world size {world}")  # fmt: skip

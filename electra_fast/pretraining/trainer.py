@@ -62,13 +62,16 @@ def pretrain(
     resume: bool = True,
     progress: bool = True,
     stop_at_step: int | None = None,
+    device: str | None = None,
 ) -> dict:
     """Runs (or resumes) a pretraining run; returns a summary. `stop_at_step` ends the run at
-    that step as an interruption would (a checkpoint, no export): for tests and time slots."""
+    that step as an interruption would (a checkpoint, no export): for tests and time slots.
+    `device`: "cuda" or "cpu" (default: $ELECTRA_FAST_DEVICE, else the GPU when there is one)."""
     finished = False
     out = Path(out)
-    rank, world = distributed.init()
-    device = distributed.device_for(rank)
+    kind = distributed.device_type(device)
+    rank, world = distributed.init(kind)
+    device = distributed.device_for(rank, kind)
     dataset = PretrainingDataset(data)
     vocab_size = dataset.vocab_size
     if hparams.vocab_size is not None and hparams.vocab_size != vocab_size:

@@ -111,7 +111,7 @@ def test_the_global_batch_must_split_evenly(pretrained, tmp_path, monkeypatch):
     from electra_fast import distributed
 
     model, tokenizer = pretrained
-    monkeypatch.setattr(distributed, "init", lambda: (0, 3))
+    monkeypatch.setattr(distributed, "init", lambda kind: (0, 3))
     train = classification_file(tmp_path / "train.jsonl", 40, seed=24)
     hparams = FinetuneHparams(text_field="sentence", label_field="y", train_batch_size=16)
     with pytest.raises(ValueError, match="train_batch_size=16 must be a multiple of the world"):
