@@ -105,7 +105,8 @@ def finetune(args) -> None:
     hparams = FinetuneHparams.from_json(args.hparams, task=args.task)
     try:
         scores = finetune(args.model, args.train, args.eval, args.out, hparams,
-                          tokenizer=args.tokenizer, device=args.device)  # fmt: skip
+                          tokenizer=args.tokenizer, device=args.device,
+                          predict_file=args.predict)  # fmt: skip
     finally:
         _leave_process_group()
     print(f"finetuned model and results in {args.out}")
@@ -186,7 +187,7 @@ def parser() -> argparse.ArgumentParser:
         "--model",
         required=True,
         help="a discriminator directory (Hugging Face format; a pretraining run's export/ too), "
-        "or with --eval alone a model this command finetuned",
+        "or without --train a model this command finetuned",
     )
     p.add_argument(
         "--train",
@@ -194,6 +195,8 @@ def parser() -> argparse.ArgumentParser:
         "CoNLL-style or .jsonl tagged words (tagging)",
     )
     p.add_argument("--eval", help="evaluation data, same formats")
+    p.add_argument("--predict", help="data to predict for, same formats, labels not needed "
+                   "(a test set): OUT/test_predictions.json")  # fmt: skip
     p.add_argument("--out", required=True, help="directory for the model, scores, predictions")
     p.add_argument("--tokenizer", help="the tokenizer directory (default: the model's own)")
     p.add_argument("--hparams", help="a JSON object or file, official key names")

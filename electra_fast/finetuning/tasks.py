@@ -1,6 +1,7 @@
 """What each finetuning task adds to the loop in finetuning.trainer: reading its data (load),
 the model with its head (build), training features and batches (features, collate), the loss,
-and evaluation with its scores and predictions (evaluate)."""
+predictions for a file, labelled or not (predict), and their scores against its labels
+(score)."""
 
 from __future__ import annotations
 
@@ -87,22 +88,26 @@ class ClassificationTask:
         return net.loss(forward(**batch).float(), labels)
 
     @torch.no_grad()
-    def evaluate(self, net, examples, tok, hparams, device, autocast):
-        items = self.features(examples, tok, hparams, training=False)
+    def predict(self, net, examples, tok, hparams, device, autocast):
+        rows = classification.encode(examples, tok, hparams.max_seq_length)
+        blank = 0.0 if hparams.task == "regression" else 0  # labels are not read here
 
         def run(chunk):
-            batch = {k: v.to(device) for k, v in self.collate(chunk, tok).items()}
+            batch = self.collate([(row, blank) for row in chunk], tok)
             batch.pop("labels")
             with autocast():
-                return net(**batch).float().cpu().tolist()
+                return net(**{k: v.to(device) for k, v in batch.items()}).float().cpu().tolist()
 
-        logits = torch.tensor(_each(items, hparams.eval_batch_size, run))
-        targets = [target for _, target in items]
+        logits = torch.tensor(_each(rows, hparams.eval_batch_size, run))
         if hparams.task == "regression":
-            predicted = logits.squeeze(-1).tolist()
-            return regression_scores(targets, predicted), predicted
-        predicted = logits.argmax(-1).tolist()
-        return classification_scores(targets, predicted), [self.labels[i] for i in predicted]
+            return logits.squeeze(-1).tolist()
+        return [self.labels[i] for i in logits.argmax(-1).tolist()]
+
+    def score(self, examples, predictions, hparams):
+        targets = [self._target(e, hparams) for e in examples]
+        if hparams.task == "regression":
+            return regression_scores(targets, predictions)
+        return classification_scores(targets, [self.labels.index(p) for p in predictions])
 
 
 class SquadTask:
@@ -148,9 +153,11 @@ class SquadTask:
         return loss
 
     @torch.no_grad()
-    def evaluate(self, net, examples, tok, hparams, device, autocast):
+    def predict(self, net, examples, tok, hparams, device, autocast):
+        """The answers; for SQuAD 2.0 also each question's best non-empty answer and its null
+        odds, which the score's search for the best threshold needs."""
         if not examples:
-            raise ValueError("the evaluation file has no questions")
+            raise ValueError("the file has no questions")
         features = self.features(examples, tok, hparams, training=False)
 
         def run(chunk):
@@ -182,13 +189,19 @@ class SquadTask:
             found, null_odds = squad.predict(examples, features, starts, ends, answerable,
                                              n_best_size=hparams.n_best_size,
                                              max_answer_length=longest)  # fmt: skip
+        if not hparams.v2:
+            return found
+        answers = squad.abstain(found, null_odds, hparams.qa_na_threshold)
+        return {"answers": answers, "best_non_null": found, "null_odds": null_odds}
+
+    def score(self, examples, predictions, hparams):
         golds = {e.qid: e.answers for e in examples}
         if not hparams.v2:
-            return squad_scores(golds, found, hparams.f1_unit), found
-        answers = squad.abstain(found, null_odds, hparams.qa_na_threshold)
-        scores = squad_scores(golds, answers, hparams.f1_unit)
-        scores.update(best_thresholds(golds, found, null_odds, hparams.f1_unit))
-        return scores, {"answers": answers, "best_non_null": found, "null_odds": null_odds}
+            return squad_scores(golds, predictions, hparams.f1_unit)
+        scores = squad_scores(golds, predictions["answers"], hparams.f1_unit)
+        scores.update(best_thresholds(golds, predictions["best_non_null"],
+                                      predictions["null_odds"], hparams.f1_unit))  # fmt: skip
+        return scores
 
 
 class TaggingTask:
@@ -232,11 +245,9 @@ class TaggingTask:
         return net.loss(forward(**batch).float(), labels)
 
     @torch.no_grad()
-    def evaluate(self, net, sentences, tok, hparams, device, autocast):
-        if any(s.tags is None for s in sentences):
-            raise ValueError("the evaluation sentences need tags to be scored")
-        if self.level == "span":
-            tagging.check_span_tags(t for s in sentences for t in s.tags)
+    def predict(self, net, sentences, tok, hparams, device, autocast):
+        """Each sentence's words and predicted tags (with spans, at the span level). Words past
+        max_seq_length are tagged O; a sentence that had some says how many (truncated)."""
         features = self.features(sentences, tok, hparams, training=False)
 
         def run(chunk):
@@ -246,29 +257,35 @@ class TaggingTask:
             return [[self.labels[c] for c in classes[row, feature.positions].tolist()]
                     for row, feature in enumerate(chunk)]  # fmt: skip
 
-        predicted, cut = [], 0
+        outputs, cut = [], 0
         for tags, sentence in zip(_each(features, hparams.eval_batch_size, run), sentences,
                                   strict=True):  # fmt: skip
-            missing = len(sentence.words) - len(tags)  # words past max_seq_length
-            predicted.append(tags + ["O"] * missing)
-            cut += missing
-        golds = [s.tags for s in sentences]
-        if self.level == "span":
-            scores = span_scores(golds, predicted)
-        else:
-            scores = word_accuracy(golds, predicted)
-        scores["truncated_words"] = cut
+            missing = len(sentence.words) - len(tags)
+            output = {"words": sentence.words, "tags": tags + ["O"] * missing}
+            if self.level == "span":
+                output["spans"] = [list(span) for span in tagging.span_labels(output["tags"])]
+            if missing:
+                output["truncated"] = missing
+                cut += missing
+            outputs.append(output)
         if cut:
             _note(
                 f"{cut} words lay past max_seq_length={hparams.max_seq_length} and were predicted O"
             )
-        outputs = []
-        for sentence, tags in zip(sentences, predicted, strict=True):
-            output = {"words": sentence.words, "tags": tags}
-            if self.level == "span":
-                output["spans"] = [list(span) for span in tagging.span_labels(tags)]
-            outputs.append(output)
-        return scores, outputs
+        return outputs
+
+    def score(self, sentences, predictions, hparams):
+        if any(s.tags is None for s in sentences):
+            raise ValueError("the evaluation sentences need tags to be scored")
+        golds = [s.tags for s in sentences]
+        predicted = [p["tags"] for p in predictions]
+        if self.level == "span":
+            tagging.check_span_tags(t for tags in golds for t in tags)
+            scores = span_scores(golds, predicted)
+        else:
+            scores = word_accuracy(golds, predicted)
+        scores["truncated_words"] = sum(p.get("truncated", 0) for p in predictions)
+        return scores
 
 
 def task_for(name: str):

@@ -2,10 +2,12 @@
 
 A pretrained discriminator (ours, an export of a pretraining run, or a Hugging Face
 ElectraForPreTraining directory) gets a fresh task head and is trained with the official
-recipe (finetuning.hparams, finetuning.optimization), then evaluated on the eval file. OUT
-receives hparams.json (the effective settings), metrics.jsonl (training losses and each
-evaluation), eval_results.json, the predictions, and model/ (a Hugging Face checkpoint of the
-finetuned model with its tokenizer). Every file is written whole or not at all.
+recipe (finetuning.hparams, finetuning.optimization), then evaluated on the eval file and run
+on the predict file (unlabelled, such as a benchmark's test set). OUT receives hparams.json
+(the effective settings), metrics.jsonl (training losses and each evaluation),
+eval_results.json, predictions.json (of the eval file), test_predictions.json (of the predict
+file), and model/ (a Hugging Face checkpoint of the finetuned model with its tokenizer). Every
+file is written whole or not at all.
 
 The GPUs of one machine (train_batch_size stays the global batch, split among them):
     torchrun --nproc-per-node 8 -m electra_fast.cli finetune --task squad --model M ...
@@ -45,12 +47,14 @@ def finetune(
     tokenizer: str | os.PathLike | None = None,
     progress: bool = True,
     device: str | None = None,
+    predict_file: str | os.PathLike | None = None,
 ) -> dict:
-    """Trains on `train_file` (if given), evaluates on `eval_file` (if given) and returns the
-    evaluation's scores. `device`: "cuda" or "cpu" (default: $ELECTRA_FAST_DEVICE, else the
-    GPU when there is one)."""
-    if train_file is None and eval_file is None:
-        raise ValueError("give --train, --eval or both")
+    """Trains on `train_file` (if given), evaluates on `eval_file` (if given), predicts for
+    `predict_file` (if given) and returns the evaluation's scores. Without `train_file`,
+    `model` is one this function finetuned. `device`: "cuda" or "cpu" (default:
+    $ELECTRA_FAST_DEVICE, else the GPU when there is one)."""
+    if train_file is None and eval_file is None and predict_file is None:
+        raise ValueError("give --train, --eval, --predict or several")
     out = Path(out)
     model_dir = Path(model)
     if (model_dir / "discriminator").is_dir():
@@ -82,16 +86,22 @@ def finetune(
                 log.write(json.dumps({"world_size": world, "per_device_batch_size": per_device}))
                 log.write("\n")
             _train(net, task, features, tok, hparams, device, autocast, log, progress and main)
+        net.eval()
         if eval_file is not None:
             examples = task.load(eval_file, hparams)
-            net.eval()
-            scores, predictions = task.evaluate(net, examples, tok, hparams, device, autocast)
+            predictions = task.predict(net, examples, tok, hparams, device, autocast)
+            scores = task.score(examples, predictions, hparams)
             if main:
                 log.write(json.dumps({"eval": scores}) + "\n")
                 _write_json(out / "eval_results.json", scores)
                 _write_json(out / "predictions.json", predictions)
             if progress and main:
                 print(f"eval: {json.dumps(scores)}", file=sys.stderr)
+        if predict_file is not None:
+            examples = task.load(predict_file, hparams)
+            predictions = task.predict(net, examples, tok, hparams, device, autocast)
+            if main:
+                _write_json(out / "test_predictions.json", predictions)
     if train is not None and main:
         _save_model(net, tok, out / "model")
     if world > 1:

@@ -64,9 +64,17 @@ def test_squad_finetuning_learns_and_writes_a_loadable_model(pretrained, tmp_pat
     assert len(predictions) == 60 and all(p.startswith("w") for p in predictions.values())
     assert json.loads((out / "hparams.json").read_text())["layerwise_lr_decay"] == 0.8
     # The saved model and tokenizer evaluate to the same scores on their own.
+    data = json.loads(dev.read_text())
+    for article in data["data"]:
+        for paragraph in article["paragraphs"]:
+            for qa in paragraph["qas"]:
+                del qa["answers"]  # a test set's questions
+    test = tmp_path / "test.json"
+    test.write_text(json.dumps(data))
     again = finetune(out / "model", None, dev, tmp_path / "eval", FinetuneHparams(**QA),
-                     progress=False)  # fmt: skip
+                     progress=False, predict_file=test)  # fmt: skip
     assert again == scores
+    assert json.loads((tmp_path / "eval" / "test_predictions.json").read_text()) == predictions
     config = json.loads((out / "model" / "config.json").read_text())
     assert config["electra_fast_joint"] is True  # the official joint head by default
 
@@ -120,14 +128,20 @@ def test_classification_through_the_command_line(pretrained, tmp_path, capsys):
     dev = classification_file(tmp_path / "dev.jsonl", 100, seed=6)
     hparams = dict(text_field="sentence", label_field="y", max_seq_length=16,
                    train_batch_size=16, learning_rate=2e-3, num_train_epochs=4)  # fmt: skip
+    # The dev texts again, without their labels, as a test set.
+    rows = [json.loads(line) for line in dev.read_text().splitlines()]
+    test = tmp_path / "test.jsonl"
+    test.write_text("".join(json.dumps({"sentence": r["sentence"]}) + "\n" for r in rows))
     code = cli.main(["finetune", "--task", "classification", "--model", str(model),
                      "--train", str(train), "--eval", str(dev), "--out", str(tmp_path / "out"),
-                     "--tokenizer", str(tokenizer), "--hparams", json.dumps(hparams)])  # fmt: skip
+                     "--tokenizer", str(tokenizer), "--hparams", json.dumps(hparams),
+                     "--predict", str(test)])  # fmt: skip
     assert code == 0
     scores = json.loads((tmp_path / "out" / "eval_results.json").read_text())
     assert scores["accuracy"] >= 0.9, scores  # chance: 1/3
     predictions = json.loads((tmp_path / "out" / "predictions.json").read_text())
     assert set(predictions) == {"mid", "neg", "pos"} and len(predictions) == 100
+    assert json.loads((tmp_path / "out" / "test_predictions.json").read_text()) == predictions
     config = json.loads((tmp_path / "out" / "model" / "config.json").read_text())
     assert config["id2label"] == {"0": "mid", "1": "neg", "2": "pos"}
     assert "finetuned model and results" in capsys.readouterr().out
@@ -157,7 +171,7 @@ def test_bad_input_is_named(pretrained, tmp_path, capsys):
     train = classification_file(tmp_path / "train.jsonl", 40, seed=8)
     with pytest.raises(ValueError, match="--tokenizer is needed"):
         finetune(model, train, None, tmp_path / "o", FinetuneHparams(text_field="sentence"))
-    with pytest.raises(ValueError, match="give --train, --eval or both"):
+    with pytest.raises(ValueError, match="give --train, --eval, --predict or several"):
         finetune(model, None, None, tmp_path / "o", FinetuneHparams())
     with pytest.raises(ValueError, match="make no batch of train_batch_size=64"):
         finetune(model, train, None, tmp_path / "o", tokenizer=tokenizer, progress=False,
@@ -264,12 +278,20 @@ def test_tagging_words_as_plain_classes_through_the_command_line(pretrained, tmp
                 words = [f"w{rng.randrange(10, 200)}" for _ in range(rng.randint(2, 10))]
                 tags = ["low" if int(w[1:]) < 100 else "high" for w in words]
                 f.write(json.dumps({"tokens": words, "tags": tags}) + "\n")
+    # The dev sentences again, untagged, in CoNLL form: one word per line.
+    sentences = [json.loads(x)["tokens"] for x in (tmp_path / "dev.jsonl").read_text().split("\n")
+                 if x]  # fmt: skip
+    (tmp_path / "test.txt").write_text("\n\n".join("\n".join(words) for words in sentences))
     hparams = dict(max_seq_length=8, train_batch_size=16, learning_rate=2e-3, num_train_epochs=4)
     code = cli.main(["finetune", "--task", "tagging", "--model", str(model), "--train",
                      str(tmp_path / "train.jsonl"), "--eval", str(tmp_path / "dev.jsonl"),
                      "--out", str(tmp_path / "out"), "--tokenizer", str(tokenizer),
-                     "--hparams", json.dumps(hparams)])  # fmt: skip
+                     "--hparams", json.dumps(hparams),
+                     "--predict", str(tmp_path / "test.txt")])  # fmt: skip
     assert code == 0
+    predicted = json.loads((tmp_path / "out" / "test_predictions.json").read_text())
+    assert predicted == json.loads((tmp_path / "out" / "predictions.json").read_text())
+    assert predicted[0]["words"] == sentences[0]
     scores = json.loads((tmp_path / "out" / "eval_results.json").read_text())
     # Sentences of up to 10 words in 8 tokens: the words past the sixth are predicted "O",
     # which is never right, and still counted.
