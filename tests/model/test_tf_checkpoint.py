@@ -107,3 +107,17 @@ def test_the_command_with_a_tokenizer_and_bad_checkpoints(tmp_path, monkeypatch,
     with pytest.raises(ValueError, match=r"variables of no ELECTRA .*\['classifier/kernel'\]"):
         tf_checkpoint.convert_tf_checkpoint(CHECKPOINT, tmp_path / "c")
     assert not (tmp_path / "c").exists()  # nothing written
+
+
+def test_a_generator_with_untied_embeddings_gets_its_own(tmp_path, monkeypatch):
+    variables = read_checkpoint(CHECKPOINT, skip=tf_checkpoint._NOT_PARAMETERS.match)
+    shared = {n: v for n, v in variables.items() if n.startswith("electra/embeddings/")}
+    own = {name.replace("electra/", "generator/"): 2 * value for name, value in shared.items()}
+    monkeypatch.setattr(tf_checkpoint, "read_checkpoint",
+                        lambda path, skip: {**variables, **own})  # fmt: skip
+    tf_checkpoint.convert_tf_checkpoint(CHECKPOINT, tmp_path)
+    generator = ElectraGenerator.from_pretrained(tmp_path / "generator")
+    discriminator = ElectraDiscriminator.from_pretrained(tmp_path / "discriminator")
+    words = torch.from_numpy(variables["electra/embeddings/word_embeddings"])
+    assert torch.equal(generator.encoder.embeddings.word.weight, 2 * words)
+    assert torch.equal(discriminator.encoder.embeddings.word.weight, words)
