@@ -99,7 +99,7 @@ def convert_tf(args) -> None:
     written = convert_tf_checkpoint(args.checkpoint, args.out,
                                     num_attention_heads=args.num_attention_heads,
                                     generator_num_attention_heads=args.generator_num_attention_heads,
-                                    tokenizer=args.tokenizer)  # fmt: skip
+                                    tokenizer=args.tokenizer, lowercase=not args.cased)  # fmt: skip
     print("converted → " + ", ".join(str(d) for d in written))
 
 
@@ -224,7 +224,10 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("checkpoint", help="its prefix (model.ckpt-N), .index file or directory")
     p.add_argument("--out", required=True, help="gets discriminator/ and generator/")
-    p.add_argument("--tokenizer", help="a tokenizer directory to put beside the models")
+    p.add_argument("--tokenizer", help="a vocab.txt, .model or tokenizer directory to put "
+                   "beside the models")  # fmt: skip
+    p.add_argument("--cased", action="store_true",
+                   help="a vocab.txt is cased (the official do_lower_case=false)")  # fmt: skip
     p.add_argument("--num-attention-heads", type=int,
                    help="the discriminator's (default: hidden_size // 64)")  # fmt: skip
     p.add_argument("--generator-num-attention-heads", type=int,

@@ -105,16 +105,24 @@ def convert_tf_checkpoint(
     num_attention_heads: int | None = None,
     generator_num_attention_heads: int | None = None,
     tokenizer: str | os.PathLike | None = None,
+    lowercase: bool = True,
 ) -> list[Path]:
     """Writes OUT/discriminator and, when the checkpoint has one, OUT/generator (with the
-    tokenizer directory `tokenizer` beside each, if given); returns the directories. A
+    tokenizer beside each, if given: a vocab.txt, lower-cased with accents stripped unless
+    `lowercase` is false, as the official do_lower_case; or anything tokenization.load
+    reads); returns the directories. A
     variable that is neither a parameter of these models nor an optimizer slot is an error
     that names it (a finetuned checkpoint's head, say)."""
     variables = read_checkpoint(checkpoint, skip=_NOT_PARAMETERS.match)
     if "electra/embeddings/word_embeddings" not in variables:
         raise ValueError(f"{checkpoint} holds no ELECTRA encoder (electra/embeddings/...)")
     tok = None
-    if tokenizer is not None:
+    if tokenizer is not None and Path(tokenizer).suffix == ".txt":
+        from electra_fast.tokenization.wordpiece import WordPieceTokenizer
+
+        # The official do_lower_case (default true), which also strips accents.
+        tok = WordPieceTokenizer(tokenizer, lowercase=lowercase, strip_accents=lowercase)
+    elif tokenizer is not None:
         from electra_fast import tokenization
 
         tok = tokenization.load(tokenizer)

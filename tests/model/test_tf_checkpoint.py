@@ -16,6 +16,7 @@ import torch
 from electra_fast import ElectraDiscriminator, ElectraGenerator, cli
 from electra_fast.model import tf_checkpoint
 from electra_fast.model.tf_bundle import checkpoint_prefix, read_checkpoint
+from electra_fast.tokenization import load
 from tests.model.data.make_tf_checkpoint import SIZES, V, values
 
 CHECKPOINT = Path(__file__).parent / "data" / "tf_electra"
@@ -86,6 +87,12 @@ def test_the_command_with_a_tokenizer_and_bad_checkpoints(tmp_path, monkeypatch,
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(V - 5)]
     (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
     WordPieceTokenizer(tmp_path / "vocab.txt").save(tmp_path / "tok")
+    # A bare vocab.txt is lower-cased, as the official do_lower_case by default.
+    tf_checkpoint.convert_tf_checkpoint(
+        CHECKPOINT, tmp_path / "v", tokenizer=tmp_path / "vocab.txt"
+    )
+    tok = load(tmp_path / "v" / "discriminator")
+    assert tok.lowercase and tok.encode("W1 w2") == tok.encode("w1 w2")
     command = ["convert-tf", str(CHECKPOINT / "model.ckpt-7"), "--out", str(tmp_path / "o"),
                "--tokenizer", str(tmp_path / "tok"), "--num-attention-heads", "4"]  # fmt: skip
     assert cli.main(command) == 0
