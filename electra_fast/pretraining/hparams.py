@@ -74,6 +74,10 @@ class Hparams:
     compile: bool = False
     seed: int = 0
     max_consecutive_nonfinite: int = 10
+    # A directory with discriminator/ and generator/ (a run's export, or convert-tf's output)
+    # whose weights a new run starts from, with a fresh optimizer at step 0: continued
+    # pretraining. Its sizes must be the ones these hparams describe. A resume ignores it.
+    init_checkpoint: str | None = None
 
     @classmethod
     def from_json(cls, text_or_path: str | None) -> Hparams:

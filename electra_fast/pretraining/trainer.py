@@ -119,6 +119,8 @@ def pretrain(
         step, skipped = state["step"], state.get("skipped", 0)
         if rank == 0:
             print(f"resuming {out} from {path.name} (step {step})", file=sys.stderr)
+    elif hparams.init_checkpoint is not None:
+        _initialize(model, Path(hparams.init_checkpoint))
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         effective = {
@@ -307,6 +309,27 @@ def pretrain(
         state = "finished" if finished else "stopped (resume by rerunning)"
         print(f"\n{state} at step {step} → {out}", file=sys.stderr)
     return {"step": step, "finished": finished, "skipped": skipped}
+
+
+def _initialize(model: ElectraForPretraining, directory: Path) -> None:
+    """Loads the pair saved in `directory` into `model`, whose sizes must be the same."""
+    source = ElectraForPretraining.from_pretrained(directory)
+    problems = []
+    for part in ("discriminator", "generator"):
+        ours, theirs = getattr(model, part).config, getattr(source, part).config
+        for name in ("vocab_size", "embedding_size", "hidden_size", "num_hidden_layers",
+                     "num_attention_heads", "intermediate_size", "hidden_act",
+                     "max_position_embeddings", "type_vocab_size"):  # fmt: skip
+            if getattr(ours, name) != getattr(theirs, name):
+                problems.append(f"{part} {name} {getattr(theirs, name)} (hparams: "
+                                f"{getattr(ours, name)})")  # fmt: skip
+    if problems:
+        raise ValueError(
+            f"init_checkpoint {directory} does not fit the model the hparams describe: "
+            f"{'; '.join(problems)}. Set model_size, model_hparam_overrides, embedding_size or "
+            "generator_hidden_size to its sizes"
+        )
+    model.load_state_dict(source.state_dict())
 
 
 def _step_seed(seed: int, step: int, micro: int, stream: str) -> int:

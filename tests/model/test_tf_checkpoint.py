@@ -62,6 +62,11 @@ def test_conversion_puts_every_parameter_where_transformers_reads_it(tmp_path):
         hits += [t for t in qkv for c in t.chunk(3) if torch.equal(c, value.T if value.dim() == 2
                  else value)]  # fmt: skip
         assert len(hits) == 1, name
+    # The pair loads as one pretraining model (init_checkpoint for continued pretraining).
+    from electra_fast.model import ElectraForPretraining
+
+    pair = ElectraForPretraining.from_pretrained(tmp_path)
+    assert pair.generator.encoder.embeddings is pair.discriminator.encoder.embeddings
     # And under the names transformers gives them.
     transformers = pytest.importorskip("transformers")
     hf = transformers.ElectraForPreTraining.from_pretrained(tmp_path / "discriminator")

@@ -167,3 +167,29 @@ def test_a_tokenizer_gone_since_prepare_is_left_out_of_the_export(dataset, tmp_p
     export = tmp_path / "run" / "export" / "discriminator"
     assert (export / "model.safetensors").is_file()
     assert not (export / tokenization.CONFIG).exists()
+
+
+def test_a_new_run_starts_from_an_init_checkpoint(dataset, tmp_path):
+    """Continued pretraining: the run's step-0 parameters are the export's, and a checkpoint of
+    other sizes is an error that names the difference."""
+    from electra_fast.model import ElectraForPretraining
+
+    pretrain(dataset, tmp_path / "first", hparams(num_train_steps=5), progress=False)
+    export = tmp_path / "first" / "export"
+    settings = hparams(num_train_steps=5, init_checkpoint=str(export))
+    pretrain(dataset, tmp_path / "second", settings, progress=False, stop_at_step=0)
+    start = torch.load(tmp_path / "second/checkpoints/step-00000000.pt", weights_only=False)
+    exported = ElectraForPretraining.from_pretrained(export).state_dict()
+    assert start["model"].keys() == exported.keys()
+    for name, tensor in exported.items():
+        assert torch.equal(start["model"][name], tensor), name
+    # Without it, the same hparams start elsewhere.
+    pretrain(dataset, tmp_path / "plain", hparams(num_train_steps=5), progress=False,
+             stop_at_step=0)  # fmt: skip
+    plain = torch.load(tmp_path / "plain/checkpoints/step-00000000.pt", weights_only=False)
+    name = "discriminator.encoder.layers.0.qkv.weight"
+    assert not torch.equal(plain["model"][name], start["model"][name])
+    wider = hparams(init_checkpoint=str(export),
+                    model_hparam_overrides={**TINY, "hidden_size": 128})  # fmt: skip
+    with pytest.raises(ValueError, match=r"init_checkpoint .* discriminator hidden_size 64 \(hp"):
+        pretrain(dataset, tmp_path / "third", wider, progress=False)
