@@ -110,9 +110,8 @@ def convert_tf_checkpoint(
     """Writes OUT/discriminator and, when the checkpoint has one, OUT/generator (with the
     tokenizer beside each, if given: a vocab.txt, lower-cased with accents stripped unless
     `lowercase` is false, as the official do_lower_case; or anything tokenization.load
-    reads); returns the directories. A
-    variable that is neither a parameter of these models nor an optimizer slot is an error
-    that names it (a finetuned checkpoint's head, say)."""
+    reads); returns the directories. A variable that is neither a parameter of these models
+    nor an optimizer slot is an error that names it (a finetuned checkpoint's head, say)."""
     variables = read_checkpoint(checkpoint, skip=_NOT_PARAMETERS.match)
     if "electra/embeddings/word_embeddings" not in variables:
         raise ValueError(f"{checkpoint} holds no ELECTRA encoder (electra/embeddings/...)")
@@ -131,9 +130,9 @@ def convert_tf_checkpoint(
     if unknown:
         raise ValueError(f"{checkpoint} holds variables of no ELECTRA discriminator or "
                          f"generator: {unknown[:10]}")  # fmt: skip
-    written = []
     models = {"discriminator": (ElectraDiscriminator, num_attention_heads),
               "generator": (ElectraGenerator, generator_num_attention_heads)}  # fmt: skip
+    built = {}
     for part, (cls, heads) in models.items():
         state = tf_to_hf(variables, part)
         if "electra.encoder.layer.0.attention.self.query.weight" not in state:
@@ -147,6 +146,16 @@ def convert_tf_checkpoint(
             config = dataclasses.replace(config, pad_token_id=tok.pad_token_id,
                                          mask_token_id=tok.mask_token_id,
                                          special_token_ids=special)  # fmt: skip
+        built[part] = (cls, config, state)
+    if "generator" in built:  # the pair's proportions, as configure_pretraining.py states them
+        disc, gen = built["discriminator"][1], built["generator"][1]
+        built["discriminator"] = (built["discriminator"][0], dataclasses.replace(
+            disc, generator_hidden_size=gen.hidden_size / disc.hidden_size,
+            generator_layers=gen.num_hidden_layers / disc.num_hidden_layers,
+            untied_generator_embeddings="generator/embeddings/word_embeddings" in variables,
+        ), built["discriminator"][2])  # fmt: skip
+    written = []
+    for part, (cls, config, state) in built.items():
         model = cls(config)
         model.load_hf_state_dict(state, source=f"{checkpoint} ({part})")
         directory = Path(out) / part

@@ -50,6 +50,10 @@ def test_conversion_puts_every_parameter_where_transformers_reads_it(tmp_path):
         assert (config.hidden_size, config.num_hidden_layers, config.intermediate_size) == (
             hidden, layers, inner)  # fmt: skip
         assert config.num_attention_heads == 1 and config.vocab_size == V
+    # The pair's proportions, as configure_pretraining.py would state them.
+    assert discriminator.config.generator_hidden_size == 8 / 16
+    assert discriminator.config.generator_layers == 1 / 2
+    assert not discriminator.config.untied_generator_embeddings
     # Every TensorFlow parameter's values are in the converted models, as they are or
     # transposed (kernels): the values are all distinct, so each lands exactly once.
     tensors = [*discriminator.state_dict().values(), *generator.state_dict().values()]
@@ -133,3 +137,4 @@ def test_a_generator_with_untied_embeddings_gets_its_own(tmp_path, monkeypatch):
     words = torch.from_numpy(variables["electra/embeddings/word_embeddings"])
     assert torch.equal(generator.encoder.embeddings.word.weight, 2 * words)
     assert torch.equal(discriminator.encoder.embeddings.word.weight, words)
+    assert discriminator.config.untied_generator_embeddings
