@@ -1,7 +1,7 @@
 """What each finetuning task adds to the loop in finetuning.trainer: reading its data (load),
 the model with its head (build), training features and batches (features, collate), the loss,
 predictions for a file, labelled or not (predict), and their scores against its labels
-(score)."""
+(score, once check_labels has found them usable)."""
 
 from __future__ import annotations
 
@@ -90,11 +90,9 @@ class ClassificationTask:
     @torch.no_grad()
     def predict(self, net, examples, tok, hparams, device, autocast):
         rows = classification.encode(examples, tok, hparams.max_seq_length)
-        blank = 0.0 if hparams.task == "regression" else 0  # labels are not read here
 
         def run(chunk):
-            batch = self.collate([(row, blank) for row in chunk], tok)
-            batch.pop("labels")
+            batch = classification.collate(chunk, None, tok.pad_token_id)
             with autocast():
                 return net(**{k: v.to(device) for k, v in batch.items()}).float().cpu().tolist()
 
@@ -102,6 +100,10 @@ class ClassificationTask:
         if hparams.task == "regression":
             return logits.squeeze(-1).tolist()
         return [self.labels[i] for i in logits.argmax(-1).tolist()]
+
+    def check_labels(self, examples, hparams):
+        for example in examples:
+            self._target(example, hparams)
 
     def score(self, examples, predictions, hparams):
         targets = [self._target(e, hparams) for e in examples]
@@ -194,6 +196,9 @@ class SquadTask:
         answers = squad.abstain(found, null_odds, hparams.qa_na_threshold)
         return {"answers": answers, "best_non_null": found, "null_odds": null_odds}
 
+    def check_labels(self, examples, hparams):
+        pass  # a question without answers is an unanswerable one
+
     def score(self, examples, predictions, hparams):
         golds = {e.qid: e.answers for e in examples}
         if not hparams.v2:
@@ -274,13 +279,16 @@ class TaggingTask:
             )
         return outputs
 
-    def score(self, sentences, predictions, hparams):
+    def check_labels(self, sentences, hparams):
         if any(s.tags is None for s in sentences):
             raise ValueError("the evaluation sentences need tags to be scored")
+        if self.level == "span":
+            tagging.check_span_tags(t for s in sentences for t in s.tags)
+
+    def score(self, sentences, predictions, hparams):
         golds = [s.tags for s in sentences]
         predicted = [p["tags"] for p in predictions]
         if self.level == "span":
-            tagging.check_span_tags(t for tags in golds for t in tags)
             scores = span_scores(golds, predicted)
         else:
             scores = word_accuracy(golds, predicted)

@@ -89,6 +89,7 @@ def finetune(
         net.eval()
         if eval_file is not None:
             examples = task.load(eval_file, hparams)
+            task.check_labels(examples, hparams)  # before the predictions, not after
             predictions = task.predict(net, examples, tok, hparams, device, autocast)
             scores = task.score(examples, predictions, hparams)
             if main:
@@ -187,7 +188,6 @@ def _train(net, task, features, tok, hparams, device, autocast, log, progress) -
                 rate_s = (step + 1) / (time.time() - started)
                 print(f"step {step + 1}/{total} loss {record['loss']:.4f} "
                       f"({rate_s:.1f} steps/s)", file=sys.stderr)  # fmt: skip
-    net.eval()
 
 
 def _write_json(path: Path, value) -> None:

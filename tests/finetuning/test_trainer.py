@@ -182,6 +182,25 @@ def test_bad_input_is_named(pretrained, tmp_path, capsys):
     assert code == 2 and "unknown hparams ['epochs']" in capsys.readouterr().err
 
 
+def test_an_unlabelled_eval_file_is_refused_before_predicting(pretrained, tmp_path, monkeypatch):
+    from electra_fast.finetuning.tasks import ClassificationTask
+
+    model, tokenizer = pretrained
+    train = classification_file(tmp_path / "train.jsonl", 40, seed=9)
+    unlabelled = tmp_path / "dev.jsonl"
+    unlabelled.write_text(json.dumps({"sentence": "w10 w11"}) + "\n")
+
+    def predict(*args):
+        raise AssertionError("predicted before the labels were checked")
+
+    monkeypatch.setattr(ClassificationTask, "predict", predict)
+    hparams = FinetuneHparams(text_field="sentence", label_field="y", train_batch_size=8,
+                              num_train_steps=1, max_seq_length=16)  # fmt: skip
+    with pytest.raises(ValueError, match="an example has no 'y'"):
+        finetune(model, train, unlabelled, tmp_path / "out", hparams, tokenizer=tokenizer,
+                 progress=False)  # fmt: skip
+
+
 def test_a_non_finite_loss_stops_the_run_before_the_update(pretrained, tmp_path, monkeypatch):
     from electra_fast.finetuning.tasks import ClassificationTask
 
