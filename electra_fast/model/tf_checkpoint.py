@@ -54,10 +54,15 @@ _HEADS = {
 _NOT_PARAMETERS = re.compile(r"(.*/adam_[mv]|global_step|.*/Adam(_\d+)?|beta[12]_power)$")
 
 
+def _untied_generator(variables) -> bool:
+    """Whether the generator has embeddings of its own (untied_generator_embeddings)."""
+    return "generator/embeddings/word_embeddings" in variables
+
+
 def _rules(variables, part: str) -> list[tuple[str, str]]:
     scope = "electra" if part == "discriminator" else "generator"
     rules = [(f"{scope}/{tf}", f"electra.{hf}") for tf, hf in _ENCODER] + _HEADS[part]
-    if part == "generator" and f"{scope}/embeddings/word_embeddings" not in variables:
+    if part == "generator" and not _untied_generator(variables):
         # Tied embeddings: the generator's are the discriminator's.
         rules += [(f"electra/{tf}", f"electra.{hf}") for tf, hf in _ENCODER
                   if tf.startswith("embeddings/")]  # fmt: skip
@@ -152,7 +157,7 @@ def convert_tf_checkpoint(
         built["discriminator"] = (built["discriminator"][0], dataclasses.replace(
             disc, generator_hidden_size=gen.hidden_size / disc.hidden_size,
             generator_layers=gen.num_hidden_layers / disc.num_hidden_layers,
-            untied_generator_embeddings="generator/embeddings/word_embeddings" in variables,
+            untied_generator_embeddings=_untied_generator(variables),
         ), built["discriminator"][2])  # fmt: skip
     written = []
     for part, (cls, config, state) in built.items():

@@ -3,9 +3,6 @@ batch and evaluates its share of the eval set, only rank 0 writes, and the run e
 process with the same global batch ends."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -13,6 +10,7 @@ import torch
 from electra_fast.finetuning import FinetuneHparams, finetune
 from tests.finetuning.cases import pretrained_discriminator
 from tests.finetuning.test_trainer import QA, classification_file, ner_file, squad_file
+from tests.torchrun import torchrun_cli
 
 pytestmark = [
     pytest.mark.skipif(not torch.distributed.is_available(), reason="torch without distributed"),
@@ -30,16 +28,12 @@ def pretrained(tmp_path_factory):
 
 def torchrun(port, task, model, out, hparams, *, train=None, dev=None, tokenizer=None):
     """electra-fast finetune under torchrun with 2 CPU processes (gloo)."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-               "--master-port", str(port), "-m", "electra_fast.cli", "finetune", "--task", task,
-               "--model", str(model), "--out", str(out),
-               "--hparams", json.dumps(hparams)]  # fmt: skip
+    arguments = ["finetune", "--task", task, "--model", str(model), "--out", str(out),
+                 "--hparams", json.dumps(hparams)]  # fmt: skip
     for flag, value in (("--train", train), ("--eval", dev), ("--tokenizer", tokenizer)):
         if value is not None:
-            command += [flag, str(value)]
-    environment = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=environment)
-    assert result.returncode == 0, result.stderr[-6000:]
+            arguments += [flag, str(value)]
+    torchrun_cli(port, *arguments)
 
 
 def test_two_processes_end_where_one_process_does(pretrained, tmp_path):

@@ -2,26 +2,18 @@
 global batch, only rank 0 writes, and the loss falls."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from tests.pretraining.test_trainer import TINY, dataset, hparams  # noqa: F401  (fixture)
+from tests.torchrun import torchrun_cli
 
 
 def torchrun(data, out, settings, port):
     """electra-fast pretrain under torchrun with 2 CPU processes (gloo)."""
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-        "--master-port", str(port), "-m", "electra_fast.cli", "pretrain",
-        "--data", str(data), "--out", str(out), "--hparams", json.dumps(settings.to_dict()),
-    ]  # fmt: skip
-    environment = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=environment)
-    assert result.returncode == 0, result.stderr[-3000:]
+    torchrun_cli(port, "pretrain", "--data", str(data), "--out", str(out),
+                 "--hparams", json.dumps(settings.to_dict()))  # fmt: skip
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch without distributed")

@@ -1,0 +1,15 @@
+"""Running the electra-fast command under torchrun, for the multi-process tests."""
+
+import os
+import subprocess
+import sys
+
+
+def torchrun_cli(port: int, *arguments: str, processes: int = 2) -> None:
+    """`electra-fast ARGUMENTS` in `processes` CPU processes (gloo) under torchrun, which must
+    succeed."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(processes),
+               "--master-port", str(port), "-m", "electra_fast.cli", *arguments]  # fmt: skip
+    environment = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=environment)
+    assert result.returncode == 0, result.stderr[-6000:]
