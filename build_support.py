@@ -43,3 +43,23 @@ def find_cuda_home() -> Path | None:
         return None
     match = re.search(r"^#\$ TOP=(.+)$", dry, flags=re.MULTILINE)
     return _toolkit_root(Path(match.group(1).strip()).resolve()) if match else None
+
+
+def default_cuda_arch_list(capabilities: list[tuple[int, int]]) -> str | None:
+    """TORCH_CUDA_ARCH_LIST for a build that names none, given the visible GPUs' capabilities.
+
+    No GPU visible: 8.0 and 9.0a, the A100 and H100/H200 classes. Only 9.0 GPUs (H100, H200):
+    9.0a, so that the wgmma kernels are built (torch's own choice would be plain 9.0, which has
+    no wgmma). Anything else: None, torch's own choice (the visible GPUs' architectures).
+    """
+    if not capabilities:
+        return "8.0;9.0a"
+    if all(tuple(c) == (9, 0) for c in capabilities):
+        return "9.0a"
+    return None
+
+
+def runs_sm90a_code(archs: list[str]) -> bool:
+    """Whether a 9.0 device runs this build's sm_90a code: built for 9.0a and not for plain 9.0
+    (with both, which of the two the driver loads is not ours to say)."""
+    return "9.0a" in archs and "9.0" not in archs

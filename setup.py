@@ -5,7 +5,9 @@ Install with `pip install --no-build-isolation -e .` into an environment that al
 Environment:
   ELECTRA_FAST_CUDA      unset: build the CUDA kernels when torch has CUDA and nvcc is found;
                          0: never; 1: require them (their absence is an error).
-  TORCH_CUDA_ARCH_LIST   architectures to build for; with none given and no GPU visible, "8.0;9.0".
+  TORCH_CUDA_ARCH_LIST   architectures to build for; with none given: "8.0;9.0a" when no GPU is
+                         visible, "9.0a" when the visible GPUs are all H100/H200 (9.0a has the
+                         wgmma instructions, plain 9.0 does not), else the visible GPUs' own.
   MAX_JOBS               parallel compile jobs (ninja).
   CUDA_HOME              the CUDA toolkit; by default found from the nvcc on PATH.
 """
@@ -28,9 +30,7 @@ except ImportError:
 
 ROOT = Path(__file__).parent.resolve()
 sys.path.insert(0, str(ROOT))
-from build_support import find_cuda_home  # noqa: E402
-
-DEFAULT_ARCHS = "8.0;9.0"
+from build_support import default_cuda_arch_list, find_cuda_home, runs_sm90a_code  # noqa: E402
 
 
 def want_cuda() -> bool:
@@ -52,8 +52,11 @@ def want_cuda() -> bool:
         return False
     # torch.utils.cpp_extension reads CUDA_HOME when it is imported.
     os.environ["CUDA_HOME"] = str(cuda_home)
-    if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
-        os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCHS
+    if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        visible = [torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())]
+        archs = default_cuda_arch_list(visible)
+        if archs is not None:
+            os.environ["TORCH_CUDA_ARCH_LIST"] = archs
     return True
 
 
@@ -79,6 +82,8 @@ class BuildWithInfo(BuildExtension):
             "torch_cuda": torch.version.cuda,
             "cuda_built": WITH_CUDA,
             "cuda_archs": cuda_archs() if WITH_CUDA else [],
+            # The wgmma attention forward, for H100/H200 (ELECTRA_FAST_WGMMA=1 turns it on).
+            "sm90a_kernels": WITH_CUDA and runs_sm90a_code(cuda_archs()),
         }
         out = Path(self.get_ext_fullpath("electra_fast._C")).parent / "_build_info.json"
         out.write_text(json.dumps(info, indent=1) + "\n")
@@ -94,6 +99,8 @@ def extension():
         )
     sources += sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc/ops/cuda").glob("*.cu"))
     nvcc = ["-O3", "-std=c++20", "--expt-relaxed-constexpr", "-lineinfo"]
+    if runs_sm90a_code(cuda_archs()):
+        nvcc.append("-DELECTRA_FAST_SM90A")  # the host code may launch the wgmma kernels
     return CUDAExtension(
         "electra_fast._C",
         sources,

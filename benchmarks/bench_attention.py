@@ -2,7 +2,9 @@
 and forward + backward, without padding and with realistic padding (lengths uniform in
 [L/4, L]):
 
-- electra_fast: attention(q, k, v, lengths=...), the flash kernel on the GPU;
+- electra_fast: attention(q, k, v, lengths=...), the flash kernel on the GPU (the sm80 one);
+- electra_fast_wgmma: the same with ELECTRA_FAST_WGMMA=1, the sm_90a forward (H100/H200 only;
+  the backward is the sm80 one either way);
 - sdpa_default: torch's scaled_dot_product_attention as it dispatches by default (with a padding
   mask: cuDNN or the memory-efficient kernel);
 - sdpa_flash_unmasked: SDPA's flash backend without a mask: it computes the padded keys too and
@@ -33,7 +35,13 @@ from electra_fast import _extension
 TOKENS = 16384
 D = 64
 SHAPES = [(128, 4), (128, 12), (512, 4), (512, 12)]  # (L, H)
-PROVIDERS = ["electra_fast", "sdpa_default", "sdpa_flash_unmasked", "sdpa_math"]
+PROVIDERS = [
+    "electra_fast",
+    "electra_fast_wgmma",
+    "sdpa_default",
+    "sdpa_flash_unmasked",
+    "sdpa_math",
+]
 
 
 def make_inputs(L, H, padded, device, *, dtype=torch.bfloat16, tokens=TOKENS):
@@ -54,7 +62,7 @@ def attention_call(provider, lengths, dropout_p):
         return out.transpose(1, 2)
 
     def call(q, k, v):
-        if provider == "electra_fast":
+        if provider.startswith("electra_fast"):
             return electra_fast.attention(q, k, v, lengths=lengths, dropout_p=dropout_p)
         mask = None
         if lengths is not None:
@@ -78,9 +86,21 @@ def useful_work(q, lengths, backward):
     return flops, tensors_moved * int(lens.sum()) * H * D * q.element_size()
 
 
-def run_case(benchmark, device, provider, L, H, padded, mode, dropout_p):
+def choose_forward(provider, device, monkeypatch):
+    """The wgmma forward for electra_fast_wgmma (skipped where there is none), else the sm80."""
+    if provider != "electra_fast_wgmma":
+        monkeypatch.setenv("ELECTRA_FAST_WGMMA", "0")
+        return
+    hopper = device.type == "cuda" and torch.cuda.get_device_capability(device) == (9, 0)
+    if not (hopper and _extension.sm90a_kernels_built()):
+        pytest.skip("the wgmma forward needs an H100/H200 and a build with sm_90a kernels")
+    monkeypatch.setenv("ELECTRA_FAST_WGMMA", "1")
+
+
+def run_case(benchmark, monkeypatch, device, provider, L, H, padded, mode, dropout_p):
     if device.type == "cpu" and not benchmark.disabled:
         pytest.skip("a GPU benchmark; test_cpu_paths times the CPU")
+    choose_forward(provider, device, monkeypatch)
     small = benchmark.disabled  # smoke run: a few short sequences
     q, k, v, lengths = make_inputs(
         min(L, 40) if small else L, H, padded, device, tokens=80 if small else TOKENS
@@ -117,14 +137,14 @@ def run_case(benchmark, device, provider, L, H, padded, mode, dropout_p):
 @pytest.mark.parametrize("padded", [False, True], ids=["full", "padded"])
 @pytest.mark.parametrize(("L", "H"), SHAPES)
 @pytest.mark.parametrize("provider", PROVIDERS)
-def test_attention(benchmark, device, provider, L, H, padded, mode):
-    run_case(benchmark, device, provider, L, H, padded, mode, 0.0)
+def test_attention(benchmark, monkeypatch, device, provider, L, H, padded, mode):
+    run_case(benchmark, monkeypatch, device, provider, L, H, padded, mode, 0.0)
 
 
 @pytest.mark.parametrize(("L", "H"), SHAPES)
-@pytest.mark.parametrize("provider", ["electra_fast", "sdpa_default"])
-def test_attention_dropout(benchmark, device, provider, L, H):
-    run_case(benchmark, device, provider, L, H, True, "forward+backward", 0.1)
+@pytest.mark.parametrize("provider", ["electra_fast", "electra_fast_wgmma", "sdpa_default"])
+def test_attention_dropout(benchmark, monkeypatch, device, provider, L, H):
+    run_case(benchmark, monkeypatch, device, provider, L, H, True, "forward+backward", 0.1)
 
 
 def test_hbm_copy(benchmark, device):

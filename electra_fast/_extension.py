@@ -45,6 +45,11 @@ def build_info() -> dict:
         return {}
 
 
+def sm90a_kernels_built() -> bool:
+    """Whether the loaded build has the sm_90a (wgmma) kernels that H100/H200 run."""
+    return EXTENSION_LOADED and bool(build_info().get("sm90a_kernels"))
+
+
 def _load() -> str | None:
     """Imports _C; returns None on success, else the reason it could not be loaded."""
     try:

@@ -26,6 +26,7 @@ def collect() -> dict:
         "built_with_torch": built.get("torch"),
         "cuda_built": bool(built.get("cuda_built")) and _extension.EXTENSION_LOADED,
         "cuda_archs": built.get("cuda_archs", []) if _extension.EXTENSION_LOADED else [],
+        "sm90a_kernels": _extension.sm90a_kernels_built(),
         "force_reference": _extension.FORCE_REFERENCE,
         "ops": {
             name: {

@@ -6,6 +6,7 @@ import stat
 
 import pytest
 
+import build_support
 from build_support import find_cuda_home
 
 
@@ -54,3 +55,18 @@ def test_cuda_home_wins_and_no_nvcc_means_none(clean_env, monkeypatch, tmp_path)
     assert find_cuda_home() is None
     monkeypatch.setenv("CUDA_HOME", str(tmp_path / "somewhere"))
     assert find_cuda_home() == tmp_path / "somewhere"
+
+
+def test_default_arch_list_builds_wgmma_for_hopper():
+    # No GPU (our CI machines): A100 and H100 classes, the latter as 9.0a for wgmma.
+    assert build_support.default_cuda_arch_list([]) == "8.0;9.0a"
+    assert build_support.default_cuda_arch_list([(9, 0), (9, 0)]) == "9.0a"
+    # Anything else is torch's own choice.
+    assert build_support.default_cuda_arch_list([(8, 0)]) is None
+    assert build_support.default_cuda_arch_list([(9, 0), (8, 6)]) is None
+
+
+def test_sm90a_code_runs_only_without_plain_sm90_beside_it():
+    assert build_support.runs_sm90a_code(["8.0", "9.0a"])
+    assert not build_support.runs_sm90a_code(["8.0", "9.0"])
+    assert not build_support.runs_sm90a_code(["9.0", "9.0a"])

@@ -47,6 +47,9 @@ def test_info_json_reports_what_loaded():
         for op in _extension.OP_NAMES
     }
     assert info["cuda_built"] == bool(info["cuda_archs"])
+    # The wgmma kernels are what a 9.0 device runs only when no plain sm_90 code competes.
+    archs = set(info["cuda_archs"])
+    assert info["sm90a_kernels"] == ("9.0a" in archs and "9.0" not in archs)
     assert info["cuda_built"] == info["ops"]["mask_tokens"]["cuda"]
     if info["extension_loaded"]:
         assert info["extension_error"] is None and info["ops"]["mask_tokens"]["cpu"]
@@ -90,3 +93,34 @@ def test_reference_switch_rejects_other_values():
     assert (
         result.returncode != 0 and "ELECTRA_FAST_REFERENCE must be 0, 1 or unset" in result.stderr
     )
+
+
+def cuobjdump() -> str | None:
+    """The toolkit's cuobjdump, or the copy that torch's triton dependency ships."""
+    import importlib.util
+    import shutil
+    from pathlib import Path
+
+    found = shutil.which("cuobjdump")
+    if found is None and importlib.util.find_spec("triton") is not None:
+        bundled = Path(importlib.util.find_spec("triton").origin).parent
+        bundled = bundled / "backends" / "nvidia" / "bin" / "cuobjdump"
+        found = str(bundled) if bundled.is_file() else None
+    return found
+
+
+def test_the_sm90a_build_has_wgmma_and_the_sm80_code_mma_sync():
+    """The attention kernels compiled to the tensor-core instructions they were written for: a
+    build whose wgmma forward fell back to nothing (a guard never true) would still pass every
+    CPU test."""
+    tool = cuobjdump()
+    if not _extension.sm90a_kernels_built() or tool is None:
+        pytest.skip("needs a build with sm_90a kernels and cuobjdump")
+    from electra_fast import _C
+
+    sass = subprocess.run(
+        [tool, "-sass", _C.__file__], capture_output=True, text=True, check=True, timeout=300
+    ).stdout
+    assert "HGMMA.64x128x16.F32.BF16" in sass  # S = QK^T, and PV at D = 128
+    assert "HGMMA.64x64x16.F32.BF16" in sass  # PV at D = 64
+    assert "HMMA.16816.F32.BF16" in sass  # the sm80 kernels

@@ -18,6 +18,8 @@
 
 #include "../attention.h"
 #include "../checks.h"
+#include "attention_sm90.h"
+#include "attention_tiles.cuh"
 #include "tensor_core.cuh"
 
 namespace electra_fast {
@@ -25,17 +27,7 @@ namespace {
 
 constexpr int kTile = kAttentionTile;
 constexpr int kThreads = 128;  // 4 warps, 16 rows of the tile each
-constexpr float kLn2 = 0.6931471805599453f;
-constexpr float kLog2e = 1.4426950408889634f;
-constexpr float kInf = __builtin_huge_valf();
 
-template <int D>
-struct Shape {
-  static constexpr int kPitch = D + 8;    // 16 extra bytes per row: ldmatrix without conflicts
-  static constexpr int kChunks = D / 8;   // 16-byte pieces of a row
-  static constexpr int kKSteps = D / 16;  // k steps of a matmul over D
-  static constexpr int kDTiles = D / 8;   // 8-column accumulator tiles over D
-};
 constexpr int kScorePitch = kTile + 8;
 
 // Rows [0, valid) of a 64-row tile from global memory (rows `row_stride` apart) into shared
@@ -49,47 +41,6 @@ __device__ __forceinline__ void load_tile(T* tile, const T* rows, int64_t row_st
     const bool inside = r < valid;
     cp_async_16(tile + r * S::kPitch + c * 8,
                 inside ? rows + r * row_stride + c * 8 : any_valid_address, inside);
-  }
-}
-
-// This thread's dropout decisions in a 16 x 64 strip of (query, key): bit nt * 4 + c is
-// accumulator element c of 8-column tile nt, that is row g + 8 * (c / 2), column
-// nt * 8 + 2t + c % 2. `query` is row g's position in the sequence, `key0` the strip's first key.
-// The quad of row g shares the 16 Philox calls of its two rows: each thread makes 4 and four
-// shuffle rounds hand every thread its word of each (round s: lane t sends word t - s of its
-// call and receives word t of the call of lane t + s).
-__device__ __forceinline__ uint32_t dropout_keep_bits(uint64_t seed, int64_t bh, int query,
-                                                      int key0, uint32_t threshold, int lane) {
-  const int t = lane & 3;
-  uint32_t bits = 0;
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-#pragma unroll
-    for (int a = 0; a < 2; ++a) {
-      const Philox4 block = dropout_block(seed, bh, query + 8 * r, key0 / 8 + 4 * a + t);
-#pragma unroll
-      for (int s = 0; s < 4; ++s) {
-        const uint32_t sent = philox_word(block, static_cast<uint32_t>(t - s) & 3u);
-        const int source = (t + s) & 3;
-        const uint32_t word = __shfl_sync(0xffffffffu, sent, (lane & ~3) | source);
-        const int shift = (4 * a + source) * 4 + 2 * r;
-        bits |= static_cast<uint32_t>((word & 0xffffu) >= threshold) << shift;
-        bits |= static_cast<uint32_t>((word >> 16) >= threshold) << (shift + 1);
-      }
-    }
-  }
-  return bits;
-}
-
-// A fragments of the 16 x 64 strip held in accumulators acc[8][4] (four k steps of 16).
-template <typename T>
-__device__ __forceinline__ void accumulators_to_a(const float (&acc)[8][4], uint32_t (&a)[4][4]) {
-#pragma unroll
-  for (int kk = 0; kk < 4; ++kk) {
-    a[kk][0] = pack2<T>(acc[2 * kk][0], acc[2 * kk][1]);
-    a[kk][1] = pack2<T>(acc[2 * kk][2], acc[2 * kk][3]);
-    a[kk][2] = pack2<T>(acc[2 * kk + 1][0], acc[2 * kk + 1][1]);
-    a[kk][3] = pack2<T>(acc[2 * kk + 1][2], acc[2 * kk + 1][3]);
   }
 }
 
@@ -130,34 +81,6 @@ __device__ __forceinline__ void a_times_tile(float (&out)[Shape<D>::kDTiles][4],
         b, b_tile + (k0 + lane % 8 + ((lane / 8) % 2) * 8) * S::kPitch + dp * 16 + (lane / 16) * 8);
     mma_16816<T>(out[2 * dp], a, b[0], b[1]);
     mma_16816<T>(out[2 * dp + 1], a, b[2], b[3]);
-  }
-}
-
-// Writes this warp's 16 rows of a 64 x D result: accumulator rows scaled by factor[0 | 1] (rows
-// g, g + 8), staged through `stage` (the warp's 16 rows of a free tile) for 16-byte stores.
-// Rows at or past `length` are written as zeros up to `limit` (padded layout) and skipped after.
-template <typename T, int D>
-__device__ __forceinline__ void store_rows(const float (&acc)[Shape<D>::kDTiles][4],
-                                           const float (&factor)[2], T* stage, T* dst,
-                                           int64_t row_stride, int first_row, int length, int limit,
-                                           int lane) {
-  using S = Shape<D>;
-  const int g = lane / 4, t = lane % 4;
-#pragma unroll
-  for (int dt = 0; dt < S::kDTiles; ++dt) {
-    *reinterpret_cast<uint32_t*>(stage + g * S::kPitch + dt * 8 + 2 * t) =
-        pack2<T>(acc[dt][0] * factor[0], acc[dt][1] * factor[0]);
-    *reinterpret_cast<uint32_t*>(stage + (g + 8) * S::kPitch + dt * 8 + 2 * t) =
-        pack2<T>(acc[dt][2] * factor[1], acc[dt][3] * factor[1]);
-  }
-  __syncwarp();
-  for (int idx = lane; idx < 16 * S::kChunks; idx += 32) {
-    const int r = idx / S::kChunks, c = idx % S::kChunks, row = first_row + r;
-    if (row >= limit) continue;
-    const uint4 value = row < length
-                            ? *reinterpret_cast<const uint4*>(stage + r * S::kPitch + c * 8)
-                            : make_uint4(0, 0, 0, 0);
-    *reinterpret_cast<uint4*>(dst + row * row_stride + c * 8) = value;
   }
 }
 
@@ -218,49 +141,10 @@ __global__ void __launch_bounds__(kThreads)
           mma_16816<T>(s[2 * np + 1], q_frag[kk], b_frag[2], b_frag[3]);
         }
       }
-      // Online softmax in base 2; the quad of lanes 4g .. 4g + 3 holds rows g and g + 8.
-      float tile_max[2] = {row_max[0], row_max[1]};
-#pragma unroll
-      for (int nt = 0; nt < 8; ++nt) {
-#pragma unroll
-        for (int c = 0; c < 4; ++c) {
-          const bool inside = nt * 8 + 2 * t + (c & 1) < cols;
-          s[nt][c] = inside ? s[nt][c] * p.scale_log2 : -kInf;
-          tile_max[c / 2] = fmaxf(tile_max[c / 2], s[nt][c]);
-        }
-      }
-      float correction[2], tile_sum[2] = {0.0f, 0.0f};
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 1));
-        tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 2));
-        correction[r] = exp2f(row_max[r] - tile_max[r]);  // 0 on the first tile
-        row_max[r] = tile_max[r];
-      }
-#pragma unroll
-      for (int nt = 0; nt < 8; ++nt) {
-#pragma unroll
-        for (int c = 0; c < 4; ++c) {
-          s[nt][c] = exp2f(s[nt][c] - row_max[c / 2]);
-          tile_sum[c / 2] += s[nt][c];  // before dropout: the denominator counts every key
-        }
-      }
-#pragma unroll
-      for (int r = 0; r < 2; ++r) row_sum[r] = row_sum[r] * correction[r] + tile_sum[r];
-#pragma unroll
-      for (int dt = 0; dt < S::kDTiles; ++dt) {
-#pragma unroll
-        for (int c = 0; c < 4; ++c) acc[dt][c] *= correction[c / 2];
-      }
-      if (p.dropout()) {
-        const uint32_t keep =
-            dropout_keep_bits(seed, bh, m0 + warp * 16 + g, n0, p.drop_threshold, lane);
-#pragma unroll
-        for (int nt = 0; nt < 8; ++nt) {
-#pragma unroll
-          for (int c = 0; c < 4; ++c) s[nt][c] = (keep >> (nt * 4 + c)) & 1u ? s[nt][c] : 0.0f;
-        }
-      }
+      float correction[2];
+      online_softmax(s, row_max, row_sum, correction, cols, p.scale_log2, t);
+      scale_rows(acc, correction);
+      if (p.dropout()) drop_probabilities(s, p, seed, bh, m0 + warp * 16 + g, n0, lane);
       uint32_t p_frag[4][4];
       accumulators_to_a<T>(s, p_frag);
       cp_async_wait_all();
@@ -275,27 +159,14 @@ __global__ void __launch_bounds__(kThreads)
     }
   }
   float factor[2], row_lse[2];
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    float sum = row_sum[r];
-    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-    factor[r] = sum > 0.0f ? p.keep_scale / sum : 0.0f;
-    row_lse[r] = (row_max[r] + log2f(sum)) * kLn2;
-  }
+  finish_softmax(row_max, row_sum, p.keep_scale, factor, row_lse);
   // Each warp stages its rows in its own rows of the Q tile, which only it has read.
   const int first_row = m0 + warp * 16;
   const int limit = p.packed ? length : static_cast<int>(p.max_seqlen);
   store_rows<T, D>(acc, factor, q_tile + warp * 16 * S::kPitch,
                    out + seq.start * p.heads * D + head, p.heads * D, first_row, length, limit,
                    lane);
-  if (t == 0) {
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int row = first_row + g + 8 * r;
-      if (row < limit) lse[(seq.start + row) * p.heads + h] = row < length ? row_lse[r] : kInf;
-    }
-  }
+  store_lse(lse + seq.start * p.heads + h, p.heads, row_lse, first_row, length, limit, lane);
 #endif
 }
 
@@ -447,44 +318,10 @@ constexpr size_t backward_shared_bytes() {
   return (4 * kTile * Shape<D>::kPitch + 2 * kTile * kScorePitch) * 2 + 2 * kTile * sizeof(float);
 }
 
-template <typename Kernel>
-void allow_shared_bytes(Kernel kernel, size_t bytes) {
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      static_cast<int>(bytes)));
-}
-
-// Calls fn.template operator()<T, D>() with T the CUDA type of `dtype` and D the head dim.
-template <typename Fn>
-void dispatch_kernel(at::ScalarType dtype, int64_t head_dim, Fn&& fn) {
-  auto with_dim = [&]<typename T>() {
-    switch (head_dim) {
-      case 32:
-        return fn.template operator()<T, 32>();
-      case 64:
-        return fn.template operator()<T, 64>();
-      case 128:
-        return fn.template operator()<T, 128>();
-      default:
-        TORCH_CHECK_VALUE(false, "the CUDA attention kernels take head dims 32, 64 and 128, got ",
-                          head_dim);
-    }
-  };
-  if (dtype == at::kBFloat16) return with_dim.template operator()<__nv_bfloat16>();
-  TORCH_CHECK_TYPE(dtype == at::kHalf, "the CUDA attention kernels take bfloat16 or float16, got ",
-                   dtype);
-  with_dim.template operator()<__half>();
-}
-
 // One block per (sequence, head) and tile of 64 rows.
 dim3 grid_of(const AttentionParams& p) {
   return dim3(static_cast<unsigned>(p.batch * p.heads),
               static_cast<unsigned>((p.max_seqlen + kTile - 1) / kTile));
-}
-
-// A tensor's data as the CUDA element type T (__nv_bfloat16 or __half, same bits as ATen's).
-template <typename T>
-T* data(const at::Tensor& t) {
-  return reinterpret_cast<T*>(const_cast<void*>(t.const_data_ptr()));
 }
 
 void check_device(const at::Tensor& q) {
@@ -511,6 +348,10 @@ std::tuple<at::Tensor, at::Tensor> attention_forward_cuda(
   at::Tensor out = new_attention_result(call, q.scalar_type());
   at::Tensor lse = new_attention_lse(call);
   if (p.batch == 0 || p.total_rows == 0) return {out, lse};
+  if (attention_forward_sm90_applies(q, p.head_dim)) {
+    attention_forward_sm90(call, out, lse);
+    return {out, lse};
+  }
   dispatch_kernel(q.scalar_type(), p.head_dim, [&]<typename T, int D>() {
     auto kernel = attention_forward_kernel<T, D>;
     allow_shared_bytes(kernel, forward_shared_bytes<D>());
