@@ -1,4 +1,6 @@
 // ELECTRA's masking on the CPU: sequences in parallel, a linear-time selection per sequence.
+#include "masking.h"
+
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
@@ -10,7 +12,6 @@
 #include <vector>
 
 #include "checks.h"
-#include "masking.h"
 
 namespace electra_fast {
 
@@ -20,8 +21,9 @@ MaskingParams make_masking_params(const at::Tensor& input_ids, const at::Tensor&
                                   int64_t max_predictions, double replace_prob, double random_prob,
                                   bool bernoulli, int64_t row_offset) {
   EF_CHECK_DIM(input_ids, 2);
-  EF_CHECK_DTYPE(input_ids, input_ids.scalar_type() == at::kLong ||
-                                input_ids.scalar_type() == at::kInt, "int32 or int64");
+  EF_CHECK_DTYPE(input_ids,
+                 input_ids.scalar_type() == at::kLong || input_ids.scalar_type() == at::kInt,
+                 "int32 or int64");
   EF_CHECK_SHAPE(attention_mask, input_ids.size(0), input_ids.size(1));
   EF_CHECK_DTYPE(attention_mask, attention_mask.scalar_type() == input_ids.scalar_type(),
                  "of input_ids' dtype");
@@ -62,8 +64,8 @@ MaskingParams make_masking_params(const at::Tensor& input_ids, const at::Tensor&
                     kMaxSpecialIds - 1, " distinct ids besides mask_token_id, got ",
                     specials.size());
   for (int64_t id : specials) {
-    TORCH_CHECK_VALUE(id >= 0 && id < vocab_size, "special_ids must be in [0, vocab_size=",
-                      vocab_size, "), got ", id);
+    TORCH_CHECK_VALUE(id >= 0 && id < vocab_size,
+                      "special_ids must be in [0, vocab_size=", vocab_size, "), got ", id);
   }
   TORCH_CHECK_VALUE(random_prob == 0.0 || static_cast<int64_t>(specials.size()) < vocab_size,
                     "random_prob > 0 needs a non-special token, but all ", vocab_size,
@@ -96,8 +98,9 @@ void mask_rows(const MaskingParams& p, uint64_t seed, const id_t* ids, const id_
     int64_t num_tokens = 0;
     for (int64_t i = 0; i < L; ++i) {
       const int64_t id = row[i];
-      TORCH_CHECK_VALUE(id >= 0 && id < p.vocab_size, "input_ids must be in [0, vocab_size=",
-                        p.vocab_size, "), got ", id, " at [", b, ", ", i, "]");
+      TORCH_CHECK_VALUE(id >= 0 && id < p.vocab_size,
+                        "input_ids must be in [0, vocab_size=", p.vocab_size, "), got ", id,
+                        " at [", b, ", ", i, "]");
       if (row_mask[i] == 0) continue;
       ++num_tokens;
       if (is_special(p, id)) continue;
@@ -120,18 +123,18 @@ void mask_rows(const MaskingParams& p, uint64_t seed, const id_t* ids, const id_
       labels[b * N + s] = used ? static_cast<int64_t>(row[pos]) : 0;
       weights[b * N + s] = used ? 1.0f : 0.0f;
       if (used) {
-        masked[b * L + pos] =
-            static_cast<id_t>(masked_value(p, row[pos], masking_randoms(seed, p.row_offset + b, pos, L)));
+        masked[b * L + pos] = static_cast<id_t>(
+            masked_value(p, row[pos], masking_randoms(seed, p.row_offset + b, pos, L)));
       }
     }
   }
 }
 
-MaskingOutputs mask_tokens_cpu(
-    const at::Tensor& input_ids, const at::Tensor& attention_mask, const at::Tensor& seed,
-    c10::IntArrayRef special_ids, int64_t mask_token_id, int64_t vocab_size, double mask_prob,
-    int64_t max_predictions, double replace_prob, double random_prob, bool bernoulli,
-    int64_t row_offset) {
+MaskingOutputs mask_tokens_cpu(const at::Tensor& input_ids, const at::Tensor& attention_mask,
+                               const at::Tensor& seed, c10::IntArrayRef special_ids,
+                               int64_t mask_token_id, int64_t vocab_size, double mask_prob,
+                               int64_t max_predictions, double replace_prob, double random_prob,
+                               bool bernoulli, int64_t row_offset) {
   const MaskingParams p = make_masking_params(input_ids, attention_mask, seed, special_ids,
                                               mask_token_id, vocab_size, mask_prob, max_predictions,
                                               replace_prob, random_prob, bernoulli, row_offset);
@@ -140,15 +143,14 @@ MaskingOutputs mask_tokens_cpu(
   auto& [masked, positions, labels, weights] = outputs;
   const uint64_t key = static_cast<uint64_t>(seed.item<int64_t>());
   AT_DISPATCH_INDEX_TYPES(input_ids.scalar_type(), "mask_tokens_cpu", [&] {
-    at::parallel_for(0, B, /*grain_size=*/std::max<int64_t>(1, 16384 / std::max<int64_t>(1, p.seq_len)),
-                     [&](int64_t begin, int64_t end) {
-                       mask_rows<index_t>(p, key, input_ids.const_data_ptr<index_t>(),
-                                          attention_mask.const_data_ptr<index_t>(),
-                                          masked.mutable_data_ptr<index_t>(),
-                                          positions.mutable_data_ptr<int64_t>(),
-                                          labels.mutable_data_ptr<int64_t>(),
-                                          weights.mutable_data_ptr<float>(), begin, end);
-                     });
+    at::parallel_for(
+        0, B, /*grain_size=*/std::max<int64_t>(1, 16384 / std::max<int64_t>(1, p.seq_len)),
+        [&](int64_t begin, int64_t end) {
+          mask_rows<index_t>(
+              p, key, input_ids.const_data_ptr<index_t>(), attention_mask.const_data_ptr<index_t>(),
+              masked.mutable_data_ptr<index_t>(), positions.mutable_data_ptr<int64_t>(),
+              labels.mutable_data_ptr<int64_t>(), weights.mutable_data_ptr<float>(), begin, end);
+        });
   });
   return outputs;
 }

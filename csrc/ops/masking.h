@@ -9,12 +9,12 @@
 //         token if u < replace_prob + random_prob, else the original token;
 //   x[2]: the random token: the floor(x[2] * n / 2^32)-th non-special id, n = number of them.
 #pragma once
+#include <ATen/core/Tensor.h>
+#include <c10/util/ArrayRef.h>
+
 #include <cmath>
 #include <cstdint>
 #include <tuple>
-
-#include <ATen/core/Tensor.h>
-#include <c10/util/ArrayRef.h>
 
 #include "philox.h"
 

@@ -68,8 +68,8 @@ EF_HOST_DEVICE uint32_t philox_word(const Philox4& r, uint32_t w) {
 // The four numbers of element `index` (a 64-bit position in the op's own index space) of
 // `stream`, under the 64-bit key `seed`.
 EF_HOST_DEVICE Philox4 philox_element(uint64_t seed, uint64_t index, uint32_t stream) {
-  return philox4x32_10(static_cast<uint32_t>(index), static_cast<uint32_t>(index >> 32), stream,
-                       0u, static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+  return philox4x32_10(static_cast<uint32_t>(index), static_cast<uint32_t>(index >> 32), stream, 0u,
+                       static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
 }
 
 }  // namespace electra_fast

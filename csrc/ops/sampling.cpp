@@ -1,5 +1,7 @@
 // The generator step on the CPU: rows in parallel, one pass over each row's logits for the
 // logsumexp and the Gumbel argmax; the backward writes softmax - onehot from the saved logsumexp.
+#include "sampling.h"
+
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
@@ -11,7 +13,6 @@
 #include <cmath>
 
 #include "checks.h"
-#include "sampling.h"
 
 namespace electra_fast {
 
@@ -20,9 +21,9 @@ void check_generator_step_args(const at::Tensor& logits, const at::Tensor& label
                                int64_t vocab_start, int64_t vocab_size, int64_t row_offset) {
   TORCH_CHECK_VALUE(row_offset >= 0, "row_offset must be non-negative, got ", row_offset);
   EF_CHECK_DIM(logits, 2);
-  EF_CHECK_DTYPE(logits, at::isReducedFloatingType(logits.scalar_type()) ||
-                             logits.scalar_type() == at::kFloat,
-                 "float32, bfloat16 or float16");
+  EF_CHECK_DTYPE(
+      logits, at::isReducedFloatingType(logits.scalar_type()) || logits.scalar_type() == at::kFloat,
+      "float32, bfloat16 or float16");
   EF_CHECK_CONTIGUOUS(logits);
   TORCH_CHECK_VALUE(logits.size(1) >= 1, "logits must have at least one column, got shape ",
                     logits.sizes());
@@ -51,9 +52,9 @@ void check_generator_step_backward_args(const at::Tensor& grad_loss, const at::T
   for (const at::Tensor* t : {&grad_loss, &lse}) {
     TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == rows && t->scalar_type() == at::kFloat &&
                           t->device() == logits.device(),
-                      t == &lse ? "lse" : "grad_loss", " must be float32 of shape [", rows,
-                      "] on ", logits.device(), ", got ", t->scalar_type(), " ", t->sizes(),
-                      " on ", t->device());
+                      t == &lse ? "lse" : "grad_loss", " must be float32 of shape [", rows, "] on ",
+                      logits.device(), ", got ", t->scalar_type(), " ", t->sizes(), " on ",
+                      t->device());
   }
   EF_CHECK_SHAPE(labels, rows);
   EF_CHECK_DTYPE(labels, labels.scalar_type() == at::kLong, "int64");
@@ -99,8 +100,8 @@ void fill_gumbel_noise(Scratch& scratch, int64_t n, int64_t row, int64_t vocab_s
 // (the CUDA kernel's tree of partial sums does not need this).
 template <typename scalar_t>
 RowState scan_row(const scalar_t* x, int64_t n, int64_t row, int64_t vocab_start,
-                  int64_t vocab_size, uint64_t seed, float inverse_temperature,
-                  int64_t disallowed, Scratch& scratch) {
+                  int64_t vocab_size, uint64_t seed, float inverse_temperature, int64_t disallowed,
+                  Scratch& scratch) {
   RowState state = empty_row_state();
   float* logits = scratch.logits.mutable_data_ptr<float>();
   for (int64_t c = 0; c < n; ++c) {
@@ -111,7 +112,8 @@ RowState scan_row(const scalar_t* x, int64_t n, int64_t row, int64_t vocab_start
   const float* g = scratch.noise.const_data_ptr<float>();
   for (int64_t c = 0; c < n; ++c) {
     const int64_t v = vocab_start + c;
-    if (v != disallowed) add_candidate(state, gumbel_score(logits[c], inverse_temperature, g[c]), v);
+    if (v != disallowed)
+      add_candidate(state, gumbel_score(logits[c], inverse_temperature, g[c]), v);
   }
   if (state.max == -std::numeric_limits<float>::infinity()) return state;  // sum 0: lse -inf
   scratch.logits.sub_(state.max).exp_();  // exp(x - max): 0 from -inf, NaN from NaN or inf - inf
@@ -125,19 +127,20 @@ int64_t checked_label(const int64_t* labels, int64_t row, int64_t ignore_index,
                       int64_t vocab_size) {
   const int64_t label = labels[row];
   TORCH_CHECK_VALUE(label == ignore_index || (label >= 0 && label < vocab_size),
-                    "labels must be in [0, vocab_size=", vocab_size, ") or ignore_index=",
-                    ignore_index, ", got ", label, " at [", row, "]");
+                    "labels must be in [0, vocab_size=", vocab_size,
+                    ") or ignore_index=", ignore_index, ", got ", label, " at [", row, "]");
   return label;
 }
 
-int64_t grain(int64_t columns) { return std::max<int64_t>(1, 65536 / std::max<int64_t>(1, columns)); }
+int64_t grain(int64_t columns) {
+  return std::max<int64_t>(1, 65536 / std::max<int64_t>(1, columns));
+}
 
 std::array<int64_t, 1> row_shape(const at::Tensor& logits) { return {logits.size(0)}; }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> generator_step_cpu(
-    const at::Tensor& logits, const at::Tensor& labels, const at::Tensor& seed,
-    double temperature, bool disallow_labels, int64_t ignore_index, bool /*inplace_backward*/,
-    int64_t row_offset) {
+    const at::Tensor& logits, const at::Tensor& labels, const at::Tensor& seed, double temperature,
+    bool disallow_labels, int64_t ignore_index, bool /*inplace_backward*/, int64_t row_offset) {
   const int64_t V = logits.size(1);
   check_generator_step_args(logits, labels, seed, temperature, disallow_labels, 0, V, row_offset);
   const auto f32 = logits.options().dtype(at::kFloat);
@@ -158,9 +161,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> generator_step_cpu(
         const int64_t label = checked_label(label_ptr, r, ignore_index, V);
         const bool ignored = label == ignore_index;
         const int64_t disallowed = disallow_labels && !ignored ? label : -1;
-        const RowState s =
-            scan_row(x + r * V, V, row_offset + r, 0, V, key, inverse_temperature, disallowed,
-                     scratch);
+        const RowState s = scan_row(x + r * V, V, row_offset + r, 0, V, key, inverse_temperature,
+                                    disallowed, scratch);
         lse_ptr[r] = row_logsumexp(s);
         loss_ptr[r] = ignored ? 0.0f : lse_ptr[r] - static_cast<float>(x[r * V + label]);
         sample_ptr[r] = best_column(s, disallowed == 0 ? 1 : 0);
@@ -174,9 +176,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> generator_step_cpu(
 // logsumexp, the label's logit when the label is in the tile (else -inf), and the tile's best
 // Gumbel score and column.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> generator_step_tile_cpu(
-    const at::Tensor& logits, const at::Tensor& labels, const at::Tensor& seed,
-    double temperature, bool disallow_labels, int64_t ignore_index, int64_t vocab_start,
-    int64_t vocab_size, int64_t row_offset) {
+    const at::Tensor& logits, const at::Tensor& labels, const at::Tensor& seed, double temperature,
+    bool disallow_labels, int64_t ignore_index, int64_t vocab_start, int64_t vocab_size,
+    int64_t row_offset) {
   check_generator_step_args(logits, labels, seed, temperature, disallow_labels, vocab_start,
                             vocab_size, row_offset);
   const int64_t n = logits.size(1);
@@ -196,9 +198,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> generator_step_tile_c
         const int64_t label = checked_label(label_ptr, r, ignore_index, vocab_size);
         const bool ignored = label == ignore_index;
         const int64_t disallowed = disallow_labels && !ignored ? label : -1;
-        const RowState s =
-            scan_row(x + r * n, n, row_offset + r, vocab_start, vocab_size, key, inverse_temperature,
-                     disallowed, scratch);
+        const RowState s = scan_row(x + r * n, n, row_offset + r, vocab_start, vocab_size, key,
+                                    inverse_temperature, disallowed, scratch);
         const bool in_tile = !ignored && label >= vocab_start && label < vocab_start + n;
         lse.mutable_data_ptr<float>()[r] = row_logsumexp(s);
         label_logit.mutable_data_ptr<float>()[r] =
@@ -240,7 +241,7 @@ void step_backward_into(const at::Tensor& grad_loss, const at::Tensor& logits,
         }
         const scalar_t* x_row = x + r * n;
         for (int64_t c = 0; c < n; ++c) p[c] = static_cast<float>(x_row[c]);
-        scratch.logits.sub_(lse_ptr[r]).exp_();  // softmax, from the saved logsumexp
+        scratch.logits.sub_(lse_ptr[r]).exp_();            // softmax, from the saved logsumexp
         const int64_t label_column = label - vocab_start;  // may lie outside this tile
         const float row_grad = g[r];
         for (int64_t c = 0; c < n; ++c) {

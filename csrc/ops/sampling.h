@@ -8,11 +8,11 @@
 // columns. A tile of columns [vocab_start, vocab_start + n) uses the same numbers as the whole
 // row, so a step computed tile by tile samples exactly what the one-pass step samples.
 #pragma once
+#include <ATen/core/Tensor.h>
+
 #include <cmath>
 #include <cstdint>
 #include <limits>
-
-#include <ATen/core/Tensor.h>
 
 #include "dispatch.h"
 #include "philox.h"
@@ -33,9 +33,9 @@ EF_HOST_DEVICE uint64_t sampling_groups(int64_t vocab_size) {
 
 EF_HOST_DEVICE Philox4 sampling_randoms(uint64_t seed, int64_t row, int64_t group,
                                         int64_t vocab_size) {
-  return philox_element(seed, static_cast<uint64_t>(row) * sampling_groups(vocab_size) +
-                                  static_cast<uint64_t>(group),
-                        kStreamSampling);
+  return philox_element(
+      seed, static_cast<uint64_t>(row) * sampling_groups(vocab_size) + static_cast<uint64_t>(group),
+      kStreamSampling);
 }
 
 // Gumbel(0, 1) noise from one 32-bit word, in fp32: t = (w + 1/2) / 2^32 is uniform in (0, 1)

@@ -96,7 +96,8 @@ __global__ void __launch_bounds__(kThreads)
       positions[b * N + slot] = i;
       labels[b * N + slot] = original;
       weights[b * N + slot] = 1.0f;
-      masked_row[i] = static_cast<id_t>(masked_value(p, original, masking_randoms(seed, p.row_offset + b, i, L)));
+      masked_row[i] = static_cast<id_t>(
+          masked_value(p, original, masking_randoms(seed, p.row_offset + b, i, L)));
     }
     slots_before += chunk_total;
     __syncthreads();  // warp_chosen is rewritten by the next chunk
@@ -108,16 +109,18 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-MaskingOutputs mask_tokens_cuda(
-    const at::Tensor& input_ids, const at::Tensor& attention_mask, const at::Tensor& seed,
-    c10::IntArrayRef special_ids, int64_t mask_token_id, int64_t vocab_size, double mask_prob,
-    int64_t max_predictions, double replace_prob, double random_prob, bool bernoulli,
-    int64_t row_offset) {
+MaskingOutputs mask_tokens_cuda(const at::Tensor& input_ids, const at::Tensor& attention_mask,
+                                const at::Tensor& seed, c10::IntArrayRef special_ids,
+                                int64_t mask_token_id, int64_t vocab_size, double mask_prob,
+                                int64_t max_predictions, double replace_prob, double random_prob,
+                                bool bernoulli, int64_t row_offset) {
   const MaskingParams p = make_masking_params(input_ids, attention_mask, seed, special_ids,
                                               mask_token_id, vocab_size, mask_prob, max_predictions,
                                               replace_prob, random_prob, bernoulli, row_offset);
-  TORCH_CHECK_VALUE(p.seq_len <= kMaxSeqLen, "input_ids: the CUDA kernel handles sequences of at "
-                    "most ", kMaxSeqLen, " tokens, got ", p.seq_len);
+  TORCH_CHECK_VALUE(p.seq_len <= kMaxSeqLen,
+                    "input_ids: the CUDA kernel handles sequences of at "
+                    "most ",
+                    kMaxSeqLen, " tokens, got ", p.seq_len);
   const c10::cuda::CUDAGuard guard(input_ids.device());
   const int64_t B = input_ids.size(0);
   auto outputs = empty_masking_outputs(input_ids, max_predictions);

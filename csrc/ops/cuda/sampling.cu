@@ -55,7 +55,8 @@ struct StepParams {
 
 __device__ void add_scored_logit(RowState& s, float x, const StepParams& p, uint32_t word,
                                  int64_t v, int64_t disallowed) {
-  if (v != disallowed) add_candidate(s, gumbel_score(x, p.inverse_temperature, gumbel_noise(word)), v);
+  if (v != disallowed)
+    add_candidate(s, gumbel_score(x, p.inverse_temperature, gumbel_noise(word)), v);
 }
 
 // One thread's share of the aligned body: vectors tid, tid + kThreads, ... Every vector starts
@@ -158,10 +159,18 @@ __global__ void __launch_bounds__(kThreads)
     scan_scalar(s, row, threadIdx.x, p, seed, stream_row, disallowed);
   }
   switch ((p.vocab_start + split.head) & 3) {
-    case 0: scan_vectors<0>(s, row, split.head, split.vectors, p, seed, stream_row, disallowed); break;
-    case 1: scan_vectors<1>(s, row, split.head, split.vectors, p, seed, stream_row, disallowed); break;
-    case 2: scan_vectors<2>(s, row, split.head, split.vectors, p, seed, stream_row, disallowed); break;
-    default: scan_vectors<3>(s, row, split.head, split.vectors, p, seed, stream_row, disallowed); break;
+    case 0:
+      scan_vectors<0>(s, row, split.head, split.vectors, p, seed, stream_row, disallowed);
+      break;
+    case 1:
+      scan_vectors<1>(s, row, split.head, split.vectors, p, seed, stream_row, disallowed);
+      break;
+    case 2:
+      scan_vectors<2>(s, row, split.head, split.vectors, p, seed, stream_row, disallowed);
+      break;
+    default:
+      scan_vectors<3>(s, row, split.head, split.vectors, p, seed, stream_row, disallowed);
+      break;
   }
   const int64_t tail = split.head + split.vectors * Vec<scalar_t>::kSize;
   for (int64_t c = tail + threadIdx.x; c < n; c += kThreads) {
@@ -182,7 +191,8 @@ __global__ void __launch_bounds__(kThreads)
   out.samples[r] = best;
   if (out.loss != nullptr) out.loss[r] = ignored ? 0.0f : (in_row ? lse - label_logit : NAN);
   if (out.label_logit != nullptr) out.label_logit[r] = label_logit;
-  if (out.best_score != nullptr) out.best_score[r] = best == s.best_index ? s.best_score : -INFINITY;
+  if (out.best_score != nullptr)
+    out.best_score[r] = best == s.best_index ? s.best_score : -INFINITY;
 }
 
 template <typename scalar_t>
@@ -230,8 +240,9 @@ __global__ void __launch_bounds__(kThreads)
 StepParams make_params(const at::Tensor& logits, double temperature, bool disallow_labels,
                        int64_t ignore_index, int64_t vocab_start, int64_t vocab_size,
                        int64_t row_offset) {
-  return StepParams{logits.size(1), vocab_start, vocab_size, ignore_index, row_offset,
-                    static_cast<float>(1.0 / temperature), disallow_labels};
+  return StepParams{logits.size(1), vocab_start, vocab_size,
+                    ignore_index,   row_offset,  static_cast<float>(1.0 / temperature),
+                    disallow_labels};
 }
 
 void launch_step(const at::Tensor& logits, const at::Tensor& labels, const at::Tensor& seed,
@@ -252,9 +263,8 @@ void launch_step(const at::Tensor& logits, const at::Tensor& labels, const at::T
 std::array<int64_t, 1> row_shape(const at::Tensor& logits) { return {logits.size(0)}; }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> generator_step_cuda(
-    const at::Tensor& logits, const at::Tensor& labels, const at::Tensor& seed,
-    double temperature, bool disallow_labels, int64_t ignore_index, bool /*inplace_backward*/,
-    int64_t row_offset) {
+    const at::Tensor& logits, const at::Tensor& labels, const at::Tensor& seed, double temperature,
+    bool disallow_labels, int64_t ignore_index, bool /*inplace_backward*/, int64_t row_offset) {
   const int64_t V = logits.size(1);
   check_generator_step_args(logits, labels, seed, temperature, disallow_labels, 0, V, row_offset);
   const auto f32 = logits.options().dtype(at::kFloat);
@@ -269,9 +279,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> generator_step_cuda(
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> generator_step_tile_cuda(
-    const at::Tensor& logits, const at::Tensor& labels, const at::Tensor& seed,
-    double temperature, bool disallow_labels, int64_t ignore_index, int64_t vocab_start,
-    int64_t vocab_size, int64_t row_offset) {
+    const at::Tensor& logits, const at::Tensor& labels, const at::Tensor& seed, double temperature,
+    bool disallow_labels, int64_t ignore_index, int64_t vocab_start, int64_t vocab_size,
+    int64_t row_offset) {
   check_generator_step_args(logits, labels, seed, temperature, disallow_labels, vocab_start,
                             vocab_size, row_offset);
   const auto f32 = logits.options().dtype(at::kFloat);
@@ -279,13 +289,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> generator_step_tile_c
   at::Tensor label_logit = at::empty(row_shape(logits), f32);
   at::Tensor best_score = at::empty(row_shape(logits), f32);
   at::Tensor samples = at::empty(row_shape(logits), logits.options().dtype(at::kLong));
-  launch_step(logits, labels, seed,
-              make_params(logits, temperature, disallow_labels, ignore_index, vocab_start,
-                          vocab_size, row_offset),
-              StepOutputs{nullptr, lse.mutable_data_ptr<float>(),
-                          label_logit.mutable_data_ptr<float>(),
-                          best_score.mutable_data_ptr<float>(),
-                          samples.mutable_data_ptr<int64_t>()});
+  launch_step(
+      logits, labels, seed,
+      make_params(logits, temperature, disallow_labels, ignore_index, vocab_start, vocab_size,
+                  row_offset),
+      StepOutputs{nullptr, lse.mutable_data_ptr<float>(), label_logit.mutable_data_ptr<float>(),
+                  best_score.mutable_data_ptr<float>(), samples.mutable_data_ptr<int64_t>()});
   return {lse, label_logit, best_score, samples};
 }
 
@@ -305,8 +314,8 @@ void step_backward_into(const at::Tensor& grad_loss, const at::Tensor& logits,
   EF_DISPATCH_FLOATS(logits.scalar_type(), "generator_step_backward_cuda", [&] {
     generator_step_backward_kernel<scalar_t><<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(
         grad_loss.const_data_ptr<float>(), logits.const_data_ptr<scalar_t>(),
-        labels.const_data_ptr<int64_t>(), lse.const_data_ptr<float>(), logits.size(1),
-        ignore_index, vocab_start, vectorize, grad.mutable_data_ptr<scalar_t>());
+        labels.const_data_ptr<int64_t>(), lse.const_data_ptr<float>(), logits.size(1), ignore_index,
+        vocab_start, vectorize, grad.mutable_data_ptr<scalar_t>());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
