@@ -49,6 +49,7 @@ class FinetuneHparams:
     # running
     precision: str = "auto"  # bf16 autocast on GPU, fp32 on CPU
     seed: int = 0
+    num_trials: int = 1  # finetunings of the same checkpoint, seeds seed, seed + 1, ...
     log_steps: int = 50
 
     @classmethod
@@ -75,7 +76,8 @@ class FinetuneHparams:
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         for name in ("train_batch_size", "eval_batch_size", "max_query_length", "doc_stride",
-                     "n_best_size", "max_answer_length", "log_steps", "beam_size"):  # fmt: skip
+                     "n_best_size", "max_answer_length", "log_steps", "beam_size",
+                     "num_trials"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.v2 and self.joint_prediction and not self.answerable_classifier:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import statistics
 import string
 from collections import Counter
 from collections.abc import Sequence
@@ -219,3 +220,16 @@ def _ranks(values) -> list[float]:
             ranks[order[k]] = (i + j) / 2
         i = j + 1
     return ranks
+
+
+def summarize_trials(trials: Sequence[dict]) -> dict:
+    """Every trial's scores and, for each numeric score, their mean, median, min and max (the
+    ELECTRA paper reports the median of 10 finetuning runs of one checkpoint)."""
+    names = [
+        k for k, v in trials[0].items() if isinstance(v, int | float) and not isinstance(v, bool)
+    ]
+    stats = {"mean": statistics.fmean, "median": statistics.median, "min": min, "max": max}
+    return {
+        "trials": list(trials),
+        **{stat: {k: fn([t[k] for t in trials]) for k in names} for stat, fn in stats.items()},
+    }

@@ -9,6 +9,11 @@ eval_results.json, predictions.json (of the eval file), test_predictions.json (o
 file), and model/ (a Hugging Face checkpoint of the finetuned model with its tokenizer). Every
 file is written whole or not at all.
 
+With num_trials = N > 1 (the official setting of that name) the whole run is made N times from
+the same checkpoint with seeds seed, seed + 1, ..., into OUT/trial_1 .. OUT/trial_N, and
+OUT/eval_results.json holds every trial's scores with their mean, median, min and max: small
+tasks such as RTE vary from seed to seed by points.
+
 The GPUs of one machine (train_batch_size stays the global batch, split among them):
     torchrun --nproc-per-node 8 -m electra_fast.cli finetune --task squad --model M ...
 Each rank trains on its share of every batch, and evaluates its share of the eval set; only
@@ -17,6 +22,7 @@ rank 0 writes.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -31,6 +37,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from electra_fast import distributed, tokenization
 from electra_fast.finetuning.hparams import FinetuneHparams
+from electra_fast.finetuning.metrics import summarize_trials
 from electra_fast.finetuning.optimization import layerwise_groups
 from electra_fast.finetuning.tasks import task_for
 from electra_fast.model.config import ElectraConfig
@@ -55,6 +62,9 @@ def finetune(
     $ELECTRA_FAST_DEVICE, else the GPU when there is one)."""
     if train_file is None and eval_file is None and predict_file is None:
         raise ValueError("give --train, --eval, --predict or several")
+    if hparams.num_trials > 1:
+        return _trials(model, train_file, eval_file, out, hparams, tokenizer=tokenizer,
+                       progress=progress, device=device, predict_file=predict_file)  # fmt: skip
     out = Path(out)
     model_dir = Path(model)
     if (model_dir / "discriminator").is_dir():
@@ -108,6 +118,31 @@ def finetune(
     if world > 1:
         dist.barrier()  # the ranks leave together, once rank 0 has written (see pretraining)
     return scores
+
+
+def _trials(model, train_file, eval_file, out, hparams: FinetuneHparams, **options) -> dict:
+    """num_trials finetunings into OUT/trial_<k>, seeds counting up from hparams.seed; returns
+    (and writes to OUT/eval_results.json) summarize_trials of their scores."""
+    if train_file is None:
+        raise ValueError(f"num_trials={hparams.num_trials} needs --train: trials differ only "
+                         "in their training")  # fmt: skip
+    out = Path(out)
+    scores = []
+    for trial in range(1, hparams.num_trials + 1):
+        one = dataclasses.replace(hparams, num_trials=1, seed=hparams.seed + trial - 1)
+        scores.append(
+            finetune(model, train_file, eval_file, out / f"trial_{trial}", one, **options)
+        )
+    if eval_file is None:
+        return {}
+    summary = summarize_trials(scores)
+    if distributed.is_main():
+        _write_json(out / "eval_results.json", summary)
+        if options.get("progress", True):
+            print(
+                f"median of {len(scores)} trials: {json.dumps(summary['median'])}", file=sys.stderr
+            )
+    return summary
 
 
 def _tokenizer(tokenizer, model_dir: Path):

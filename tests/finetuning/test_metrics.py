@@ -14,6 +14,7 @@ from electra_fast.finetuning.metrics import (
     normalize_answer,
     regression_scores,
     squad_scores,
+    summarize_trials,
 )
 from electra_fast.finetuning.squad import abstain
 
@@ -122,3 +123,19 @@ def test_regression_scores_against_scipy():
     assert scores["pearson"] == pytest.approx(stats.pearsonr(targets, predictions)[0])
     assert scores["spearman"] == pytest.approx(stats.spearmanr(targets, predictions)[0])
     assert scores["mse"] == pytest.approx(np.mean((targets - predictions) ** 2))
+
+
+def test_trial_summary_by_hand():
+    trials = [
+        {"accuracy": 60.0, "f1": 0.5, "best_thresh": -1.0},
+        {"accuracy": 70.0, "f1": 0.9, "best_thresh": 0.0},
+        {"accuracy": 66.0, "f1": 0.7, "best_thresh": 2.0},
+        {"accuracy": 90.0, "f1": 0.6, "best_thresh": 1.0},
+    ]
+    summary = summarize_trials(trials)
+    assert summary["trials"] == trials
+    assert summary["mean"] == pytest.approx({"accuracy": 71.5, "f1": 0.675, "best_thresh": 0.5})
+    # Four trials: the median is the mean of the middle two.
+    assert summary["median"] == pytest.approx({"accuracy": 68.0, "f1": 0.65, "best_thresh": 0.5})
+    assert summary["min"] == {"accuracy": 60.0, "f1": 0.5, "best_thresh": -1.0}
+    assert summary["max"] == {"accuracy": 90.0, "f1": 0.9, "best_thresh": 2.0}

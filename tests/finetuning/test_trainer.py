@@ -147,6 +147,43 @@ def test_classification_through_the_command_line(pretrained, tmp_path, capsys):
     assert "finetuned model and results" in capsys.readouterr().out
 
 
+def test_trials_differ_by_seed_and_are_summarised(pretrained, tmp_path, capsys):
+    """num_trials=2: two runs from the same checkpoint with seeds 3 and 4, each a whole run
+    directory, and their scores summarised."""
+    model, tokenizer = pretrained
+    train = classification_file(tmp_path / "train.jsonl", 64, seed=5)
+    dev = classification_file(tmp_path / "dev.jsonl", 40, seed=6)
+    hparams = dict(text_field="sentence", label_field="y", max_seq_length=16, seed=3,
+                   train_batch_size=16, learning_rate=2e-3, num_train_steps=4,
+                   num_trials=2)  # fmt: skip
+    code = cli.main(["finetune", "--task", "classification", "--model", str(model),
+                     "--train", str(train), "--eval", str(dev), "--out", str(tmp_path / "out"),
+                     "--tokenizer", str(tokenizer), "--hparams", json.dumps(hparams)])  # fmt: skip
+    assert code == 0
+    out = tmp_path / "out"
+    trials = []
+    for k, seed in ((1, 3), (2, 4)):
+        run = out / f"trial_{k}"
+        assert json.loads((run / "hparams.json").read_text())["seed"] == seed
+        assert (run / "model" / "config.json").is_file() and (run / "predictions.json").is_file()
+        trials.append(json.loads((run / "eval_results.json").read_text()))
+    summary = json.loads((out / "eval_results.json").read_text())
+    assert summary["trials"] == trials
+    for name in trials[0]:
+        assert summary["median"][name] == pytest.approx((trials[0][name] + trials[1][name]) / 2)
+    # Different seeds, different heads: the two finetuned classifiers differ.
+    heads = [_classifier_weights(out / f"trial_{k}" / "model") for k in (1, 2)]
+    assert not torch.equal(heads[0], heads[1])
+    assert "median of 2 trials" in capsys.readouterr().err
+
+
+def _classifier_weights(model_dir):
+    from safetensors.torch import load_file
+
+    weights = load_file(model_dir / "model.safetensors")
+    return next(w for name, w in weights.items() if "classifier" in name and "weight" in name)
+
+
 def test_regression(pretrained, tmp_path):
     model, tokenizer = pretrained
     rng = random.Random(7)
@@ -173,6 +210,10 @@ def test_bad_input_is_named(pretrained, tmp_path, capsys):
         finetune(model, train, None, tmp_path / "o", FinetuneHparams(text_field="sentence"))
     with pytest.raises(ValueError, match="give --train, --eval, --predict or several"):
         finetune(model, None, None, tmp_path / "o", FinetuneHparams())
+    with pytest.raises(ValueError, match="num_trials=3 needs --train"):
+        finetune(model, None, train, tmp_path / "o", FinetuneHparams(num_trials=3))
+    with pytest.raises(ValueError, match="num_trials must be positive, got 0"):
+        FinetuneHparams(num_trials=0)
     with pytest.raises(ValueError, match="make no batch of train_batch_size=64"):
         finetune(model, train, None, tmp_path / "o", tokenizer=tokenizer, progress=False,
                  hparams=FinetuneHparams(text_field="sentence", label_field="y",
