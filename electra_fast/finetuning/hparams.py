@@ -47,7 +47,7 @@ class FinetuneHparams:
     qa_na_threshold: float = -2.75  # with v2: answer "" when the null odds exceed this
     f1_unit: str = "word"  # "char" for text without spaces (Japanese)
     # running
-    precision: str = "auto"  # bf16 autocast on GPU, fp32 on CPU
+    precision: str = "auto"  # fp32, bf16, fp16 (loss-scaled); auto: electra_fast.amp.resolve
     seed: int = 0
     num_trials: int = 1  # finetunings of the same checkpoint, seeds seed, seed + 1, ...
     log_steps: int = 50
@@ -73,8 +73,8 @@ class FinetuneHparams:
             raise ValueError(f"tagging_level must be 'span' or 'token', got {self.tagging_level!r}")
         if self.f1_unit not in ("word", "char"):
             raise ValueError(f"f1_unit must be 'word' or 'char', got {self.f1_unit!r}")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
         for name in ("train_batch_size", "eval_batch_size", "max_query_length", "doc_stride",
                      "n_best_size", "max_answer_length", "log_steps", "beam_size",
                      "num_trials"):  # fmt: skip

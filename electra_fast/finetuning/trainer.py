@@ -35,7 +35,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from electra_fast import distributed, tokenization
+from electra_fast import amp, distributed, tokenization
 from electra_fast.finetuning.hparams import FinetuneHparams
 from electra_fast.finetuning.metrics import summarize_trials
 from electra_fast.finetuning.optimization import layerwise_groups
@@ -86,7 +86,7 @@ def finetune(
     if main:
         out.mkdir(parents=True, exist_ok=True)
         _write_json(out / "hparams.json", hparams.to_dict())
-    autocast = _autocast(hparams, device)
+    autocast = amp.autocast(hparams.precision, device)
     scores = {}
     with open(out / "metrics.jsonl", "a", encoding="utf-8") if main else nullcontext() as log:
         if train is not None:
@@ -155,13 +155,7 @@ def _tokenizer(tokenizer, model_dir: Path):
     )
 
 
-def _autocast(hparams: FinetuneHparams, device: torch.device):
-    precision = hparams.precision
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
-    if precision == "fp32":
-        return nullcontext
-    return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+MAX_OVERFLOWS_IN_A_ROW = 10  # with fp16: the loss scale falls by 2^10 before the run stops
 
 
 def _train(net, task, features, tok, hparams, device, autocast, log, progress) -> None:
@@ -184,6 +178,8 @@ def _train(net, task, features, tok, hparams, device, autocast, log, progress) -
             net, device_ids=[device] if device.type == "cuda" else None
         )
         torch.manual_seed(hparams.seed + dist.get_rank())
+    scaler = amp.grad_scaler(hparams.precision, device)
+    skipped_in_a_row = skipped = 0
     net.train()
     order: list[int] = []
     started, running = time.time(), torch.zeros((), device=device)
@@ -196,17 +192,28 @@ def _train(net, task, features, tok, hparams, device, autocast, log, progress) -
         with autocast():
             loss = task.loss(net, forward, batch, hparams)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (scaler.scale(loss) if scaler else loss).backward()
+        if scaler:
+            scaler.unscale_(optimizer)
         norm = torch.nn.utils.clip_grad_norm_(net.parameters(), hparams.max_grad_norm)
         # The norm of the averaged gradient is the same on every rank, so all of them stop
-        # together when any rank's loss is not finite.
-        if not torch.isfinite(norm):
+        # (or skip the step) together when any rank's loss is not finite.
+        finite = bool(torch.isfinite(norm))
+        skipped_in_a_row = 0 if finite else skipped_in_a_row + 1
+        skipped += not finite
+        # fp16's loss scale starts high and halves at each overflow, skipping that step; more
+        # overflows in a row than that halving needs mean the loss itself is broken.
+        if not finite and (scaler is None or skipped_in_a_row > MAX_OVERFLOWS_IN_A_ROW):
             raise FloatingPointError(f"the gradient norm is {norm.item()} at step {step + 1} "
                                      f"(this rank's loss: {loss.item()})")  # fmt: skip
         rate = learning_rate(step, hparams.learning_rate, warmup, total)
         for group in optimizer.param_groups:
             group["lr"] = rate * group["lr_scale"]
-        optimizer.step()
+        if scaler:
+            scaler.step(optimizer)  # skips the update when the gradients overflowed
+            scaler.update()
+        else:
+            optimizer.step()
         running += loss.detach().float()
         if (step + 1) % hparams.log_steps == 0 or step + 1 == total:
             if dist.is_initialized():
@@ -214,7 +221,7 @@ def _train(net, task, features, tok, hparams, device, autocast, log, progress) -
                 running /= dist.get_world_size()
             done = (step + 1) % hparams.log_steps or hparams.log_steps
             record = {"step": step + 1, "loss": running.item() / done, "lr": rate,
-                      "epoch": (step + 1) / per_epoch}  # fmt: skip
+                      "epoch": (step + 1) / per_epoch, "skipped_steps": skipped}  # fmt: skip
             running.zero_()
             if log is not None:
                 log.write(json.dumps(record) + "\n")

@@ -70,7 +70,7 @@ class Hparams:
     save_checkpoints_steps: int = 1000
     keep_checkpoint_max: int = 5
     iterations_per_loop: int = 100  # log every this many steps
-    precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU; or fp32, bf16, fp16
+    precision: str = "auto"  # fp32, bf16, fp16; auto: electra_fast.amp.resolve
     compile: bool = False
     seed: int = 0
     max_consecutive_nonfinite: int = 10

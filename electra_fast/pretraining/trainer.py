@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from electra_fast import distributed, tokenization
+from electra_fast import amp, distributed, tokenization
 from electra_fast.data import PretrainingDataset, ResumableSampler, collate_padded
 from electra_fast.model import ElectraForPretraining
 from electra_fast.pretraining.checkpoint import load_latest, save_checkpoint
@@ -41,17 +41,6 @@ TOKENIZER = "tokenizer"  # RUN/tokenizer: a copy of the dataset's
 
 class NonFiniteLoss(RuntimeError):
     pass
-
-
-def _autocast(hparams: Hparams, device: torch.device):
-    precision = hparams.precision
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
-    if precision == "fp32":
-        return nullcontext(), None
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
-    return torch.autocast(device.type, dtype=dtype), scaler
 
 
 def pretrain(
@@ -140,7 +129,8 @@ def pretrain(
         )
     if hparams.compile:
         trained = torch.compile(trained)
-    autocast, scaler = _autocast(hparams, device)
+    autocast = amp.autocast(hparams.precision, device)
+    scaler = amp.grad_scaler(hparams.precision, device)
     collate = partial(
         collate_padded, pad_token_id=dataset.pad_token_id, pad_to=dataset.max_seq_length
     )
@@ -223,7 +213,7 @@ def pretrain(
                 seed_step(micro)
                 window_tokens += tokens * world
                 sync = world > 1 and micro < hparams.gradient_accumulation_steps - 1
-                with trained.no_sync() if sync else nullcontext(), autocast:
+                with trained.no_sync() if sync else nullcontext(), autocast():
                     output = trained(
                         batch["input_ids"],
                         batch["attention_mask"],

@@ -2,6 +2,7 @@
 learns in a few hundred CPU steps, the files a run writes, evaluation of a saved model,
 Hugging Face loading of the result, and bad input."""
 
+import dataclasses
 import json
 import random
 
@@ -256,6 +257,40 @@ def test_a_non_finite_loss_stops_the_run_before_the_update(pretrained, tmp_path,
         finetune(model, train, None, tmp_path / "out", hparams, tokenizer=tokenizer,
                  progress=False)  # fmt: skip
     assert not (tmp_path / "out" / "model").exists()
+
+
+def test_fp16_skips_overflowing_steps_and_stops_on_a_broken_loss(pretrained, tmp_path, monkeypatch):
+    """fp16 with loss scaling on the CPU: steps whose scaled gradients overflow are skipped while
+    the scale halves (from 2^16, where this model's first step overflows), and the run trains.
+    A loss that is NaN at every step is skipped MAX_OVERFLOWS_IN_A_ROW times, then stops the
+    run."""
+    from electra_fast.finetuning import trainer
+    from electra_fast.finetuning.tasks import ClassificationTask
+
+    model, tokenizer = pretrained
+    train = classification_file(tmp_path / "train.jsonl", 64, seed=9)
+    hparams = FinetuneHparams(text_field="sentence", label_field="y", train_batch_size=8,
+                              num_train_steps=8, max_seq_length=16, precision="fp16",
+                              learning_rate=2e-3)  # fmt: skip
+    finetune(model, train, train, tmp_path / "ok", hparams, tokenizer=tokenizer, progress=False)
+    from safetensors.torch import load_file
+
+    weights = load_file(tmp_path / "ok" / "model" / "model.safetensors")
+    assert all(torch.isfinite(w).all() for w in weights.values())
+    before = load_file(model / "model.safetensors")
+    shared = [k for k in weights if k in before]
+    assert shared and any(not torch.equal(weights[k], before[k]) for k in shared)  # it trained
+    log = [json.loads(x) for x in (tmp_path / "ok" / "metrics.jsonl").read_text().splitlines()]
+    assert [r for r in log if "step" in r][-1]["skipped_steps"] < 8  # here the first overflows
+
+    real = ClassificationTask.loss
+    monkeypatch.setattr(ClassificationTask, "loss",
+                        lambda *args: real(*args) * float("nan"))  # fmt: skip
+    stop = trainer.MAX_OVERFLOWS_IN_A_ROW + 1
+    hparams = dataclasses.replace(hparams, num_train_steps=stop + 5)
+    with pytest.raises(FloatingPointError, match=f"gradient norm is nan at step {stop} "):
+        finetune(model, train, None, tmp_path / "out", hparams, tokenizer=tokenizer,
+                 progress=False)  # fmt: skip
 
 
 def test_an_interrupted_save_keeps_the_previous_model(pretrained, tmp_path, monkeypatch):
