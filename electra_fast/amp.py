@@ -11,11 +11,16 @@ import torch
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
+def check(precision: str) -> None:
+    """A precision setting other than PRECISIONS is an error that names it."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+
+
 def resolve(precision: str, device: torch.device) -> str:
     """What `precision` means on `device`: auto is bf16 on a GPU that has it, fp16 (with loss
     scaling) on one that has not, such as a T4 or a V100, and fp32 on the CPU."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    check(precision)
     if precision != "auto":
         return precision
     if device.type != "cuda":

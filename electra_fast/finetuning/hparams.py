@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from electra_fast import amp
 from electra_fast.pretraining.hparams import check_keys, read_json_object
 
 TASKS = ("classification", "regression", "squad", "tagging")
@@ -73,8 +74,7 @@ class FinetuneHparams:
             raise ValueError(f"tagging_level must be 'span' or 'token', got {self.tagging_level!r}")
         if self.f1_unit not in ("word", "char"):
             raise ValueError(f"f1_unit must be 'word' or 'char', got {self.f1_unit!r}")
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
+        amp.check(self.precision)
         for name in ("train_batch_size", "eval_batch_size", "max_query_length", "doc_stride",
                      "n_best_size", "max_answer_length", "log_steps", "beam_size",
                      "num_trials"):  # fmt: skip

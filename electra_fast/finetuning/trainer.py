@@ -40,7 +40,7 @@ from electra_fast.finetuning.hparams import FinetuneHparams
 from electra_fast.finetuning.metrics import summarize_trials
 from electra_fast.finetuning.optimization import layerwise_groups
 from electra_fast.finetuning.tasks import task_for
-from electra_fast.model.config import ElectraConfig
+from electra_fast.model.config import ElectraConfig, write_atomically
 from electra_fast.pretraining.optimization import AdamWeightDecay, learning_rate
 
 
@@ -233,9 +233,7 @@ def _train(net, task, features, tok, hparams, device, autocast, log, progress) -
 
 
 def _write_json(path: Path, value) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(value, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
+    write_atomically(path, json.dumps(value, indent=1, ensure_ascii=False) + "\n")
 
 
 def _save_model(net, tok, directory: Path) -> None:

@@ -177,5 +177,5 @@ def write_atomically(path: Path, text: str) -> None:
     """Writes through a temporary file and a rename, so that an interrupted write leaves the
     previous file whole."""
     temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
+    temporary.write_text(text, encoding="utf-8")
     os.replace(temporary, path)

@@ -7,6 +7,8 @@ import dataclasses
 import json
 from pathlib import Path
 
+from electra_fast import amp
+
 PRESETS = {  # configure_pretraining.py and the paper's table 6
     "small": dict(learning_rate=5e-4, train_batch_size=128, max_seq_length=128,
                   mask_prob=0.15, generator_hidden_size=0.25),
@@ -98,8 +100,7 @@ class Hparams:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.num_warmup_steps < 0 or self.learning_rate <= 0:
             raise ValueError("num_warmup_steps must be >= 0 and learning_rate > 0")
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
+        amp.check(self.precision)
 
     def model_config(self, vocab_size: int, special_ids: dict):
         """The ElectraConfig these hyper-parameters describe."""

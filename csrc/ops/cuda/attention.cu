@@ -103,6 +103,7 @@ __global__ void __launch_bounds__(kThreads)
   const int length = static_cast<int>(seq.length);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int64_t head = h * D;
+  const int first_row = m0 + warp * 16;  // this warp's first query
 
   float acc[S::kDTiles][4] = {};
   float row_max[2] = {-kInf, -kInf}, row_sum[2] = {0.0f, 0.0f};
@@ -144,7 +145,7 @@ __global__ void __launch_bounds__(kThreads)
       float correction[2];
       online_softmax(s, row_max, row_sum, correction, cols, p.scale_log2, t);
       scale_rows(acc, correction);
-      if (p.dropout()) drop_probabilities(s, p, seed, bh, m0 + warp * 16 + g, n0, lane);
+      if (p.dropout()) drop_probabilities(s, p, seed, bh, first_row + g, n0, lane);
       uint32_t p_frag[4][4];
       accumulators_to_a<T>(s, p_frag);
       cp_async_wait_all();
@@ -161,8 +162,7 @@ __global__ void __launch_bounds__(kThreads)
   float factor[2], row_lse[2];
   finish_softmax(row_max, row_sum, p.keep_scale, factor, row_lse);
   // Each warp stages its rows in its own rows of the Q tile, which only it has read.
-  const int first_row = m0 + warp * 16;
-  const int limit = p.packed ? length : static_cast<int>(p.max_seqlen);
+  const int limit = rows_written(p, length);
   store_rows<T, D>(acc, factor, q_tile + warp * 16 * S::kPitch,
                    out + seq.start * p.heads * D + head, p.heads * D, first_row, length, limit,
                    lane);
@@ -299,7 +299,7 @@ __global__ void __launch_bounds__(kThreads)
   }
   __syncthreads();  // the K and V tiles become staging space
   const int first_row = n0 + warp * 16;
-  const int limit = p.packed ? length : static_cast<int>(p.max_seqlen);
+  const int limit = rows_written(p, length);
   const float dk_factor[2] = {p.scale, p.scale}, dv_factor[2] = {p.keep_scale, p.keep_scale};
   store_rows<T, D>(dk_acc, dk_factor, k_tile + warp * 16 * S::kPitch, dk + seq.start * H * D + head,
                    H * D, first_row, length, limit, lane);

@@ -83,7 +83,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int group = threadIdx.x / 128, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
   const int group_row0 = m0 + group * 64;
-  const bool group_active = group_row0 < length;  // the same for the whole warpgroup
+  const bool group_active = group_row0 < length;       // the same for the whole warpgroup
+  const int first_row = group_row0 + (warp % 4) * 16;  // this warp's first query
   const int tiles = m0 < length ? (length + kKeys - 1) / kKeys : 0;
   const int64_t head = h * D;
 
@@ -138,7 +139,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     online_softmax(s, row_max, row_sum, correction, cols, p.scale_log2, t);
     scale_rows(o, correction);
     if (p.dropout()) {
-      drop_probabilities(s, p, seed, bh, group_row0 + (warp % 4) * 16 + g, n0, lane);
+      drop_probabilities(s, p, seed, bh, first_row + g, n0, lane);
     }
     uint32_t p_frag[kKeys / 16][4];
     accumulators_to_a<T>(s, p_frag);
@@ -160,8 +161,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   float factor[2], row_lse[2];
   finish_softmax(row_max, row_sum, p.keep_scale, factor, row_lse);
   __syncthreads();  // every warpgroup is done with K and V: they become staging space
-  const int first_row = group_row0 + (warp % 4) * 16;
-  const int limit = p.packed ? length : static_cast<int>(p.max_seqlen);
+  const int limit = rows_written(p, length);
   store_rows<T, D>(o, factor, reinterpret_cast<T*>(k_tiles) + warp * 16 * S::kPitch,
                    out + seq.start * p.heads * D + head, p.heads * D, first_row, length, limit,
                    lane);

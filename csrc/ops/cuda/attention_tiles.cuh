@@ -186,6 +186,12 @@ __device__ __forceinline__ void store_rows(const float (&acc)[Shape<D>::kDTiles]
   }
 }
 
+// How many rows of a sequence a kernel writes: its length in the packed layout, and all L in
+// the padded one, whose rows past the length are written as zeros.
+__device__ __forceinline__ int rows_written(const AttentionParams& p, int length) {
+  return p.packed ? length : static_cast<int>(p.max_seqlen);
+}
+
 // The forward's log-sum-exp of this warp's rows g and g + 8 (+inf for padded rows), written by
 // lane t == 0 of each quad. `lse` points at the sequence's first row, head h.
 __device__ __forceinline__ void store_lse(float* lse, int64_t heads, const float (&row_lse)[2],
