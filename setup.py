@@ -82,7 +82,7 @@ class BuildWithInfo(BuildExtension):
             "torch_cuda": torch.version.cuda,
             "cuda_built": WITH_CUDA,
             "cuda_archs": cuda_archs() if WITH_CUDA else [],
-            # The wgmma attention forward, for H100/H200 (ELECTRA_FAST_WGMMA=1 turns it on).
+            # The wgmma attention kernels, for H100/H200 (ELECTRA_FAST_WGMMA=1 turns them on).
             "sm90a_kernels": WITH_CUDA and runs_sm90a_code(cuda_archs()),
         }
         out = Path(self.get_ext_fullpath("electra_fast._C")).parent / "_build_info.json"

@@ -3,8 +3,8 @@ and forward + backward, without padding and with realistic padding (lengths unif
 [L/4, L]):
 
 - electra_fast: attention(q, k, v, lengths=...), the flash kernel on the GPU (the sm80 one);
-- electra_fast_wgmma: the same with ELECTRA_FAST_WGMMA=1, the sm_90a forward (H100/H200 only;
-  the backward is the sm80 one either way);
+- electra_fast_wgmma: the same with ELECTRA_FAST_WGMMA=1, the sm_90a forward and backward
+  (H100/H200 only);
 - sdpa_default: torch's scaled_dot_product_attention as it dispatches by default (with a padding
   mask: cuDNN or the memory-efficient kernel);
 - sdpa_flash_unmasked: SDPA's flash backend without a mask: it computes the padded keys too and
@@ -87,13 +87,13 @@ def useful_work(q, lengths, backward):
 
 
 def choose_forward(provider, device, monkeypatch):
-    """The wgmma forward for electra_fast_wgmma (skipped where there is none), else the sm80."""
+    """The wgmma kernels for electra_fast_wgmma (skipped where there are none), else the sm80."""
     if provider != "electra_fast_wgmma":
         monkeypatch.setenv("ELECTRA_FAST_WGMMA", "0")
         return
     hopper = device.type == "cuda" and torch.cuda.get_device_capability(device) == (9, 0)
     if not (hopper and _extension.sm90a_kernels_built()):
-        pytest.skip("the wgmma forward needs an H100/H200 and a build with sm_90a kernels")
+        pytest.skip("the wgmma kernels need an H100/H200 and a build with sm_90a kernels")
     monkeypatch.setenv("ELECTRA_FAST_WGMMA", "1")
 
 

@@ -1,6 +1,7 @@
 """Loading the extension, falling back to the references, and `python -m electra_fast.info`."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -111,7 +112,7 @@ def cuobjdump() -> str | None:
 
 def test_the_sm90a_build_has_wgmma_and_the_sm80_code_mma_sync():
     """The attention kernels compiled to the tensor-core instructions they were written for: a
-    build whose wgmma forward fell back to nothing (a guard never true) would still pass every
+    build whose wgmma kernels fell back to nothing (a guard never true) would still pass every
     CPU test."""
     tool = cuobjdump()
     if not _extension.sm90a_kernels_built() or tool is None:
@@ -123,4 +124,7 @@ def test_the_sm90a_build_has_wgmma_and_the_sm80_code_mma_sync():
     ).stdout
     assert "HGMMA.64x128x16.F32.BF16" in sass  # S = QK^T, and PV at D = 128
     assert "HGMMA.64x64x16.F32.BF16" in sass  # PV at D = 64
+    # The backward's dV += P^T dO and dK += dS^T Q read [query][key] tiles transposed.
+    assert re.search(r"HGMMA\.64x64x16\.F32\.BF16 \S+, gdesc\[\S+\]\.tnspA\.tnspB", sass)
+    assert re.search(r"HGMMA\.64x128x16\.F32\.BF16 \S+, gdesc\[\S+\]\.tnspA\.tnspB", sass)
     assert "HMMA.16816.F32.BF16" in sass  # the sm80 kernels

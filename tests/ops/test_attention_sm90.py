@@ -1,7 +1,9 @@
-"""The wgmma attention forward (H100/H200, ELECTRA_FAST_WGMMA=1) beside the sm80 one: against
-the fp64 reference within twice torch's error, its lse, padding and packing, and dropout with
-the sm80 kernel's mask. Shapes cross its tiles: 128 queries per block (64 per warpgroup, one
-of them idle when a sequence ends early) and 128 keys per tile, the last one partial."""
+"""The wgmma attention kernels (H100/H200, ELECTRA_FAST_WGMMA=1) beside the sm80 ones: output
+and gradients against the fp64 reference within twice torch's error, the lse, padding and
+packing, and dropout with the sm80 kernels' mask. Shapes cross their tiles: the forward takes
+128 queries per block (64 per warpgroup, one of them idle when a sequence ends early) against
+tiles of 128 keys; the backward 128 keys per block (64 per warpgroup) against tiles of 64
+queries; the last tiles partial."""
 
 import pytest
 import torch
@@ -29,7 +31,7 @@ def wgmma(monkeypatch):
 
 
 def sm80(monkeypatch, fn):
-    """fn() run on the sm80 forward instead: the switch is read on every call, so that a bad
+    """fn() run on the sm80 kernels instead: the switch is read on every call, so that a bad
     wgmma result can be set aside without a rebuild."""
     monkeypatch.setenv("ELECTRA_FAST_WGMMA", "0")
     try:
@@ -68,20 +70,26 @@ def test_lse_is_the_logsumexp_of_the_scaled_scores(D):
     assert torch.all(lse[~keys] == torch.inf)
 
 
-def test_agrees_with_the_sm80_forward_with_dropout(monkeypatch):
+@pytest.mark.parametrize("D", [64, 128])
+def test_agrees_with_the_sm80_kernels_with_dropout(monkeypatch, D):
     """The dropout decisions depend on positions only, so both kernels drop the same
-    probabilities: their outputs differ by rounding alone."""
-    B, L, H, D = 3, 300, 4, 64
+    probabilities: outputs and gradients differ by rounding alone."""
+    B, L, H = 3, 300, 4
     q, k, v = qkv(B, L, H, D, dtype=torch.bfloat16, device=DEVICE, seed=2)
     lengths = torch.tensor([300, 130, 33], device=DEVICE)
+    grad = torch.randn(B, L, H, D, device=DEVICE).to(torch.bfloat16)
 
     def call():
-        return electra_fast.attention(q, k, v, lengths=lengths, dropout_p=0.2, seed=11)
+        inputs = [t.detach().requires_grad_() for t in (q, k, v)]
+        out = electra_fast.attention(*inputs, lengths=lengths, dropout_p=0.2, seed=11)
+        out.backward(grad)
+        return [out.detach()] + [t.grad for t in inputs]
 
     ours, theirs = call(), sm80(monkeypatch, call)
-    torch.testing.assert_close(ours, theirs, rtol=2e-2, atol=2e-2)
+    for name, a, b in zip(["out", "dq", "dk", "dv"], ours, theirs, strict=True):
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2, msg=lambda m, n=name: f"{n}: {m}")
     padded = torch.arange(L, device=DEVICE) >= lengths[:, None]
-    assert torch.all(ours[padded] == 0)
+    assert all(torch.all(t[padded] == 0) for t in ours)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -96,10 +104,19 @@ def test_packed_equals_padded_and_padding_is_ignored():
     padded_lengths = torch.tensor(lengths, device=DEVICE)
     keep = torch.arange(L, device=DEVICE) < padded_lengths[:, None]
     cu = torch.tensor([0, 130, 130, 194, 451], dtype=torch.int32, device=DEVICE)
-    packed = electra_fast.attention(*(t[keep] for t in (q, k, v)), cu_seqlens=cu, max_seqlen=L)
-    padded = electra_fast.attention(q, k, v, lengths=padded_lengths)
+    packed_in = [t[keep].requires_grad_() for t in (q, k, v)]
+    padded_in = [t.clone().requires_grad_() for t in (q, k, v)]
+    packed = electra_fast.attention(*packed_in, cu_seqlens=cu, max_seqlen=L)
+    padded = electra_fast.attention(*padded_in, lengths=padded_lengths)
     torch.testing.assert_close(packed, padded[keep])
     assert torch.all(padded[~keep] == 0)
+    grad = torch.randn_like(packed)
+    packed.backward(grad)
+    padded[keep].backward(grad)
+    for a, b in zip(packed_in, padded_in, strict=True):
+        # dq is summed with atomics in no fixed order: equal up to the last bits.
+        torch.testing.assert_close(a.grad, b.grad[keep], rtol=1e-2, atol=1e-3)
+        assert torch.all(b.grad[~keep] == 0)
     k2, v2 = k.clone(), v.clone()
     k2[~keep], v2[~keep] = 100.0, -100.0  # what lies past the lengths must not matter
     assert torch.equal(electra_fast.attention(q, k2, v2, lengths=padded_lengths), padded)

@@ -228,18 +228,8 @@ __global__ void __launch_bounds__(kThreads)
       const float dot_r[2] = {row_dot[r0], row_dot[r0 + 8]};
       const uint32_t keep =
           p.dropout() ? dropout_keep_bits(seed, bh, m0 + r0, n0, p.drop_threshold, lane) : ~0u;
-#pragma unroll
-      for (int nt = 0; nt < 8; ++nt) {
-#pragma unroll
-        for (int c = 0; c < 4; ++c) {
-          const bool inside = nt * 8 + 2 * t + (c & 1) < cols;
-          const float prob = inside ? exp2f(s[nt][c] * p.scale_log2 - lse_r[c / 2]) : 0.0f;
-          const bool kept = (keep >> (nt * 4 + c)) & 1u;
-          // dS = P (dP' - D_i), dP' the gradient reaching the dropped-out probability.
-          d_p[nt][c] = prob * ((kept ? d_p[nt][c] * p.keep_scale : 0.0f) - dot_r[c / 2]);
-          s[nt][c] = kept ? prob : 0.0f;
-        }
-      }
+      probabilities_and_score_grads(s, d_p, cols, p.scale_log2, lse_r, dot_r, keep, p.keep_scale,
+                                    t);
 #pragma unroll
       for (int nt = 0; nt < 8; ++nt) {
         const int col = nt * 8 + 2 * t;
@@ -348,7 +338,7 @@ std::tuple<at::Tensor, at::Tensor> attention_forward_cuda(
   at::Tensor out = new_attention_result(call, q.scalar_type());
   at::Tensor lse = new_attention_lse(call);
   if (p.batch == 0 || p.total_rows == 0) return {out, lse};
-  if (attention_forward_sm90_applies(q, p.head_dim)) {
+  if (attention_sm90_applies(q, p.head_dim)) {
     attention_forward_sm90(call, out, lse);
     return {out, lse};
   }
@@ -381,7 +371,9 @@ AttentionGrads attention_backward_cuda(const at::Tensor& grad_out, const at::Ten
   at::Tensor dq_sum = at::zeros(q.sizes(), q.options().dtype(at::kFloat));
   at::Tensor dk = new_attention_result(call, q.scalar_type());
   at::Tensor dv = new_attention_result(call, q.scalar_type());
-  if (p.batch > 0 && p.total_rows > 0) {
+  if (p.batch > 0 && p.total_rows > 0 && attention_sm90_applies(q, p.head_dim)) {
+    attention_backward_sm90(b, dq_sum, dk, dv);
+  } else if (p.batch > 0 && p.total_rows > 0) {
     dispatch_kernel(q.scalar_type(), p.head_dim, [&]<typename T, int D>() {
       auto kernel = attention_backward_kernel<T, D>;
       allow_shared_bytes(kernel, backward_shared_bytes<D>());

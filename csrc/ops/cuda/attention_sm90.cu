@@ -4,8 +4,9 @@
 // as in the sm80 kernel), then O += P V with P straight from the registers as the A operand.
 // K and V tiles are double-buffered with cp.async: the next tile loads while this one computes.
 // Tiles past a sequence's length are never loaded or computed, and a warpgroup whose 64
-// queries all lie past it sits the loop out. Results and lse are those of the sm80 kernel (the
-// backward is the sm80 one), so the two are interchangeable; ELECTRA_FAST_WGMMA=1 picks this.
+// queries all lie past it sits the loop out. Results and lse are those of the sm80 kernel, so
+// either backward (attention_sm90_backward.cu, or the sm80 one) takes them;
+// ELECTRA_FAST_WGMMA=1 picks this.
 //
 // Not yet here (FlashAttention-3's further steps): a producer warp with TMA loads, ping-pong
 // scheduling of the two warpgroups, and overlapping one tile's softmax with the next's matmuls.
@@ -26,9 +27,8 @@ namespace {
 
 constexpr int kGroups = 2;  // warpgroups per block
 constexpr int kThreads = 128 * kGroups;
-constexpr int kQueries = 64 * kGroups;           // per block
-constexpr int kKeys = 128;                       // per tile
-[[maybe_unused]] constexpr int kRowBytes = 128;  // one swizzled row: 64 two-byte elements
+constexpr int kQueries = 64 * kGroups;  // per block
+constexpr int kKeys = 128;              // per tile
 
 template <int D>
 struct Sm90Layout {
@@ -40,23 +40,6 @@ struct Sm90Layout {
   // After the loop the K and V tiles hold each warp's 16 staged output rows.
   static_assert(kGroups * 4 * 16 * Shape<D>::kPitch * 2 <= 4 * kKVBytes);
 };
-
-// Rows [0, valid) of a Rows x D tile from global memory into `tile` in the 128-byte swizzle
-// (wgmma.cuh): 64-column block cb of row r at cb * Rows * 128 + r * 128, its 16-byte chunk c at
-// chunk c ^ (r % 8). Rows past `valid` are zero-filled, so that masked scores and their
-// products with V stay finite. Asynchronous: commit, then wait.
-template <typename T, int D, int Rows>
-__device__ __forceinline__ void load_swizzled(unsigned char* tile, const T* rows,
-                                              int64_t row_stride, int valid,
-                                              const T* any_valid_address) {
-  constexpr int kChunks = D / 8;
-  for (int idx = threadIdx.x; idx < Rows * kChunks; idx += kThreads) {
-    const int r = idx / kChunks, c = idx % kChunks;
-    const bool inside = r < valid;
-    const int offset = (c / 8) * Rows * kRowBytes + r * kRowBytes + (((c % 8) ^ (r % 8)) << 4);
-    cp_async_16(tile + offset, inside ? rows + r * row_stride + c * 8 : any_valid_address, inside);
-  }
-}
 
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads, 1)
@@ -90,16 +73,16 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   auto load_keys_and_values = [&](int n0, int stage) {
     const int rows = min(kKeys, length - n0);
-    load_swizzled<T, D, kKeys>(k_tiles + stage * L::kKVBytes,
-                               k + (seq.start + n0) * p.k_row_stride + head, p.k_row_stride, rows,
-                               k);
-    load_swizzled<T, D, kKeys>(v_tiles + stage * L::kKVBytes,
-                               v + (seq.start + n0) * p.v_row_stride + head, p.v_row_stride, rows,
-                               v);
+    load_swizzled<T, D, kKeys, kThreads>(k_tiles + stage * L::kKVBytes,
+                                         k + (seq.start + n0) * p.k_row_stride + head,
+                                         p.k_row_stride, rows, k);
+    load_swizzled<T, D, kKeys, kThreads>(v_tiles + stage * L::kKVBytes,
+                                         v + (seq.start + n0) * p.v_row_stride + head,
+                                         p.v_row_stride, rows, v);
   };
   if (tiles > 0) {
-    load_swizzled<T, D, kQueries>(q_tile, q + (seq.start + m0) * p.q_row_stride + head,
-                                  p.q_row_stride, min(kQueries, length - m0), q);
+    load_swizzled<T, D, kQueries, kThreads>(q_tile, q + (seq.start + m0) * p.q_row_stride + head,
+                                            p.q_row_stride, min(kQueries, length - m0), q);
     load_keys_and_values(0, 0);
     cp_async_commit();
   }
@@ -129,7 +112,7 @@ __global__ void __launch_bounds__(kThreads, 1)
           q_address + block * kQueries * kRowBytes + group * 64 * kRowBytes + within, 16, 1024);
       const uint64_t bk = swizzled_descriptor(
           k_address + stage * L::kKVBytes + block * kKeys * kRowBytes + within, 16, 1024);
-      wgmma_n128_ss<T>(s, a, bk, kk > 0);
+      wgmma_ss<T, kKeys>(s, a, bk, kk > 0);
     }
     wgmma_commit();
     wgmma_wait<0>();
@@ -171,7 +154,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 
 }  // namespace
 
-bool attention_forward_sm90_applies(const at::Tensor& q, int64_t head_dim) {
+bool attention_sm90_applies(const at::Tensor& q, int64_t head_dim) {
 #if defined(ELECTRA_FAST_SM90A)
   const char* wanted = std::getenv("ELECTRA_FAST_WGMMA");
   if (wanted == nullptr || std::string_view(wanted) != "1") return false;
@@ -191,20 +174,16 @@ bool attention_forward_sm90_applies(const at::Tensor& q, int64_t head_dim) {
 
 void attention_forward_sm90(const AttentionCall& call, at::Tensor& out, at::Tensor& lse) {
   const AttentionParams& p = call.params;
-  dispatch_kernel(call.q.scalar_type(), p.head_dim, [&]<typename T, int D>() {
-    if constexpr (D == 64 || D == 128) {
-      auto kernel = attention_forward_sm90_kernel<T, D>;
-      constexpr size_t bytes = Sm90Layout<D>::kSharedBytes;
-      allow_shared_bytes(kernel, bytes);
-      const dim3 grid(static_cast<unsigned>(p.batch * p.heads),
-                      static_cast<unsigned>((p.max_seqlen + kQueries - 1) / kQueries));
-      kernel<<<grid, kThreads, bytes, c10::cuda::getCurrentCUDAStream()>>>(
-          p, data<const T>(call.q), data<const T>(call.k), data<const T>(call.v), data<T>(out),
-          lse.mutable_data_ptr<float>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    } else {
-      TORCH_CHECK_VALUE(false, "the wgmma attention forward takes head dims 64 and 128, got ", D);
-    }
+  dispatch_wgmma_kernel(call.q.scalar_type(), p.head_dim, "forward", [&]<typename T, int D>() {
+    auto kernel = attention_forward_sm90_kernel<T, D>;
+    constexpr size_t bytes = Sm90Layout<D>::kSharedBytes;
+    allow_shared_bytes(kernel, bytes);
+    const dim3 grid(static_cast<unsigned>(p.batch * p.heads),
+                    static_cast<unsigned>((p.max_seqlen + kQueries - 1) / kQueries));
+    kernel<<<grid, kThreads, bytes, c10::cuda::getCurrentCUDAStream()>>>(
+        p, data<const T>(call.q), data<const T>(call.k), data<const T>(call.v), data<T>(out),
+        lse.mutable_data_ptr<float>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
 

@@ -1,6 +1,6 @@
-// The Hopper (sm_90a) attention forward, beside the sm80 kernels of attention.cu: same
-// semantics, same outputs (the backward reads its lse unchanged), wgmma tensor-core
-// instructions instead of mma.sync.
+// The Hopper (sm_90a) attention forward and backward, beside the sm80 kernels of attention.cu:
+// same semantics, same outputs and lse, the same dropout stream (so either backward takes
+// either forward's results), wgmma tensor-core instructions instead of mma.sync.
 #pragma once
 #include <ATen/core/Tensor.h>
 
@@ -8,13 +8,18 @@
 
 namespace electra_fast {
 
-// Whether the wgmma forward takes a call with these inputs: the extension was built for sm_90a
+// Whether the wgmma kernels take a call with these inputs: the extension was built for sm_90a
 // (ELECTRA_FAST_SM90A, set by setup.py), q is on a compute capability 9.0 device, the head dim
 // is 64 or 128, and ELECTRA_FAST_WGMMA=1 asks for it. Opt-in until a GPU run has checked it.
-bool attention_forward_sm90_applies(const at::Tensor& q, int64_t head_dim);
+bool attention_sm90_applies(const at::Tensor& q, int64_t head_dim);
 
 // Writes out and lse of a prepared call (inputs checked, outputs allocated as for the sm80
 // kernel), on the current stream.
 void attention_forward_sm90(const AttentionCall& call, at::Tensor& out, at::Tensor& lse);
+
+// Writes dq_sum (fp32, zeroed: the kernel adds into it), dk and dv of a prepared backward call,
+// on the current stream.
+void attention_backward_sm90(const AttentionBackwardCall& b, at::Tensor& dq_sum, at::Tensor& dk,
+                             at::Tensor& dv);
 
 }  // namespace electra_fast

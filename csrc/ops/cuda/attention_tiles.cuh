@@ -131,6 +131,29 @@ __device__ __forceinline__ void online_softmax(float (&s)[Tiles][4], float (&row
   for (int r = 0; r < 2; ++r) row_sum[r] = row_sum[r] * correction[r] + tile_sum[r];
 }
 
+// The backward's step on a 16 x 64 strip of raw scores s = Q K^T and d_p = dO V^T (accumulator
+// layout; keys at or past `cols` masked out; `keep` from dropout_keep_bits): P is recomputed
+// from the forward's lse (given in base 2, lse * log2 e; +inf on a padded query row gives
+// P = 0), then s becomes P after dropout and d_p becomes dS = P (dP' - D_i), dP' the gradient
+// reaching the dropped-out probability and D_i = rowsum(dO * O) of rows g and g + 8.
+__device__ __forceinline__ void probabilities_and_score_grads(float (&s)[8][4], float (&d_p)[8][4],
+                                                              int cols, float scale_log2,
+                                                              const float (&lse_log2)[2],
+                                                              const float (&dot)[2], uint32_t keep,
+                                                              float keep_scale, int t) {
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+      const bool inside = nt * 8 + 2 * t + (c & 1) < cols;
+      const float prob = inside ? exp2f(s[nt][c] * scale_log2 - lse_log2[c / 2]) : 0.0f;
+      const bool kept = (keep >> (nt * 4 + c)) & 1u;
+      d_p[nt][c] = prob * ((kept ? d_p[nt][c] * keep_scale : 0.0f) - dot[c / 2]);
+      s[nt][c] = kept ? prob : 0.0f;
+    }
+  }
+}
+
 // Multiplies rows g and g + 8 of an accumulator by factor[0] and factor[1].
 template <int Tiles>
 __device__ __forceinline__ void scale_rows(float (&acc)[Tiles][4], const float (&factor)[2]) {
@@ -239,6 +262,20 @@ void dispatch_kernel(at::ScalarType dtype, int64_t head_dim, Fn&& fn) {
   TORCH_CHECK_TYPE(dtype == at::kHalf, "the CUDA attention kernels take bfloat16 or float16, got ",
                    dtype);
   with_dim.template operator()<__half>();
+}
+
+// dispatch_kernel for the wgmma kernels, which take head dims 64 and 128 only (a 64-column
+// swizzle block is their unit): other head dims are an error naming `what`.
+template <typename Fn>
+void dispatch_wgmma_kernel(at::ScalarType dtype, int64_t head_dim, const char* what, Fn&& fn) {
+  dispatch_kernel(dtype, head_dim, [&]<typename T, int D>() {
+    if constexpr (D == 64 || D == 128) {
+      fn.template operator()<T, D>();
+    } else {
+      TORCH_CHECK_VALUE(false, "the wgmma attention ", what, " takes head dims 64 and 128, got ",
+                        D);
+    }
+  });
 }
 
 }  // namespace electra_fast

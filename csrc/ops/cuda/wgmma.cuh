@@ -23,7 +23,11 @@
 
 #include <cstdint>
 
+#include "tensor_core.cuh"
+
 namespace electra_fast {
+
+constexpr int kRowBytes = 128;  // one swizzled row: 64 two-byte elements
 
 // A shared-memory matrix descriptor with the 128-byte swizzle: address, LBO and SBO in bytes
 // (each encoded as bits 17..4), base offset 0 (atoms 1024-byte aligned), mode 1 in bits 62-63.
@@ -31,6 +35,24 @@ __device__ __forceinline__ uint64_t swizzled_descriptor(uint32_t address, uint32
                                                         uint32_t stride_bytes) {
   const auto encode = [](uint32_t x) { return static_cast<uint64_t>((x & 0x3FFFFu) >> 4); };
   return encode(address) | encode(leading_bytes) << 16 | encode(stride_bytes) << 32 | 1ull << 62;
+}
+
+// Rows [0, valid) of a Rows x D tile (D a multiple of 64) from global memory into `tile` in the
+// 128-byte swizzle, by a block of Threads threads: 64-column block cb of row r at
+// cb * Rows * 128 + r * 128, its 16-byte chunk c at chunk c ^ (r % 8). Rows past `valid` are
+// zero-filled, so that masked scores and their products stay finite. Asynchronous: commit,
+// then wait.
+template <typename T, int D, int Rows, int Threads>
+__device__ __forceinline__ void load_swizzled(unsigned char* tile, const T* rows,
+                                              int64_t row_stride, int valid,
+                                              const T* any_valid_address) {
+  constexpr int kChunks = D / 8;
+  for (int idx = threadIdx.x; idx < Rows * kChunks; idx += Threads) {
+    const int r = idx / kChunks, c = idx % kChunks;
+    const bool inside = r < valid;
+    const int offset = (c / 8) * Rows * kRowBytes + r * kRowBytes + (((c % 8) ^ (r % 8)) << 4);
+    cp_async_16(tile + offset, inside ? rows + r * row_stride + c * 8 : any_valid_address, inside);
+  }
 }
 
 // Orders this thread's earlier register and shared-memory writes before the warpgroup's next
@@ -82,26 +104,48 @@ __device__ __forceinline__ void fence_accumulators(float (&d)[Tiles][4]) {
   "%38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, "  \
   "%56, %57, %58, %59, %60, %61, %62, %63}"
 
-// d (64 x 128) = A B [+ d]: A 64 x 16 and B 16 x 128, both K-major in shared memory.
-template <typename T>
-__device__ __forceinline__ void wgmma_n128_ss(float (&d)[16][4], uint64_t a, uint64_t b,
-                                              bool accumulate);
+// d (64 x N) = A B [+ d]: A 64 x 16 and B 16 x N from shared memory, N = 64 or 128. Each is
+// K-major unless its Trans flag says MN-major (for A, the M dim contiguous: a [k][m] tile read
+// as its transpose, as the backward reads P^T and dS^T).
+template <typename T, int N, int TransA = 0, int TransB = 0>
+__device__ __forceinline__ void wgmma_ss(float (&d)[N / 8][4], uint64_t a, uint64_t b,
+                                         bool accumulate);
 
 // d (64 x N) += A B: A 64 x 16 from registers, B 16 x N MN-major in shared memory. N = 64, 128.
 template <typename T, int N>
 __device__ __forceinline__ void wgmma_rs(float (&d)[N / 8][4], const uint32_t (&a)[4], uint64_t b);
 
+// A, B, ACC, TA, TB: the operand numbers of the descriptors, the accumulate flag and the two
+// transpose flags, which follow the N / 2 accumulator registers.
+#define EF_WGMMA_SS_DEFINE(TYPE, PTX_TYPE, N, REGS, OUTS, A, B, ACC, TA, TB)                       \
+  template <int TransA, int TransB>                                                                \
+  struct WgmmaSS<TYPE, N, TransA, TransB> {                                                        \
+    __device__ __forceinline__ static void run(float (&d)[N / 8][4], uint64_t a, uint64_t b,       \
+                                               bool accumulate) {                                  \
+      asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, " ACC                                         \
+                   ", 0;\n"                                                                        \
+                   "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." PTX_TYPE "." PTX_TYPE         \
+                   " " REGS ", " A ", " B ", p, 1, 1, " TA ", " TB ";\n}\n"                        \
+                   : OUTS(d)                                                                       \
+                   : "l"(a), "l"(b), "r"(static_cast<int>(accumulate)), "n"(TransA), "n"(TransB)); \
+    }                                                                                              \
+  };
+
+// Function templates cannot be partially specialised: the transpose flags go through a struct.
+template <typename T, int N, int TransA, int TransB>
+struct WgmmaSS;
+EF_WGMMA_SS_DEFINE(__nv_bfloat16, "bf16", 64, EF_REGS32, EF_D32, "%32", "%33", "%34", "%35", "%36")
+EF_WGMMA_SS_DEFINE(__half, "f16", 64, EF_REGS32, EF_D32, "%32", "%33", "%34", "%35", "%36")
+EF_WGMMA_SS_DEFINE(__nv_bfloat16, "bf16", 128, EF_REGS64, EF_D64, "%64", "%65", "%66", "%67", "%68")
+EF_WGMMA_SS_DEFINE(__half, "f16", 128, EF_REGS64, EF_D64, "%64", "%65", "%66", "%67", "%68")
+
+template <typename T, int N, int TransA, int TransB>
+__device__ __forceinline__ void wgmma_ss(float (&d)[N / 8][4], uint64_t a, uint64_t b,
+                                         bool accumulate) {
+  WgmmaSS<T, N, TransA, TransB>::run(d, a, b, accumulate);
+}
+
 #define EF_WGMMA_DEFINE(TYPE, PTX_TYPE)                                                          \
-  template <>                                                                                    \
-  __device__ __forceinline__ void wgmma_n128_ss<TYPE>(float (&d)[16][4], uint64_t a, uint64_t b, \
-                                                      bool accumulate) {                         \
-    asm volatile(                                                                                \
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"                                             \
-        "wgmma.mma_async.sync.aligned.m64n128k16.f32." PTX_TYPE "." PTX_TYPE " " EF_REGS64       \
-        ", %64, %65, p, 1, 1, 0, 0;\n}\n"                                                        \
-        : EF_D64(d)                                                                              \
-        : "l"(a), "l"(b), "r"(static_cast<int>(accumulate)));                                    \
-  }                                                                                              \
   template <>                                                                                    \
   __device__ __forceinline__ void wgmma_rs<TYPE, 64>(float (&d)[8][4], const uint32_t (&a)[4],   \
                                                      uint64_t b) {                               \
@@ -127,6 +171,7 @@ EF_WGMMA_DEFINE(__nv_bfloat16, "bf16")
 EF_WGMMA_DEFINE(__half, "f16")
 
 #undef EF_WGMMA_DEFINE
+#undef EF_WGMMA_SS_DEFINE
 #undef EF_REGS64
 #undef EF_REGS32
 #undef EF_D64
