@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from electra_fast.model.crc32c import crc32c, unmask
+
 _MAGIC = 0xDB4775248B80FB57
 _FOOTER = 48
 _TRAILER = 5  # a block's compression type byte and its checksum
@@ -54,9 +56,13 @@ def checkpoint_prefix(path: str | os.PathLike) -> Path:
     return path
 
 
-def read_checkpoint(path: str | os.PathLike, skip=lambda name: False) -> dict[str, np.ndarray]:
+def read_checkpoint(
+    path: str | os.PathLike, skip=lambda name: False, verify: bool = True
+) -> dict[str, np.ndarray]:
     """Every variable of the checkpoint at `path` (see checkpoint_prefix) whose name `skip`
-    does not reject, as numpy arrays (bfloat16 ones as float32)."""
+    does not reject, as numpy arrays (bfloat16 ones as float32). With `verify`, each one's
+    bytes are checked against the CRC-32C that TensorFlow stored for them, as TensorFlow's
+    own reader does: a damaged or truncated download is an error naming the variable."""
     prefix = checkpoint_prefix(path)
     entries = dict(_table_entries(prefix.with_name(prefix.name + ".index").read_bytes()))
     header = _fields(entries.pop(b"", b""))
@@ -78,16 +84,23 @@ def read_checkpoint(path: str | os.PathLike, skip=lambda name: False) -> dict[st
             if not data.is_file():
                 raise FileNotFoundError(f"{data} is missing (variable {name!r} is in it)")
             files[shard] = np.memmap(data, dtype=np.uint8, mode="r")
-        out[name] = _array(name, entry, files[shard])
+        out[name] = _array(name, entry, files[shard], verify)
     return out
 
 
-def _array(name: str, entry: dict, data: np.ndarray) -> np.ndarray:
+def _array(name: str, entry: dict, data: np.ndarray, verify: bool) -> np.ndarray:
     dtype = entry.get(1, 0)
     shape_proto = _fields(entry[2][0]) if 2 in entry else {}
     shape = [_fields(dim).get(1, 0) for dim in shape_proto.get(2, [])]
     offset, size = entry.get(4, 0), entry.get(5, 0)
     raw = data[offset : offset + size]
+    if verify and 6 in entry and len(raw) == size:  # (a short read is reported below)
+        stored, actual = unmask(entry[6]), crc32c(raw)
+        if stored != actual:
+            raise ValueError(
+                f"variable {name!r}: its {size} bytes have CRC-32C {actual:08x} where the "
+                f"checkpoint stored {stored:08x}; the data file is damaged (download it again)"
+            )
     if dtype == _BFLOAT16:  # the upper halves of float32s
         halves = raw.view(np.uint16).astype(np.uint32) << 16
         array = halves.view(np.float32)

@@ -138,3 +138,21 @@ def test_a_generator_with_untied_embeddings_gets_its_own(tmp_path, monkeypatch):
     assert torch.equal(generator.encoder.embeddings.word.weight, 2 * words)
     assert torch.equal(discriminator.encoder.embeddings.word.weight, words)
     assert discriminator.config.untied_generator_embeddings
+
+
+def test_a_damaged_data_file_is_an_error_naming_the_variable(tmp_path):
+    """The test checkpoint's CRCs were computed by TensorFlow: reading it at all (above)
+    checks ours against them. One flipped byte must be caught, or read when told not to."""
+    damaged = tmp_path / "damaged"
+    shutil.copytree(CHECKPOINT, damaged)
+    data = damaged / "model.ckpt-7.data-00000-of-00001"
+    raw = bytearray(data.read_bytes())
+    intact = read_checkpoint(CHECKPOINT)
+    raw[len(raw) // 2] ^= 0x10
+    data.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=r"variable '[^']+': its \d+ bytes have CRC-32C") as error:
+        read_checkpoint(damaged)
+    name = str(error.value).split("'")[1]
+    unchecked = read_checkpoint(damaged, verify=False)
+    assert not np.array_equal(unchecked[name], intact[name])
+    assert sum(not np.array_equal(unchecked[n], intact[n]) for n in intact) == 1
