@@ -14,9 +14,10 @@
 //   K-major (the reduction dim contiguous, Q and K for S = Q K^T): rows 128 bytes apart, the
 //   stride byte offset (SBO) from one 8-row group to the next is 1024; the leading offset is
 //   unused.
-//   MN-major (imm-trans-b = 1; V for O = P V, whose rows are keys, the reduction dim): 8 keys
-//   128 bytes apart, SBO = 1024 to the next 8 keys, and the leading byte offset (LBO) from one
-//   64-column block of the N dim to the next.
+//   MN-major (imm-trans-a/b = 1; V for O = P V, whose rows are keys, the reduction dim; in the
+//   backward dO, Q, and P and dS read transposed): 8 rows of the reduction dim 128 bytes apart,
+//   SBO = 1024 to the next 8, and the leading byte offset (LBO) from one 64-column block of the
+//   M or N dim to the next (unused when that dim is 64).
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
