@@ -55,3 +55,10 @@ TORCH_LIBRARY(electra_fast, m) {
       "Tensor? lengths, Tensor? cu_seqlens, int max_seqlen, Tensor? seed, float dropout_p, "
       "float softmax_scale) -> (Tensor, Tensor, Tensor)");
 }
+
+// Test-only ops (no CPU kernel, no Python wrapper), for tests/ops/test_wgmma.py.
+TORCH_LIBRARY(electra_fast_test, m) {
+  // One wgmma tile (csrc/ops/cuda/wgmma_probe.cu): D [64, N] fp32 from a and b stored as the
+  // attention kernels store their operands; mode 0: D = a b^T, 1: D = a^T b, 2: D = a b.
+  m.def("wgmma_matmul(Tensor a, Tensor b, int mode) -> Tensor");
+}

@@ -10,17 +10,11 @@ import torch
 
 import electra_fast
 from electra_fast import _extension
+from tests.ops import hopper
 from tests.ops.test_attention import check_against_fp64, qkv
 from tests.ops.test_attention_kernel import check_dropout_given_the_mask
 
-HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
-pytestmark = [
-    pytest.mark.cuda,
-    pytest.mark.skipif(not HOPPER, reason="needs an H100/H200 (compute capability 9.0)"),
-    pytest.mark.skipif(
-        not _extension.sm90a_kernels_built(), reason="this build has no sm_90a kernels"
-    ),
-]
+pytestmark = hopper.MARKS
 DEVICE = torch.device("cuda")
 
 
