@@ -30,8 +30,9 @@ def test_one_tile_equals_torch_matmul(mode, N, dtype):
     b = torch.randn(b_shape(N), device="cuda", generator=generator).to(dtype)
     got = torch.ops.electra_fast_test.wgmma_matmul(a, b, mode)
     want = product(a.double(), b.double()).float()
-    # fp32 accumulation of exact products: only the summation order differs.
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+    # fp32 accumulation of exact products: only the summation order (and the tensor cores'
+    # internal rounding) differs, about 1e-5 here; a misplaced element moves a value by ~1.
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-3)
 
 
 def test_bad_shapes_are_refused():
