@@ -71,7 +71,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int tiles = m0 < length ? (length + kKeys - 1) / kKeys : 0;
   const int64_t head = h * D;
 
-  auto load_keys_and_values = [&](int n0, int stage) {
+  auto load_keys_and_values = [&](int tile, int stage) {
+    const int n0 = tile * kKeys;
     const int rows = min(kKeys, length - n0);
     load_swizzled<T, D, kKeys, kThreads>(k_tiles + stage * L::kKVBytes,
                                          k + (seq.start + n0) * p.k_row_stride + head,
@@ -92,13 +93,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const uint64_t seed = p.philox_key();
   for (int tile = 0; tile < tiles; ++tile) {
     const int stage = tile & 1, n0 = tile * kKeys, cols = min(kKeys, length - n0);
-    cp_async_wait_all();
-    fence_view_async_shared();
-    __syncthreads();  // this tile is in for every thread; every warpgroup is done with the other
-    if (tile + 1 < tiles) {
-      load_keys_and_values(n0 + kKeys, stage ^ 1);
-      cp_async_commit();
-    }
+    next_double_buffered_tile(tile, tiles, load_keys_and_values);
     if (!group_active) continue;
 
     // S = Q K^T over D in k steps of 16: +32 bytes within a 64-column block, then the next block.

@@ -127,7 +127,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   unsigned char* const p_tile = base + L::kP + group * kScoreBytes;
   unsigned char* const ds_tile = base + L::kDS + group * kScoreBytes;
 
-  auto load_queries = [&](int m0, int stage) {
+  auto load_queries = [&](int tile, int stage) {
+    const int m0 = tile * kQueries;
     const int rows = min(kQueries, length - m0);
     load_swizzled<T, D, kQueries, kThreads>(base + L::kQ + stage * L::kQBytes,
                                             q + (seq.start + m0) * p.q_row_stride + head,
@@ -150,13 +151,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const uint64_t seed = p.philox_key();
   for (int tile = 0; tile < tiles; ++tile) {
     const int stage = tile & 1, m0 = tile * kQueries;
-    cp_async_wait_all();
-    fence_view_async_shared();
-    __syncthreads();  // this tile is in for every thread; every warpgroup is done with the other
-    if (tile + 1 < tiles) {
-      load_queries(m0 + kQueries, stage ^ 1);
-      cp_async_commit();
-    }
+    next_double_buffered_tile(tile, tiles, load_queries);
     if (!group_active) continue;
     const uint32_t q_address = address + L::kQ + stage * L::kQBytes;
     const uint32_t g_address = address + L::kGradOut + stage * L::kQBytes;

@@ -78,6 +78,22 @@ __device__ __forceinline__ void fence_view_async_shared() {
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 }
 
+// The top of iteration `tile` of a loop over double-buffered tiles (stage tile % 2), whose first
+// tile's loads were committed before the loop: this tile has arrived for every thread and is
+// visible to wgmma, every warpgroup is done with the other stage, and the next tile's loads
+// into it are under way (load_next(next tile, its stage), committed here).
+template <typename LoadNext>
+__device__ __forceinline__ void next_double_buffered_tile(int tile, int tiles,
+                                                          LoadNext&& load_next) {
+  cp_async_wait_all();
+  fence_view_async_shared();
+  __syncthreads();
+  if (tile + 1 < tiles) {
+    load_next(tile + 1, (tile + 1) & 1);
+    cp_async_commit();
+  }
+}
+
 // Keeps the compiler from moving accesses of an accumulator across the asynchronous region
 // that writes it (between mma_async and wait_group the registers belong to the tensor cores).
 template <int Tiles>
