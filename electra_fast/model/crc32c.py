@@ -33,21 +33,24 @@ def _tables() -> np.ndarray:
 
 
 _T = _tables()
+# A CRC state x with a little-endian word xor-ed in, through the word's 4 bytes: byte k of x
+# is followed by 3 - k more bytes.
+_WORD_STEP = np.ascontiguousarray(_T[::-1])
 
 
-def _matrix_apply(columns: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """M x for each 32-bit value of x, M given by its columns (the images of bits 0 .. 31)."""
-    bytes_of_m = _byte_tables(columns)
+def _apply(byte_tables: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """M x for each 32-bit value of x, M a linear map given by its byte tables (_byte_tables)."""
     return (
-        bytes_of_m[0][x & 0xFF]
-        ^ bytes_of_m[1][(x >> 8) & 0xFF]
-        ^ bytes_of_m[2][(x >> 16) & 0xFF]
-        ^ bytes_of_m[3][x >> 24]
+        byte_tables[0][x & 0xFF]
+        ^ byte_tables[1][(x >> 8) & 0xFF]
+        ^ byte_tables[2][(x >> 16) & 0xFF]
+        ^ byte_tables[3][x >> 24]
     )
 
 
 def _byte_tables(columns: np.ndarray) -> np.ndarray:
-    """For each byte k of x, the 256 values of M applied to that byte alone."""
+    """The byte tables of M, given by its columns (the images of bits 0 .. 31): for each byte k
+    of x, the 256 values of M applied to that byte alone."""
     bits = (np.arange(256, dtype=np.uint32)[:, None] >> np.arange(8, dtype=np.uint32)) & 1
     out = np.zeros((4, 256), dtype=np.uint32)
     for k in range(4):
@@ -62,7 +65,7 @@ def _chunk_matrix() -> np.ndarray:
     state = np.uint32(1) << np.arange(32, dtype=np.uint32)
     matrix = _T[0][state & 0xFF] ^ (state >> 8)  # one zero byte
     for _ in range(_CHUNK_BYTES.bit_length() - 1):
-        matrix = _matrix_apply(matrix, matrix)  # twice as many
+        matrix = _apply(_byte_tables(matrix), matrix)  # twice as many
     return matrix
 
 
@@ -76,8 +79,7 @@ def _chunk_crcs(words: np.ndarray) -> np.ndarray:
         if start == 0:
             x[0] = 0xFFFFFFFF
         for column in batch:
-            x ^= column
-            x = _T[3][x & 0xFF] ^ _T[2][(x >> 8) & 0xFF] ^ _T[1][(x >> 16) & 0xFF] ^ _T[0][x >> 24]
+            x = _apply(_WORD_STEP, x ^ column)
         states[start : start + len(x)] = x
     return states
 
@@ -89,9 +91,9 @@ def _combine(states: np.ndarray) -> int:
     padded[len(padded) - len(states) :] = states  # leading zero chunks: zero states add nothing
     matrix = _chunk_matrix()
     while len(padded) > 1:
-        pairs = padded.reshape(-1, 2)
-        padded = _matrix_apply(matrix, pairs[:, 0]) ^ pairs[:, 1]
-        matrix = _matrix_apply(matrix, matrix)  # twice the zero bytes
+        pairs, tables = padded.reshape(-1, 2), _byte_tables(matrix)
+        padded = _apply(tables, pairs[:, 0]) ^ pairs[:, 1]
+        matrix = _apply(tables, matrix)  # twice the zero bytes
     return int(padded[0])
 
 
