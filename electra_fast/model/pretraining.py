@@ -52,13 +52,19 @@ class ElectraForPretraining(nn.Module):
         token_type_ids: torch.Tensor | None = None,
         *,
         generator: torch.Generator | None = None,
+        keys: torch.Tensor | None = None,
         metrics: bool = True,
         row_offset: int = 0,
         sync_counts: bool = False,
+        check_values: bool = True,
     ) -> PretrainingOutput:
         """One pretraining step's losses on a batch of [B, L] ids (no masking done yet).
-        `generator` is the torch generator the masking and the sampling draw from; `metrics`
-        adds MLM accuracy and the discriminator's accuracy, precision and recall.
+        `generator` is the torch generator the masking and the sampling draw from; or `keys`,
+        [2] int64 on the batch's device, gives their Philox keys (masking, sampling) instead,
+        which is how a step under torch.compile gets them: it cannot trace a generator.
+        `metrics` adds MLM accuracy and the discriminator's accuracy, precision and recall.
+        `check_values` checks the ids' range and the right padding (two device
+        synchronisations; a loop that checked its batches on the host passes False).
 
         Data parallelism: with row_offset = rank * B (the rank's first row in the global
         batch) and sync_counts=True (the masked-token and token counts all-reduced, each
@@ -72,7 +78,8 @@ class ElectraForPretraining(nn.Module):
             )
         # Checked once here: the encoders below see these ids masked or corrupted, never out of
         # range, and the same attention mask.
-        check_encoder_inputs(c, input_ids, attention_mask, token_type_ids)
+        check_encoder_inputs(c, input_ids, attention_mask, token_type_ids, check_values)
+        mask_key, sample_key = _philox_keys(keys, generator, input_ids.device)
         masked = mask_tokens(
             input_ids,
             attention_mask,
@@ -81,6 +88,7 @@ class ElectraForPretraining(nn.Module):
             vocab_size=c.vocab_size,
             mask_prob=c.mask_prob,
             generator=generator,
+            seed=mask_key,
             row_offset=row_offset,
         )
         weights = masked.weights.flatten()
@@ -95,6 +103,7 @@ class ElectraForPretraining(nn.Module):
             temperature=c.temperature,
             disallow_labels=c.disallow_correct,
             generator=generator,
+            seed=sample_key,
             row_offset=row_offset * masked.positions.shape[1],
         )
         gen_loss = (step.loss * weights).sum() / _count(weights.sum(), sync_counts)
@@ -152,6 +161,35 @@ class ElectraForPretraining(nn.Module):
                     f"({different}); load with untied_generator_embeddings=True to keep both"
                 )
         return model
+
+
+def draw_keys(device: torch.device | str, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The `keys` of one ElectraForPretraining call, [2] int64 on `device`, drawn from
+    `generator` (default: the device's default generator) outside the call: how a compiled
+    step gets its randomness from a generator it could not trace."""
+    return torch.randint(
+        -(2**63), 2**63 - 1, (2,), dtype=torch.int64, device=device, generator=generator
+    )
+
+
+def _philox_keys(keys, generator, device):
+    """(masking key, sampling key): the two entries of `keys`, or (None, None) for draws from
+    `generator`."""
+    if keys is None:
+        return None, None
+    if generator is not None:
+        raise ValueError("give keys or generator, not both")
+    if not isinstance(keys, torch.Tensor) or keys.shape != (2,) or keys.dtype != torch.int64:
+        raise ValueError(f"keys must be a [2] int64 tensor, got {_describe(keys)}")
+    if keys.device != device:
+        raise ValueError(f"keys must be on input_ids' device {device}, got {keys.device}")
+    return keys[0], keys[1]
+
+
+def _describe(value) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"{value.dtype} of shape {tuple(value.shape)}"
+    return repr(value)
 
 
 def _count(local: torch.Tensor, sync: bool) -> torch.Tensor:

@@ -3,16 +3,41 @@ that synchronises with the device may run."""
 
 from __future__ import annotations
 
+import operator
+
 import torch
 
 
 def philox_key(
-    device: torch.device, generator: torch.Generator | None, seed: int | None, *, like: str
+    device: torch.device,
+    generator: torch.Generator | None,
+    seed: int | torch.Tensor | None,
+    *,
+    like: str,
 ) -> torch.Tensor:
-    """A 0-d int64 tensor on `device` holding the Philox key for one call: `seed` when given,
-    else a draw from `generator` (default: the device's default generator). `like` names the
-    tensor whose device the generator must match, for the error message."""
+    """A 0-d int64 tensor on `device` holding the Philox key for one call: `seed` when given
+    (an int, or a 0-d int64 tensor on `device`, used as it is), else a draw from `generator`
+    (default: the device's default generator). `like` names the tensor whose device the
+    generator or the seed must match, for the error message.
+
+    A tensor seed is what a compiled or graph-captured step takes: drawn outside it from a
+    generator torch.compile cannot trace, it enters the graph as an input, and every replay
+    reads its current value on the device."""
+    if isinstance(seed, torch.Tensor):
+        if generator is not None:
+            raise ValueError("give seed or generator, not both")
+        if seed.dim() != 0 or seed.dtype != torch.int64:
+            raise ValueError(
+                f"seed must be a 0-d int64 tensor, got {seed.dtype} of shape {tuple(seed.shape)}"
+            )
+        if seed.device != device:
+            raise ValueError(f"seed must be on {like}'s device {device}, got {seed.device}")
+        return seed
     if seed is not None:
+        try:
+            seed = operator.index(seed)
+        except TypeError:
+            raise TypeError(f"seed must be an int or a 0-d int64 tensor, got {seed!r}") from None
         if not -(2**63) <= seed < 2**64:
             raise ValueError(f"seed must fit in 64 bits, got {seed}")
         return torch.tensor(

@@ -49,7 +49,7 @@ def attention(
     dropout_p: float = 0.0,
     softmax_scale: float | None = None,
     generator: torch.Generator | None = None,
-    seed: int | None = None,
+    seed: int | torch.Tensor | None = None,
     check_values: bool = True,
 ) -> torch.Tensor:
     """softmax(q k^T * scale) v per sequence and head, with padding or packed sequences.

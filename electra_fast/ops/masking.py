@@ -41,7 +41,7 @@ def mask_tokens(
     random_prob: float = 0.0,
     strategy: str = "fixed",
     generator: torch.Generator | None = None,
-    seed: int | None = None,
+    seed: int | torch.Tensor | None = None,
     row_offset: int = 0,
 ) -> MaskedTokens:
     """Choose positions to predict and corrupt them, as ELECTRA's pretraining does.
@@ -65,7 +65,9 @@ def mask_tokens(
         generator: the torch generator of the tensors' device to draw the Philox key from;
             default: the device's default generator, so torch.manual_seed makes runs repeatable.
         seed: an explicit Philox key instead of a draw; the same seed gives the same result on
-            every device and implementation.
+            every device and implementation. An int, or a 0-d int64 tensor on input_ids'
+            device: what a step under torch.compile or in a CUDA graph takes, the key drawn
+            outside it (torch.compile cannot trace an explicit generator).
         row_offset: the index of the first row in the random stream. Data-parallel ranks that
             share a key and pass rank * B mask their slices exactly as one process would mask
             the whole batch.

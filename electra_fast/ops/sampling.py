@@ -45,7 +45,7 @@ def generator_step(
     disallow_labels: bool = False,
     ignore_index: int = -100,
     generator: torch.Generator | None = None,
-    seed: int | None = None,
+    seed: int | torch.Tensor | None = None,
     inplace_backward: bool = False,
     row_offset: int = 0,
 ) -> GeneratorStep:
@@ -62,7 +62,8 @@ def generator_step(
         ignore_index: marks unused rows: loss 0, zero gradient, a sample drawn all the same.
         generator: the device's torch generator to draw the Philox key from (default: the
             device's default generator).
-        seed: an explicit Philox key instead of a draw: the same samples on every device.
+        seed: an explicit Philox key instead of a draw: the same samples on every device. An
+            int or a 0-d int64 tensor on logits' device, as for mask_tokens.
         inplace_backward: let the backward write the gradient over `logits` (saves an [M, V]
             tensor); only when nothing else needs the logits afterwards. Ignored under
             torch.compile.

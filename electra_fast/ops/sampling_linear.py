@@ -41,7 +41,7 @@ def generator_step_linear(
     disallow_labels: bool = False,
     ignore_index: int = -100,
     generator: torch.Generator | None = None,
-    seed: int | None = None,
+    seed: int | torch.Tensor | None = None,
     vocab_tile: int = DEFAULT_VOCAB_TILE,
     row_offset: int = 0,
 ) -> GeneratorStep:

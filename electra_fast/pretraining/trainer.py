@@ -32,6 +32,8 @@ import torch.distributed as dist
 from electra_fast import amp, distributed, tokenization
 from electra_fast.data import PretrainingDataset, ResumableSampler, collate_padded
 from electra_fast.model import ElectraForPretraining
+from electra_fast.model.modeling import check_encoder_inputs
+from electra_fast.model.pretraining import draw_keys
 from electra_fast.pretraining.checkpoint import load_latest, save_checkpoint
 from electra_fast.pretraining.hparams import Hparams
 from electra_fast.pretraining.optimization import AdamWeightDecay, learning_rate, parameter_groups
@@ -143,11 +145,13 @@ def pretrain(
         collate_fn=collate,
         drop_last=True,
         generator=torch.Generator().manual_seed(hparams.seed),
+        pin_memory=device.type == "cuda",  # so that the copy below overlaps the GPU's work
     )
     batches, consumed = iter(loader), 0
 
     def next_batch() -> tuple[dict, int]:
-        """The next batch on the device, and its real tokens (counted on the host)."""
+        """The next batch on the device, and its real tokens, both counted and checked on the
+        host, so that the step itself never waits for the device."""
         nonlocal batches, consumed
         try:
             batch = next(batches)
@@ -155,17 +159,23 @@ def pretrain(
             batches, consumed = iter(loader), 0
             batch = next(batches)
         consumed += batch_size
+        check_encoder_inputs(
+            config, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
+        )
         tokens = int(batch["attention_mask"].sum())
         return {k: v.to(device, non_blocking=True) for k, v in batch.items()}, tokens
 
     # Randomness is a function of (seed, step, micro-batch): the masking and sampling keys come
     # from a generator every rank seeds alike (ranks then differ by row_offset only), dropout
     # from the default generator seeded per rank. A resumed run needs no saved random state.
+    # The keys are drawn here, outside the model, and passed in as a tensor: torch.compile
+    # cannot trace a generator, and so a compiled step masks and samples as an eager one.
     key_generator = torch.Generator(device=device)
 
-    def seed_step(micro: int) -> None:
+    def step_keys(micro: int) -> torch.Tensor:
         key_generator.manual_seed(_step_seed(hparams.seed, step, micro, "keys"))
         torch.manual_seed(_step_seed(hparams.seed, step, micro, f"dropout/{rank}"))
+        return draw_keys(device, key_generator)
 
     stop_requested = []
     previous_handlers = (
@@ -210,7 +220,7 @@ def pretrain(
             share = 1.0 / hparams.gradient_accumulation_steps
             for micro in range(hparams.gradient_accumulation_steps):
                 batch, tokens = next_batch()
-                seed_step(micro)
+                keys = step_keys(micro)
                 window_tokens += tokens * world
                 sync = world > 1 and micro < hparams.gradient_accumulation_steps - 1
                 with trained.no_sync() if sync else nullcontext(), autocast():
@@ -219,9 +229,10 @@ def pretrain(
                         batch["attention_mask"],
                         batch["token_type_ids"],
                         metrics=logged,
-                        generator=key_generator,
+                        keys=keys,
                         row_offset=rank * batch_size,  # masks and samples as one process would
                         sync_counts=world > 1,
+                        check_values=False,  # next_batch checked the batch
                     )
                     loss = output.loss * share
                 (scaler.scale(loss) if scaler else loss).backward()

@@ -51,15 +51,22 @@ def test_embeddings_are_shared_and_learn_from_both_losses():
     assert untied.generator.encoder.embeddings is not untied.discriminator.encoder.embeddings
 
 
-def test_losses_equal_a_hand_computation():
-    """The same draws replayed step by step with the public ops and full [B, L, V] logits."""
+@pytest.mark.parametrize("draws", ["generator", "keys"])
+def test_losses_equal_a_hand_computation(draws):
+    """The same draws replayed step by step with the public ops and full [B, L, V] logits:
+    from the same generator, or with `keys` as the ops' seeds."""
     torch.manual_seed(0)
     model = ElectraForPretraining(tiny()).eval()
     ids, mask = batch()
+    keys = torch.tensor([2**62 + 9, -77])
     with torch.no_grad():
-        out = model(ids, mask, generator=torch.Generator().manual_seed(5))
-
-        replay = torch.Generator().manual_seed(5)  # the same key draws, in the same order
+        if draws == "generator":
+            out = model(ids, mask, generator=torch.Generator().manual_seed(5))
+            replay = torch.Generator().manual_seed(5)  # the same key draws, in the same order
+            mask_draw, sample_draw = dict(generator=replay), dict(generator=replay)
+        else:
+            out = model(ids, mask, keys=keys)
+            mask_draw, sample_draw = dict(seed=2**62 + 9), dict(seed=-77)
         masked = electra_fast.mask_tokens(
             ids,
             mask,
@@ -67,7 +74,7 @@ def test_losses_equal_a_hand_computation():
             special_token_ids=SPECIALS,
             vocab_size=40,
             mask_prob=0.25,
-            generator=replay,
+            **mask_draw,
         )
         logits = model.generator(masked.masked_ids, mask)  # [B, L, V], every position
         at_slots = logits.gather(1, masked.positions[..., None].expand(-1, -1, 40)).double()
@@ -78,7 +85,7 @@ def test_losses_equal_a_hand_computation():
         samples = electra_fast.generator_step(
             logits.gather(1, masked.positions[..., None].expand(-1, -1, 40)).flatten(0, 1),
             labels,
-            generator=replay,
+            **sample_draw,
         ).samples.view(masked.positions.shape)
         corrupted = ids.clone()
         for b, s in zip(*torch.nonzero(masked.weights, as_tuple=True), strict=True):
@@ -147,3 +154,40 @@ def test_bad_batches_are_refused_once_up_front():
         model(ids + 40, mask)
     with pytest.raises(ValueError, match="right padding"):
         model(ids, mask.flip(1))
+
+
+def test_bad_keys_are_refused():
+    model = ElectraForPretraining(tiny())
+    ids, mask = batch()
+    for keys in (torch.tensor([1]), torch.tensor([1, 2], dtype=torch.int32), [1, 2]):
+        with pytest.raises(ValueError, match="keys must be a \\[2\\] int64 tensor"):
+            model(ids, mask, keys=keys)
+    with pytest.raises(ValueError, match="keys or generator, not both"):
+        model(ids, mask, keys=torch.tensor([1, 2]), generator=torch.Generator())
+
+
+def test_a_compiled_step_equals_the_eager_one():
+    """One graph (fullgraph) for the whole step under inductor, the custom ops and their
+    backwards included: the same losses, metrics and gradients as eager for the same keys
+    (no dropout, whose random stream inductor draws differently)."""
+    torch.manual_seed(0)
+    model = ElectraForPretraining(tiny(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+    ids, mask = batch()
+    keys = torch.tensor([123, 456])
+
+    def run(forward):
+        model.zero_grad()
+        out = forward(ids, mask, keys=keys)
+        out.loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return out, grads
+
+    eager, eager_grads = run(model)
+    compiled, compiled_grads = run(torch.compile(model, fullgraph=True))
+    for name in ("loss", "gen_loss", "disc_loss"):
+        torch.testing.assert_close(getattr(compiled, name), getattr(eager, name))
+    for name, value in eager.metrics.items():  # the same masks and samples: the same counts
+        torch.testing.assert_close(compiled.metrics[name], value, msg=name)
+    assert compiled_grads.keys() == eager_grads.keys()
+    for name, grad in eager_grads.items():
+        torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
