@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -177,27 +178,73 @@ constexpr int kTile = kAttentionTile;
 constexpr float kLn2 = 0.6931471805599453f;
 constexpr float kLog2e = 1.4426950408889634f;
 
+// The hot loops below are written so that the compiler vectorises them (contiguous inner loops,
+// no calls, explicit partial sums instead of a reassociated reduction), and each kernel is
+// compiled for AVX-512, AVX2 and the baseline, the loader picking the best the CPU has (GCC's
+// target clones; other compilers and CPUs get the baseline copy). Helpers are always inlined,
+// so that they take their caller's instruction set.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define EF_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define EF_CPU_CLONES
+#endif
+#define EF_INLINE [[gnu::always_inline]] inline
+
 // A product's rounding to the input dtype, where the GPU feeds it to a bf16/fp16 tensor core.
 template <typename scalar_t>
-float round_to(float x) {
+EF_INLINE float round_to(float x) {
   return static_cast<float>(static_cast<scalar_t>(x));
 }
 
-// Eight independent partial sums: the compiler vectorises them without reassociating anything.
-float dot(const float* a, const float* b, int64_t n) {
+// Eight independent partial sums of x[0, n), n a multiple of 8.
+EF_INLINE float sum_of(const float* x, int64_t n) {
   float lanes[8] = {};
-  for (int64_t d = 0; d < n; d += 8) {
-    for (int u = 0; u < 8; ++u) lanes[u] += a[d + u] * b[d + u];
+  for (int64_t i = 0; i < n; i += 8) {
+    for (int u = 0; u < 8; ++u) lanes[u] += x[i + u];
   }
   return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) +
          ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
 }
 
-void axpy(float a, const float* x, float* y, int64_t n) {
-  for (int64_t d = 0; d < n; ++d) y[d] += a * x[d];
+// out[0, n) += x[0, K) times the row-major [K, n] matrix m.
+EF_INLINE void add_row_times_matrix(const float* __restrict__ x, const float* __restrict__ m,
+                                    int64_t K, int64_t n, float* __restrict__ out) {
+  for (int64_t k = 0; k < K; ++k) {
+    const float a = x[k];
+    const float* row = m + k * n;
+    for (int64_t j = 0; j < n; ++j) out[j] += a * row[j];
+  }
 }
 
-// Rows [first, first + rows) of one head into a float buffer, zeros past `valid`.
+// 2^x for x <= 0 without a libm call, so that a loop of them vectorises: Cephes' exp2f (the
+// integer part of x into the exponent bits, a degree-6 polynomial for the rest in [-1/2, 1/2];
+// relative error about 2e-7). Below -125 (a masked key's -inf included) it gives 0, where
+// exp2f would give a subnormal of at most 2^-125.
+EF_INLINE float exp2_nonpositive(float x) {
+  const bool vanishes = x < -125.0f;
+  const float clamped = vanishes ? -125.0f : x;
+  constexpr float kShifter = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  const float shifted = clamped + kShifter;
+  const float whole = shifted - kShifter;
+  const float f = clamped - whole;
+  float p = 1.535336188319500e-4f;
+  p = p * f + 1.339887440266574e-3f;
+  p = p * f + 9.618437357674640e-3f;
+  p = p * f + 5.550332471162809e-2f;
+  p = p * f + 2.402264791363012e-1f;
+  p = p * f + 6.931472028550421e-1f;
+  p = p * f + 1.0f;
+  uint32_t shifted_bits, bits;
+  std::memcpy(&shifted_bits, &shifted, 4);
+  std::memcpy(&bits, &p, 4);
+  constexpr uint32_t kShifterBits = 0x4B400000u;
+  bits += (shifted_bits - kShifterBits) << 23;  // the integer part, two's complement
+  float result;
+  std::memcpy(&result, &bits, 4);
+  return vanishes ? 0.0f : result;
+}
+
+// Rows [0, rows) of one head into a float buffer [rows, D], zeros past `valid`.
 template <typename scalar_t>
 void load_rows(const scalar_t* base, int64_t row_stride, int64_t rows, int64_t valid, int64_t D,
                float* dst) {
@@ -208,7 +255,20 @@ void load_rows(const scalar_t* base, int64_t row_stride, int64_t rows, int64_t v
   }
 }
 
-// Which of a query's `cols` keys starting at `first` survive dropout (1) or not (0).
+// A tile of kTile rows of one head, transposed into [D, kTile] (zeros past `valid`): the
+// right-hand side of a row times the tile's transpose, vectorised over the tile's rows.
+template <typename scalar_t>
+void load_transposed(const scalar_t* base, int64_t row_stride, int64_t valid, int64_t D,
+                     float* dst) {
+  for (int64_t c = 0; c < kTile; ++c) {
+    for (int64_t d = 0; d < D; ++d) {
+      dst[d * kTile + c] = c < valid ? static_cast<float>(base[c * row_stride + d]) : 0.0f;
+    }
+  }
+}
+
+// Which of a query's `cols` keys starting at `first` survive dropout (1) or not (0). Scalar
+// (GCC does not vectorise Philox's 32-bit high multiplies), and called, not inlined.
 void keep_flags(const AttentionParams& p, uint64_t seed, int64_t bh, int64_t query, int64_t first,
                 int64_t cols, float* keep) {
   if (!p.dropout()) {
@@ -224,14 +284,15 @@ void keep_flags(const AttentionParams& p, uint64_t seed, int64_t bh, int64_t que
 }
 
 template <typename scalar_t>
-void forward_tile(const AttentionParams& p, uint64_t seed, const scalar_t* q, const scalar_t* k,
-                  const scalar_t* v, scalar_t* out, float* lse, int64_t task) {
+EF_CPU_CLONES void forward_tile(const AttentionParams& p, uint64_t seed, const scalar_t* q,
+                                const scalar_t* k, const scalar_t* v, scalar_t* out, float* lse,
+                                int64_t task) {
   const int64_t H = p.heads, D = p.head_dim;
   const int64_t m_tiles = (p.max_seqlen + kTile - 1) / kTile;
   const int64_t bh = task / m_tiles, b = bh / H, h = bh % H, m0 = (task % m_tiles) * kTile;
   const SequenceBounds s = sequence_bounds(p, b);
   const int64_t rows = std::max<int64_t>(0, std::min<int64_t>(kTile, s.length - m0));
-  std::vector<float> qf(kTile * D), kf(kTile * D), vf(kTile * D), acc(kTile * D, 0.0f);
+  std::vector<float> qf(kTile * D), kt(D * kTile), vf(kTile * D), acc(kTile * D, 0.0f);
   std::vector<float> row_max(kTile, -std::numeric_limits<float>::infinity());
   std::vector<float> row_sum(kTile, 0.0f), scores(kTile), keep(kTile);
   if (rows > 0)
@@ -239,28 +300,30 @@ void forward_tile(const AttentionParams& p, uint64_t seed, const scalar_t* q, co
               qf.data());
   for (int64_t n0 = 0; n0 < s.length && rows > 0; n0 += kTile) {
     const int64_t cols = std::min<int64_t>(kTile, s.length - n0);
-    load_rows(k + (s.start + n0) * p.k_row_stride + h * D, p.k_row_stride, cols, cols, D,
-              kf.data());
+    load_transposed(k + (s.start + n0) * p.k_row_stride + h * D, p.k_row_stride, cols, D,
+                    kt.data());
     load_rows(v + (s.start + n0) * p.v_row_stride + h * D, p.v_row_stride, cols, cols, D,
               vf.data());
     for (int64_t r = 0; r < rows; ++r) {
+      std::fill(scores.begin(), scores.end(), 0.0f);
+      add_row_times_matrix(&qf[r * D], kt.data(), D, kTile, scores.data());
       float tile_max = row_max[r];
-      for (int64_t c = 0; c < cols; ++c) {
-        scores[c] = dot(&qf[r * D], &kf[c * D], D) * p.scale_log2;
+      for (int64_t c = 0; c < kTile; ++c) {
+        scores[c] = c < cols ? scores[c] * p.scale_log2 : -std::numeric_limits<float>::infinity();
         tile_max = std::max(tile_max, scores[c]);
       }
       const float correction = std::exp2(row_max[r] - tile_max);
       row_max[r] = tile_max;
       float* a = &acc[r * D];
       for (int64_t d = 0; d < D; ++d) a[d] *= correction;
-      float sum = 0.0f;
+      for (int64_t c = 0; c < kTile; ++c) scores[c] = exp2_nonpositive(scores[c] - tile_max);
+      // The softmax's denominator counts the dropped probabilities too.
+      row_sum[r] = row_sum[r] * correction + sum_of(scores.data(), kTile);
       keep_flags(p, seed, bh, m0 + r, n0, cols, keep.data());
       for (int64_t c = 0; c < cols; ++c) {
-        const float prob = std::exp2(scores[c] - tile_max);
-        sum += prob;  // the softmax's denominator counts the dropped probabilities too
-        if (keep[c] != 0.0f) axpy(round_to<scalar_t>(prob), &vf[c * D], a, D);
+        scores[c] = keep[c] != 0.0f ? round_to<scalar_t>(scores[c]) : 0.0f;
       }
-      row_sum[r] = row_sum[r] * correction + sum;
+      add_row_times_matrix(scores.data(), vf.data(), cols, D, a);
     }
   }
   const int64_t last = p.packed ? rows : std::min<int64_t>(kTile, p.max_seqlen - m0);
@@ -275,42 +338,80 @@ void forward_tile(const AttentionParams& p, uint64_t seed, const scalar_t* q, co
   }
 }
 
+// Queries whose P and dS rows meet the key tile together in the backward's dV and dK updates:
+// each accumulator row is then read and written once per kQueryBlock queries.
+constexpr int64_t kQueryBlock = 4;
+
+// acc[c, 0, D) += sum_j coefficient[j, c] * rows[j][0, D) for the tile's keys c < cols.
+EF_INLINE void add_rank_block(const float (*coefficient)[kTile], const float* const* rows,
+                              int64_t cols, int64_t D, float* __restrict__ acc) {
+  for (int64_t c = 0; c < cols; ++c) {
+    const float a0 = coefficient[0][c], a1 = coefficient[1][c];
+    const float a2 = coefficient[2][c], a3 = coefficient[3][c];
+    float* __restrict__ dst = acc + c * D;
+    for (int64_t d = 0; d < D; ++d) {
+      dst[d] += ((a0 * rows[0][d] + a1 * rows[1][d]) + (a2 * rows[2][d] + a3 * rows[3][d]));
+    }
+  }
+}
+
 template <typename scalar_t>
-void backward_head(const AttentionParams& p, uint64_t seed, const scalar_t* grad_out,
-                   const scalar_t* q, const scalar_t* k, const scalar_t* v, const float* lse,
-                   const float* grad_dot_out, scalar_t* dq, scalar_t* dk, scalar_t* dv,
-                   int64_t bh) {
+EF_CPU_CLONES void backward_head(const AttentionParams& p, uint64_t seed, const scalar_t* grad_out,
+                                 const scalar_t* q, const scalar_t* k, const scalar_t* v,
+                                 const float* lse, const float* grad_dot_out, scalar_t* dq,
+                                 scalar_t* dk, scalar_t* dv, int64_t bh) {
+  static_assert(kQueryBlock == 4, "add_rank_block takes four rows");
   const int64_t H = p.heads, D = p.head_dim, b = bh / H, h = bh % H;
   const SequenceBounds s = sequence_bounds(p, b);
   const int64_t n = s.length;
-  std::vector<float> qf(n * D), gf(n * D), dq_acc(n * D, 0.0f);
-  std::vector<float> kf(kTile * D), vf(kTile * D), dk_acc(kTile * D), dv_acc(kTile * D);
-  std::vector<float> keep(kTile);
+  std::vector<float> qf(n * D), gf(n * D), dq_acc(n * D, 0.0f), zeros(D, 0.0f);
+  std::vector<float> kf(kTile * D), kt(D * kTile), vt(D * kTile), dk_acc(kTile * D),
+      dv_acc(kTile * D);
+  float probs[kQueryBlock][kTile], d_scores[kQueryBlock][kTile], d_probs[kTile], keep[kTile];
   load_rows(q + s.start * p.q_row_stride + h * D, p.q_row_stride, n, n, D, qf.data());
   load_rows(grad_out + s.start * H * D + h * D, H * D, n, n, D, gf.data());
   for (int64_t n0 = 0; n0 < n; n0 += kTile) {
     const int64_t cols = std::min<int64_t>(kTile, n - n0);
-    load_rows(k + (s.start + n0) * p.k_row_stride + h * D, p.k_row_stride, cols, cols, D,
-              kf.data());
-    load_rows(v + (s.start + n0) * p.v_row_stride + h * D, p.v_row_stride, cols, cols, D,
-              vf.data());
+    const scalar_t* k_rows = k + (s.start + n0) * p.k_row_stride + h * D;
+    load_rows(k_rows, p.k_row_stride, kTile, cols, D, kf.data());
+    load_transposed(k_rows, p.k_row_stride, cols, D, kt.data());
+    load_transposed(v + (s.start + n0) * p.v_row_stride + h * D, p.v_row_stride, cols, D,
+                    vt.data());
     std::fill(dk_acc.begin(), dk_acc.end(), 0.0f);
     std::fill(dv_acc.begin(), dv_acc.end(), 0.0f);
-    for (int64_t i = 0; i < n; ++i) {
-      const float row_lse = lse[(s.start + i) * H + h] * kLog2e;
-      const float row_dot = grad_dot_out[(s.start + i) * H + h];
-      keep_flags(p, seed, bh, i, n0, cols, keep.data());
-      for (int64_t c = 0; c < cols; ++c) {
-        const float prob = std::exp2(dot(&qf[i * D], &kf[c * D], D) * p.scale_log2 - row_lse);
-        const float d_prob = dot(&gf[i * D], &vf[c * D], D);
-        const bool kept = keep[c] != 0.0f;
-        // dS = P (dP' - D_i), dP' the gradient reaching the dropped-out probability.
-        const float d_score =
-            round_to<scalar_t>(prob * ((kept ? d_prob * p.keep_scale : 0.0f) - row_dot));
-        if (kept) axpy(round_to<scalar_t>(prob), &gf[i * D], &dv_acc[c * D], D);
-        axpy(d_score, &qf[i * D], &dk_acc[c * D], D);
-        axpy(d_score, &kf[c * D], &dq_acc[i * D], D);
+    for (int64_t i0 = 0; i0 < n; i0 += kQueryBlock) {
+      const float* q_rows[kQueryBlock];
+      const float* g_rows[kQueryBlock];
+      for (int64_t j = 0; j < kQueryBlock; ++j) {
+        const int64_t i = i0 + j;
+        // Past the last query: zero coefficients on a zero row.
+        q_rows[j] = g_rows[j] = zeros.data();
+        std::fill(probs[j], probs[j] + kTile, 0.0f);
+        std::fill(d_scores[j], d_scores[j] + kTile, 0.0f);
+        if (i >= n) continue;
+        q_rows[j] = &qf[i * D];
+        g_rows[j] = &gf[i * D];
+        const float row_lse = lse[(s.start + i) * H + h] * kLog2e;
+        const float row_dot = grad_dot_out[(s.start + i) * H + h];
+        float* score = probs[j];
+        add_row_times_matrix(q_rows[j], kt.data(), D, kTile, score);
+        std::fill(d_probs, d_probs + kTile, 0.0f);
+        add_row_times_matrix(g_rows[j], vt.data(), D, kTile, d_probs);
+        for (int64_t c = 0; c < kTile; ++c) {
+          score[c] = c < cols ? exp2_nonpositive(score[c] * p.scale_log2 - row_lse) : 0.0f;
+        }
+        keep_flags(p, seed, bh, i, n0, cols, keep);
+        for (int64_t c = 0; c < cols; ++c) {
+          const bool kept = keep[c] != 0.0f;
+          // dS = P (dP' - D_i), dP' the gradient reaching the dropped-out probability.
+          d_scores[j][c] =
+              round_to<scalar_t>(score[c] * ((kept ? d_probs[c] * p.keep_scale : 0.0f) - row_dot));
+          score[c] = kept ? round_to<scalar_t>(score[c]) : 0.0f;
+        }
+        add_row_times_matrix(d_scores[j], kf.data(), cols, D, &dq_acc[i * D]);
       }
+      add_rank_block(probs, g_rows, cols, D, dv_acc.data());
+      add_rank_block(d_scores, q_rows, cols, D, dk_acc.data());
     }
     for (int64_t c = 0; c < cols; ++c) {
       for (int64_t d = 0; d < D; ++d) {
