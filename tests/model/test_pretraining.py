@@ -166,6 +166,8 @@ def test_bad_keys_are_refused():
         model(ids, mask, keys=torch.tensor([1, 2]), generator=torch.Generator())
 
 
+# torch 2.13's inductor calls its own deprecated torch.jit.script_method.
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 def test_a_compiled_step_equals_the_eager_one():
     """One graph (fullgraph) for the whole step under inductor, the custom ops and their
     backwards included: the same losses, metrics and gradients as eager for the same keys
