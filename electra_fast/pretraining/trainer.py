@@ -39,6 +39,9 @@ from electra_fast.pretraining.hparams import Hparams
 from electra_fast.pretraining.optimization import AdamWeightDecay, learning_rate, parameter_groups
 
 TOKENIZER = "tokenizer"  # RUN/tokenizer: a copy of the dataset's
+# What RUN/tensorboard shows (as pretrain/<key>), from each metrics.jsonl record.
+TENSORBOARD_SCALARS = ("loss", "gen_loss", "disc_loss", "mlm_acc", "disc_acc", "lr", "grad_norm",
+                       "tokens_per_s")  # fmt: skip
 
 
 class NonFiniteLoss(RuntimeError):
@@ -202,6 +205,7 @@ def pretrain(
         save_checkpoint(out / "checkpoints", step, state, hparams.keep_checkpoint_max)
 
     log = open(out / "metrics.jsonl", "a") if rank == 0 else None  # noqa: SIM115
+    board = _tensorboard(out / "tensorboard", step) if rank == 0 else None
     started, window_tokens, window_start = time.time(), 0, time.time()
     last_stop = stop_at_step if stop_at_step is not None else hparams.num_train_steps
     try:
@@ -286,6 +290,10 @@ def pretrain(
                 }
                 log.write(json.dumps(record) + "\n")
                 log.flush()
+                if board is not None:
+                    for key in TENSORBOARD_SCALARS:
+                        board.add_scalar(f"pretrain/{key}", record[key], step)
+                    board.flush()
                 window_tokens, window_start = 0, time.time()
                 if progress:
                     _progress(record, step, hparams.num_train_steps, started)
@@ -298,6 +306,8 @@ def pretrain(
     finally:
         if log is not None:
             log.close()
+        if board is not None:
+            board.close()
         for s, handler in previous_handlers.items():
             signal.signal(s, handler)
     if world > 1:
@@ -331,6 +341,17 @@ def _initialize(model: ElectraForPretraining, directory: Path) -> None:
             "generator_hidden_size to its sizes"
         )
     model.load_state_dict(source.state_dict())
+
+
+def _tensorboard(directory: Path, step: int):
+    """A TensorBoard writer into `directory` when tensorboard is installed, else None. A run
+    resumed at `step` hides what an earlier attempt logged after that step (it logs those steps
+    again), so that each curve shows every step once."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # torch's writer needs the tensorboard package
+        return None
+    return SummaryWriter(str(directory), purge_step=step + 1 if step > 0 else None)
 
 
 def _step_seed(seed: int, step: int, micro: int, stream: str) -> int:

@@ -4,6 +4,7 @@ validated, checkpoints are atomic, the run exports Hugging Face models."""
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -66,6 +67,40 @@ def test_loss_falls_and_the_run_exports(dataset, tmp_path):
         assert exported.checksum() == manifest["tokenizer_checksum"]
     effective = json.loads((tmp_path / "run" / "config.json").read_text())
     assert effective["vocab_size"] == 500 and effective["per_device_batch_size"] == 16
+
+
+def test_tensorboard_shows_each_logged_step_once(dataset, tmp_path):
+    """RUN/tensorboard, read back by TensorBoard's own reader, holds metrics.jsonl's values;
+    after a crash past the last checkpoint the resumed run logs some steps again, and
+    TensorBoard still shows each step once."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from electra_fast.pretraining.trainer import TENSORBOARD_SCALARS
+
+    run = tmp_path / "run"
+    settings = hparams(num_train_steps=12, save_checkpoints_steps=5, iterations_per_loop=2)
+    pretrain(dataset, run, settings, progress=False, stop_at_step=9)
+    (run / "checkpoints" / "step-00000009.pt").unlink()  # as if it had died at step 9
+    pretrain(dataset, run, settings, progress=False)  # resumes at 5, logs 6 and 8 again
+    records = metrics(run)
+    assert [r["step"] for r in records] == [1, 2, 4, 6, 8, 6, 8, 10, 12]
+    final = {r["step"]: r for r in records}  # the resumed run's values win
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    for key in TENSORBOARD_SCALARS:
+        shown = events.Scalars(f"pretrain/{key}")
+        assert [e.step for e in shown] == sorted(final), key
+        for e in shown:
+            assert e.value == pytest.approx(final[e.step][key], rel=1e-5, abs=1e-6), (key, e)
+
+
+def test_without_tensorboard_a_run_logs_to_metrics_alone(dataset, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
+    pretrain(dataset, tmp_path / "run", hparams(num_train_steps=2, iterations_per_loop=1),
+             progress=False)  # fmt: skip
+    assert [r["step"] for r in metrics(tmp_path / "run")] == [1, 2]
+    assert not (tmp_path / "run" / "tensorboard").exists()
 
 
 def test_a_compiled_run_trains_like_an_eager_one(dataset, tmp_path, monkeypatch):
