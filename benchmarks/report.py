@@ -1,6 +1,9 @@
-"""Turns a pytest-benchmark JSON file into result rows and a markdown table.
+"""Turns pytest-benchmark JSON files into result rows and a markdown table.
 
-    python benchmarks/report.py BENCH.json --markdown OUT.md --rows OUT.json
+    python benchmarks/report.py BENCH.json [MORE.json ...] --markdown OUT.md --rows OUT.json
+
+Several files (gpu_check.sh writes one per benchmark file) make one table, the machine taken
+from the first.
 
 One row per benchmark: op, provider, mode, size, device, p20/p50/p80 in milliseconds, the peak
 device memory the benchmark recorded (if it did), and the machine and date of the run. Rows that
@@ -22,6 +25,14 @@ def percentile(sorted_values: list[float], q: float) -> float:
         if len(sorted_values) > 1
         else sorted_values[0]
     )
+
+
+def merged(reports: list[dict]) -> dict:
+    """One report holding the benchmarks of all `reports`, with the first one's machine and
+    date (the hbm copy row of one file then serves the bandwidth shares of the others)."""
+    if not reports:
+        raise ValueError("no benchmark report to merge")
+    return {**reports[0], "benchmarks": [b for r in reports for b in r["benchmarks"]]}
 
 
 def rows(report: dict) -> list[dict]:
@@ -92,11 +103,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("bench_json", type=Path)
+    parser.add_argument("bench_json", type=Path, nargs="+")
     parser.add_argument("--markdown", type=Path)
     parser.add_argument("--rows", type=Path)
     args = parser.parse_args()
-    report = json.loads(args.bench_json.read_text())
+    report = merged([json.loads(path.read_text()) for path in args.bench_json])
     table = rows(report)
     machine_info = report.get("machine_info", {})
     cpu = machine_info.get("cpu", {}).get("brand_raw", machine_info.get("processor", "?"))

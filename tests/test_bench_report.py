@@ -1,6 +1,8 @@
 """benchmarks/report.py: throughput and bandwidth share from the work a benchmark records."""
 
-from benchmarks.report import markdown, rows
+import pytest
+
+from benchmarks.report import markdown, merged, rows
 
 
 def bench(op, provider, median_s, **extra):
@@ -30,3 +32,18 @@ def test_throughput_and_share_of_the_copy_bandwidth():
     assert "| 200.0 | 500 (25%) |" in text
     plain = next(line for line in text.splitlines() if "| plain |" in line)
     assert plain.endswith("|  |  |")  # no work recorded: empty cells
+
+
+def test_reports_of_several_files_make_one_table():
+    """gpu_check.sh writes one file per benchmark file: the copy row of one serves the others."""
+    first = {"datetime": "2026-11-23T01:00:00", "machine_info": {"node": "a"},
+             "benchmarks": [bench("hbm", "copy", 1e-3, bytes=2_000_000_000)]}  # fmt: skip
+    second = {"datetime": "2026-11-24T00:00:00", "machine_info": {"node": "b"},
+              "benchmarks": [bench("attention", "ours", 2e-3, bytes=1_000_000_000)]}  # fmt: skip
+    report = merged([first, second])
+    assert report["machine_info"] == {"node": "a"}
+    table = {r["provider"]: r for r in rows(report)}
+    assert table.keys() == {"copy", "ours"} and table["ours"]["date"] == "2026-11-23"
+    assert abs(table["ours"]["bandwidth_share"] - 0.25) < 1e-12
+    with pytest.raises(ValueError, match="no benchmark report"):
+        merged([])
