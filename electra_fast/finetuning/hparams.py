@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 from electra_fast import amp
-from electra_fast.pretraining.hparams import check_keys, read_json_object
+from electra_fast.pretraining.hparams import check_keys, check_types, read_json_object
 
 TASKS = ("classification", "regression", "squad", "tagging")
 
@@ -62,6 +62,7 @@ class FinetuneHparams:
         return cls(**data)
 
     def __post_init__(self):
+        check_types(self)
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
         if self.model_size not in (None, "small", "base", "large"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 from pathlib import Path
 
 from electra_fast import amp
@@ -44,6 +45,41 @@ def check_keys(data: dict, cls) -> None:
     unknown = sorted(set(data) - known)
     if unknown:
         raise ValueError(f"unknown hparams {unknown}; known: {sorted(known)}")
+
+
+_TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+               dict: "a JSON object", type(None): "null"}  # fmt: skip
+
+
+def check_types(hparams) -> None:
+    """Each field of the dataclass `hparams` holds its annotated type (JSON's numbers, strings,
+    booleans, objects or null): a mistyped value is an error that names the key, not a crash
+    later or a string taken as true. An integer is taken (as a float) where a number is."""
+    hints = typing.get_type_hints(type(hparams))
+    for field in dataclasses.fields(hparams):
+        name = field.name
+        setattr(hparams, name, typed_value(name, getattr(hparams, name), hints[name]))
+
+
+def typed_value(name: str, value, wanted):
+    """`value` as the annotated type `wanted` (an int as a float where a number is wanted, a
+    list as a tuple of integers), or an error naming `name`."""
+    if typing.get_origin(wanted) is tuple:  # tuple[int, ...]
+        if isinstance(value, (list, tuple)) and all(
+            isinstance(x, int) and not isinstance(x, bool) for x in value
+        ):
+            return tuple(value)
+        raise ValueError(f"hparams {name} must be a list of integers, got {value!r}")
+    allowed = typing.get_args(wanted) or (wanted,)  # int | None: (int, NoneType)
+    if float in allowed and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if any(
+        isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+        for kind in allowed
+    ):
+        return value
+    names = " or ".join(_TYPE_NAMES.get(kind, kind.__name__) for kind in allowed)
+    raise ValueError(f"hparams {name} must be {names}, got {value!r}")
 
 
 @dataclasses.dataclass
@@ -93,6 +129,7 @@ class Hparams:
         return cls(**{**PRESETS[size], **data})
 
     def __post_init__(self):
+        check_types(self)
         for name in ("train_batch_size", "num_train_steps", "gradient_accumulation_steps",
                      "max_seq_length", "save_checkpoints_steps", "keep_checkpoint_max",
                      "iterations_per_loop"):  # fmt: skip
@@ -101,6 +138,20 @@ class Hparams:
         if self.num_warmup_steps < 0 or self.learning_rate <= 0:
             raise ValueError("num_warmup_steps must be >= 0 and learning_rate > 0")
         amp.check(self.precision)
+        self._check_overrides()
+
+    def _check_overrides(self) -> None:
+        """model_hparam_overrides names ElectraConfig fields, with their types."""
+        from electra_fast.model.config import ElectraConfig
+
+        fields = typing.get_type_hints(ElectraConfig)
+        unknown = sorted(set(self.model_hparam_overrides) - set(fields))
+        if unknown:
+            raise ValueError(f"unknown model_hparam_overrides {unknown}; known: {sorted(fields)}")
+        self.model_hparam_overrides = {
+            key: typed_value(f"model_hparam_overrides.{key}", value, fields[key])
+            for key, value in self.model_hparam_overrides.items()
+        }
 
     def model_config(self, vocab_size: int, special_ids: dict):
         """The ElectraConfig these hyper-parameters describe."""

@@ -215,6 +215,10 @@ def test_bad_input_is_named(pretrained, tmp_path, capsys):
         finetune(model, None, train, tmp_path / "o", FinetuneHparams(num_trials=3))
     with pytest.raises(ValueError, match="num_trials must be positive, got 0"):
         FinetuneHparams(num_trials=0)
+    with pytest.raises(ValueError, match="hparams v2 must be true or false, got 1"):
+        FinetuneHparams.from_json('{"v2": 1}')
+    with pytest.raises(ValueError, match="hparams num_train_epochs must be a number or null"):
+        FinetuneHparams.from_json('{"num_train_epochs": "3"}')
     with pytest.raises(ValueError, match="make no batch of train_batch_size=64"):
         finetune(model, train, None, tmp_path / "o", tokenizer=tokenizer, progress=False,
                  hparams=FinetuneHparams(text_field="sentence", label_field="y",

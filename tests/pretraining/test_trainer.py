@@ -3,6 +3,7 @@ interrupted and resumed run ends with the parameters of an uninterrupted one, hp
 validated, checkpoints are atomic, the run exports Hugging Face models."""
 
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -159,6 +160,42 @@ def test_hparams_validation(dataset, tmp_path):
         pretrain(dataset, tmp_path / "r", hparams(vocab_size=999), progress=False)
     with pytest.raises(ValueError, match="multiple of"):
         pretrain(dataset, tmp_path / "r", hparams(gradient_accumulation_steps=3), progress=False)
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ('{"compile": "false"}', "compile must be true or false, got 'false'"),
+        ('{"learning_rate": "fast"}', "learning_rate must be a number, got 'fast'"),
+        ('{"num_train_steps": 1.5}', "num_train_steps must be an integer, got 1.5"),
+        ('{"vocab_size": true}', "vocab_size must be an integer or null, got True"),
+        ('{"model_hparam_overrides": [1]}', "model_hparam_overrides must be a JSON object"),
+        ('{"precision": 16}', "precision must be a string, got 16"),
+        (
+            '{"model_hparam_overrides": {"hidden_size": "64"}}',
+            "model_hparam_overrides.hidden_size must be an integer, got '64'",
+        ),
+        (
+            '{"model_hparam_overrides": {"special_token_ids": [0, "1"]}}',
+            "model_hparam_overrides.special_token_ids must be a list of integers",
+        ),
+    ],  # fmt: skip
+)
+def test_mistyped_hparams_are_named(given, message):
+    with pytest.raises(ValueError, match=f"hparams {re.escape(message)}"):
+        Hparams.from_json(given)
+
+
+def test_unknown_model_overrides_are_named():
+    with pytest.raises(ValueError, match=r"unknown model_hparam_overrides \['hiden_size'\]"):
+        Hparams.from_json('{"model_hparam_overrides": {"hiden_size": 64}}')
+
+
+def test_hparams_take_an_integer_as_a_number():
+    h = Hparams.from_json('{"learning_rate": 1, "embedding_size": null}')
+    assert (
+        h.learning_rate == 1.0 and isinstance(h.learning_rate, float) and h.embedding_size is None
+    )
 
 
 def test_failed_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
