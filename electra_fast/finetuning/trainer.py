@@ -67,6 +67,8 @@ def finetune(
                        progress=progress, device=device, predict_file=predict_file)  # fmt: skip
     out = Path(out)
     model_dir = Path(model)
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"--model {model_dir} is not a directory")
     if (model_dir / "discriminator").is_dir():
         model_dir = model_dir / "discriminator"
     tok = _tokenizer(tokenizer, model_dir)

@@ -209,6 +209,8 @@ def test_bad_input_is_named(pretrained, tmp_path, capsys):
     train = classification_file(tmp_path / "train.jsonl", 40, seed=8)
     with pytest.raises(ValueError, match="--tokenizer is needed"):
         finetune(model, train, None, tmp_path / "o", FinetuneHparams(text_field="sentence"))
+    with pytest.raises(FileNotFoundError, match="--model .*missing is not a directory"):
+        finetune(tmp_path / "missing", train, None, tmp_path / "o", FinetuneHparams())
     with pytest.raises(ValueError, match="give --train, --eval, --predict or several"):
         finetune(model, None, None, tmp_path / "o", FinetuneHparams())
     with pytest.raises(ValueError, match="num_trials=3 needs --train"):
