@@ -101,6 +101,12 @@ def pretrain(
     sampler = ResumableSampler(
         len(dataset), seed=hparams.seed, rank=rank, world_size=world, batch_size=batch_size
     )
+    if len(sampler) == 0:
+        raise ValueError(
+            f"{data} holds {len(dataset)} examples, fewer than one batch: {batch_size} per "
+            f"device x {world} device(s) (train_batch_size={hparams.train_batch_size}, "
+            f"gradient_accumulation_steps={hparams.gradient_accumulation_steps})"
+        )
     step, consecutive_nonfinite, skipped = 0, 0, 0
     saved = load_latest(out / "checkpoints") if resume else None
     if saved is None and not resume and (out / "checkpoints").is_dir():

@@ -13,7 +13,7 @@ import torch
 
 from electra_fast import tokenization
 from electra_fast.cli import main
-from electra_fast.data import prepare
+from electra_fast.data import PretrainingDataset, prepare
 from electra_fast.pretraining import checkpoint as checkpoints
 from electra_fast.pretraining.hparams import Hparams
 from electra_fast.pretraining.trainer import pretrain
@@ -160,6 +160,10 @@ def test_hparams_validation(dataset, tmp_path):
         pretrain(dataset, tmp_path / "r", hparams(vocab_size=999), progress=False)
     with pytest.raises(ValueError, match="multiple of"):
         pretrain(dataset, tmp_path / "r", hparams(gradient_accumulation_steps=3), progress=False)
+    examples = len(PretrainingDataset(dataset))
+    too_big = hparams(train_batch_size=examples + 1)
+    with pytest.raises(ValueError, match=f"holds {examples} examples, fewer than one batch"):
+        pretrain(dataset, tmp_path / "r", too_big, progress=False)
 
 
 @pytest.mark.parametrize(
