@@ -39,6 +39,10 @@ from electra_fast.pretraining.hparams import Hparams
 from electra_fast.pretraining.optimization import AdamWeightDecay, learning_rate, parameter_groups
 
 TOKENIZER = "tokenizer"  # RUN/tokenizer: a copy of the dataset's
+# The sizes two models must share for one's weights to load into the other.
+MODEL_FIELDS = ("vocab_size", "embedding_size", "hidden_size", "num_hidden_layers",
+                "num_attention_heads", "intermediate_size", "hidden_act",
+                "max_position_embeddings", "type_vocab_size")  # fmt: skip
 # What RUN/tensorboard shows (as pretrain/<key>), from each metrics.jsonl record.
 TENSORBOARD_SCALARS = ("loss", "gen_loss", "disc_loss", "mlm_acc", "disc_acc", "lr", "grad_norm",
                        "tokens_per_s")  # fmt: skip
@@ -113,6 +117,7 @@ def pretrain(
         raise ValueError(f"{out} already holds checkpoints and --no-resume was given")
     if saved is not None:
         state, path = saved
+        _check_same_model(state["config"], config, path)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         sampler.load_state_dict(state["sampler"])
@@ -334,9 +339,7 @@ def _initialize(model: ElectraForPretraining, directory: Path) -> None:
     problems = []
     for part in ("discriminator", "generator"):
         ours, theirs = getattr(model, part).config, getattr(source, part).config
-        for name in ("vocab_size", "embedding_size", "hidden_size", "num_hidden_layers",
-                     "num_attention_heads", "intermediate_size", "hidden_act",
-                     "max_position_embeddings", "type_vocab_size"):  # fmt: skip
+        for name in MODEL_FIELDS:
             if getattr(ours, name) != getattr(theirs, name):
                 problems.append(f"{part} {name} {getattr(theirs, name)} (hparams: "
                                 f"{getattr(ours, name)})")  # fmt: skip
@@ -358,6 +361,20 @@ def _tensorboard(directory: Path, step: int):
     except ImportError:  # torch's writer needs the tensorboard package
         return None
     return SummaryWriter(str(directory), purge_step=step + 1 if step > 0 else None)
+
+
+def _check_same_model(saved: dict, config, path: Path) -> None:
+    """A resumed run's hparams must describe the checkpoint's model (else its weights do not
+    fit): an error naming each size that differs."""
+    names = MODEL_FIELDS + ("generator_hidden_size", "generator_layers",
+                            "untied_generator_embeddings")  # fmt: skip
+    different = [f"{name} {saved.get(name)} (hparams: {getattr(config, name)})"
+                 for name in names if saved.get(name) != getattr(config, name)]  # fmt: skip
+    if different:
+        raise ValueError(
+            f"{path} holds another model than these hparams describe: {'; '.join(different)}. "
+            f"Resume with the run's own hparams (its config.json), or give another --out"
+        )
 
 
 def _step_seed(seed: int, step: int, micro: int, stream: str) -> int:

@@ -202,6 +202,13 @@ def test_hparams_take_an_integer_as_a_number():
     )
 
 
+def test_resuming_with_other_model_sizes_is_refused(dataset, tmp_path):
+    pretrain(dataset, tmp_path / "run", hparams(num_train_steps=2), progress=False)
+    wider = hparams(num_train_steps=4, model_hparam_overrides={**TINY, "hidden_size": 128})
+    with pytest.raises(ValueError, match=r"another model .*hidden_size 64 \(hparams: 128\)"):
+        pretrain(dataset, tmp_path / "run", wider, progress=False)
+
+
 def test_failed_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
     directory = tmp_path / "checkpoints"
     checkpoints.save_checkpoint(directory, 1, {"step": 1}, keep=3)
