@@ -308,12 +308,6 @@ constexpr size_t backward_shared_bytes() {
   return (4 * kTile * Shape<D>::kPitch + 2 * kTile * kScorePitch) * 2 + 2 * kTile * sizeof(float);
 }
 
-// One block per (sequence, head) and tile of 64 rows.
-dim3 grid_of(const AttentionParams& p) {
-  return dim3(static_cast<unsigned>(p.batch * p.heads),
-              static_cast<unsigned>((p.max_seqlen + kTile - 1) / kTile));
-}
-
 void check_device(const at::Tensor& q) {
   int major = 0;
   C10_CUDA_CHECK(
@@ -345,9 +339,10 @@ std::tuple<at::Tensor, at::Tensor> attention_forward_cuda(
   dispatch_kernel(q.scalar_type(), p.head_dim, [&]<typename T, int D>() {
     auto kernel = attention_forward_kernel<T, D>;
     allow_shared_bytes(kernel, forward_shared_bytes<D>());
-    kernel<<<grid_of(p), kThreads, forward_shared_bytes<D>(), c10::cuda::getCurrentCUDAStream()>>>(
-        p, data<const T>(q), data<const T>(call.k), data<const T>(call.v), data<T>(out),
-        lse.mutable_data_ptr<float>());
+    kernel<<<grid_of(p, kTile), kThreads, forward_shared_bytes<D>(),
+             c10::cuda::getCurrentCUDAStream()>>>(p, data<const T>(q), data<const T>(call.k),
+                                                  data<const T>(call.v), data<T>(out),
+                                                  lse.mutable_data_ptr<float>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {out, lse};
@@ -377,7 +372,7 @@ AttentionGrads attention_backward_cuda(const at::Tensor& grad_out, const at::Ten
     dispatch_kernel(q.scalar_type(), p.head_dim, [&]<typename T, int D>() {
       auto kernel = attention_backward_kernel<T, D>;
       allow_shared_bytes(kernel, backward_shared_bytes<D>());
-      kernel<<<grid_of(p), kThreads, backward_shared_bytes<D>(),
+      kernel<<<grid_of(p, kTile), kThreads, backward_shared_bytes<D>(),
                c10::cuda::getCurrentCUDAStream()>>>(
           p, data<const T>(b.grad_out), data<const T>(q), data<const T>(call.k),
           data<const T>(call.v), b.lse.const_data_ptr<float>(),

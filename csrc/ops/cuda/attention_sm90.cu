@@ -173,9 +173,7 @@ void attention_forward_sm90(const AttentionCall& call, at::Tensor& out, at::Tens
     auto kernel = attention_forward_sm90_kernel<T, D>;
     constexpr size_t bytes = Sm90Layout<D>::kSharedBytes;
     allow_shared_bytes(kernel, bytes);
-    const dim3 grid(static_cast<unsigned>(p.batch * p.heads),
-                    static_cast<unsigned>((p.max_seqlen + kQueries - 1) / kQueries));
-    kernel<<<grid, kThreads, bytes, c10::cuda::getCurrentCUDAStream()>>>(
+    kernel<<<grid_of(p, kQueries), kThreads, bytes, c10::cuda::getCurrentCUDAStream()>>>(
         p, data<const T>(call.q), data<const T>(call.k), data<const T>(call.v), data<T>(out),
         lse.mutable_data_ptr<float>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -273,9 +273,7 @@ void attention_backward_sm90(const AttentionBackwardCall& b, at::Tensor& dq_sum,
     auto kernel = attention_backward_sm90_kernel<T, D>;
     constexpr size_t bytes = BackwardLayout<D>::kSharedBytes;
     allow_shared_bytes(kernel, bytes);
-    const dim3 grid(static_cast<unsigned>(p.batch * p.heads),
-                    static_cast<unsigned>((p.max_seqlen + kKeys - 1) / kKeys));
-    kernel<<<grid, kThreads, bytes, c10::cuda::getCurrentCUDAStream()>>>(
+    kernel<<<grid_of(p, kKeys), kThreads, bytes, c10::cuda::getCurrentCUDAStream()>>>(
         p, data<const T>(b.grad_out), data<const T>(call.q), data<const T>(call.k),
         data<const T>(call.v), b.lse.const_data_ptr<float>(),
         b.grad_dot_out.const_data_ptr<float>(), dq_sum.mutable_data_ptr<float>(), data<T>(dk),

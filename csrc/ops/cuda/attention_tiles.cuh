@@ -235,6 +235,13 @@ T* data(const at::Tensor& t) {
   return reinterpret_cast<T*>(const_cast<void*>(t.const_data_ptr()));
 }
 
+// One block per (sequence, head) and `rows` rows of the longest sequence (queries in the
+// forwards, keys in the backwards).
+inline dim3 grid_of(const AttentionParams& p, int rows) {
+  return dim3(static_cast<unsigned>(p.batch * p.heads),
+              static_cast<unsigned>((p.max_seqlen + rows - 1) / rows));
+}
+
 // Lets `kernel` take `bytes` of dynamic shared memory (past 48 KB it must be asked for).
 template <typename Kernel>
 void allow_shared_bytes(Kernel kernel, size_t bytes) {
