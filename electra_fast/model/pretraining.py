@@ -17,6 +17,7 @@ from electra_fast.model.config import ElectraConfig
 from electra_fast.model.modeling import Embeddings, check_encoder_inputs
 from electra_fast.model.models import ElectraDiscriminator, ElectraGenerator, with_overrides
 from electra_fast.ops import build_discriminator_inputs, generator_step_linear, mask_tokens
+from electra_fast.ops._common import draw_philox_keys
 from electra_fast.ops.sampling_linear import DEFAULT_VOCAB_TILE, tile_logits, vocab_tiles
 
 
@@ -167,9 +168,7 @@ def draw_keys(device: torch.device | str, generator: torch.Generator | None = No
     """The `keys` of one ElectraForPretraining call, [2] int64 on `device`, drawn from
     `generator` (default: the device's default generator) outside the call: how a compiled
     step gets its randomness from a generator it could not trace."""
-    return torch.randint(
-        -(2**63), 2**63 - 1, (2,), dtype=torch.int64, device=device, generator=generator
-    )
+    return draw_philox_keys(device, generator, (2,))
 
 
 def _philox_keys(keys, generator, device):

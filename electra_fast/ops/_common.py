@@ -48,9 +48,17 @@ def philox_key(
             f"generator must be a {device.type} generator like {like}'s device, "
             f"got a {generator.device.type} one"
         )
-    # Out of place (not Tensor.random_), so that torch.compile traces it into the graph.
+    return draw_philox_keys(device, generator, ())
+
+
+def draw_philox_keys(
+    device: torch.device | str, generator: torch.Generator | None, shape: tuple
+) -> torch.Tensor:
+    """int64 Philox keys of `shape` on `device`, uniform over 64 bits, drawn from `generator`
+    (default: the device's default generator). Out of place (not Tensor.random_), so that
+    torch.compile traces the draw into the graph."""
     return torch.randint(
-        -(2**63), 2**63 - 1, (), dtype=torch.int64, device=device, generator=generator
+        -(2**63), 2**63 - 1, shape, dtype=torch.int64, device=device, generator=generator
     )
 
 

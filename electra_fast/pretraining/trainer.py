@@ -336,13 +336,13 @@ def pretrain(
 def _initialize(model: ElectraForPretraining, directory: Path) -> None:
     """Loads the pair saved in `directory` into `model`, whose sizes must be the same."""
     source = ElectraForPretraining.from_pretrained(directory)
-    problems = []
-    for part in ("discriminator", "generator"):
-        ours, theirs = getattr(model, part).config, getattr(source, part).config
-        for name in MODEL_FIELDS:
-            if getattr(ours, name) != getattr(theirs, name):
-                problems.append(f"{part} {name} {getattr(theirs, name)} (hparams: "
-                                f"{getattr(ours, name)})")  # fmt: skip
+    problems = [
+        problem
+        for part in ("discriminator", "generator")
+        for problem in _differences(
+            vars(getattr(source, part).config), getattr(model, part).config, MODEL_FIELDS, part
+        )
+    ]
     if problems:
         raise ValueError(
             f"init_checkpoint {directory} does not fit the model the hparams describe: "
@@ -368,13 +368,20 @@ def _check_same_model(saved: dict, config, path: Path) -> None:
     fit): an error naming each size that differs."""
     names = MODEL_FIELDS + ("generator_hidden_size", "generator_layers",
                             "untied_generator_embeddings")  # fmt: skip
-    different = [f"{name} {saved.get(name)} (hparams: {getattr(config, name)})"
-                 for name in names if saved.get(name) != getattr(config, name)]  # fmt: skip
+    different = _differences(saved, config, names)
     if different:
         raise ValueError(
             f"{path} holds another model than these hparams describe: {'; '.join(different)}. "
             f"Resume with the run's own hparams (its config.json), or give another --out"
         )
+
+
+def _differences(saved: dict, config, names: tuple, part: str = "") -> list[str]:
+    """'[part ]name saved (hparams: ours)' for each of `names` where the saved model's value
+    differs from `config`'s."""
+    prefix = f"{part} " if part else ""
+    return [f"{prefix}{name} {saved.get(name)} (hparams: {getattr(config, name)})"
+            for name in names if saved.get(name) != getattr(config, name)]  # fmt: skip
 
 
 def _step_seed(seed: int, step: int, micro: int, stream: str) -> int:
