@@ -78,3 +78,64 @@ def test_no_decay_for_layer_norms_and_biases():
 def test_bad_settings():
     with pytest.raises(ValueError, match="eps"):
         AdamWeightDecay([nn.Parameter(torch.zeros(1))], eps=0.0)
+
+
+def test_parameters_of_several_dtypes_each_get_the_official_update():
+    torch.manual_seed(0)
+    starts = [torch.randn(3, dtype=torch.float64), torch.randn(4, dtype=torch.float32)]
+    grads = [[torch.randn(s.shape, dtype=s.dtype) for s in starts] for _ in range(3)]
+    params = [nn.Parameter(s.clone()) for s in starts]
+    optimizer = AdamWeightDecay(params, lr=0.05)
+    for step_grads in grads:
+        for p, g in zip(params, step_grads, strict=True):
+            p.grad = g.clone()
+        optimizer.step()
+    for i, (p, start) in enumerate(zip(params, starts, strict=True)):
+        want = official_update(start.tolist(), [g[i].tolist() for g in grads], 0.05)
+        torch.testing.assert_close(p.detach(), torch.tensor(want, dtype=start.dtype))
+
+
+def test_a_flagged_step_changes_nothing_and_an_unflagged_one_is_a_step():
+    torch.manual_seed(0)
+    start = torch.randn(6)
+    grads = [torch.randn(6) for _ in range(3)]
+    param = nn.Parameter(start.clone())
+    optimizer = AdamWeightDecay([param], lr=0.1)
+    param.grad = grads[0].clone()
+    optimizer.step(found_inf=torch.tensor(0.0))
+    before = (param.detach().clone(), {k: v.clone() for k, v in optimizer.state[param].items()})
+    param.grad = torch.full((6,), float("nan"))  # what the flag is for
+    optimizer.step(found_inf=torch.tensor(1.0))
+    assert torch.equal(param.detach(), before[0])
+    for key, value in optimizer.state[param].items():
+        assert torch.equal(value, before[1][key]), key
+    for g in grads[1:]:
+        param.grad = g.clone()
+        optimizer.step(found_inf=torch.tensor(0.0))
+    want = official_update(start.tolist(), [g.tolist() for g in grads], 0.1)
+    torch.testing.assert_close(param.detach(), torch.tensor(want))
+
+
+def test_the_state_dict_holds_the_two_moments_as_before():
+    """Checkpoints of earlier versions load: the state is exp_avg and exp_avg_sq, no step."""
+    param = nn.Parameter(torch.ones(2))
+    optimizer = AdamWeightDecay([param])
+    param.grad = torch.ones(2)
+    optimizer.step()
+    assert set(optimizer.state_dict()["state"][0]) == {"exp_avg", "exp_avg_sq"}
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_update_on_a_gpu_equals_the_official_one():
+    torch.manual_seed(0)
+    start = torch.randn(1000, dtype=torch.float64)
+    grads = [torch.randn(1000, dtype=torch.float64) for _ in range(3)]
+    param = nn.Parameter(start.clone().cuda())
+    optimizer = AdamWeightDecay([param], lr=0.01)
+    for i, g in enumerate(grads):
+        param.grad = g.clone().cuda()
+        optimizer.step(found_inf=torch.tensor(float(i == 1), device="cuda"))
+    kept = [g.tolist() for i, g in enumerate(grads) if i != 1]
+    want = official_update(start.tolist(), kept, 0.01)
+    torch.testing.assert_close(param.detach().cpu(), torch.tensor(want, dtype=torch.float64))
