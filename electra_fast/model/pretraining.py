@@ -64,8 +64,9 @@ class ElectraForPretraining(nn.Module):
         [2] int64 on the batch's device, gives their Philox keys (masking, sampling) instead,
         which is how a step under torch.compile gets them: it cannot trace a generator.
         `metrics` adds MLM accuracy and the discriminator's accuracy, precision and recall.
-        `check_values` checks the ids' range and the right padding (two device
-        synchronisations; a loop that checked its batches on the host passes False).
+        `check_values` checks the ids' range and the right padding (on a GPU the host waits
+        for the device; a loop that checked its batches on the host passes False). Nothing
+        after that check reads values back: the ops get ids and labels known to be in range.
 
         Data parallelism: with row_offset = rank * B (the rank's first row in the global
         batch) and sync_counts=True (the masked-token and token counts all-reduced, each
@@ -91,6 +92,7 @@ class ElectraForPretraining(nn.Module):
             generator=generator,
             seed=mask_key,
             row_offset=row_offset,
+            check_values=False,  # checked above, or by the caller
         )
         weights = masked.weights.flatten()
         labels = torch.where(weights > 0, masked.labels.flatten(), -100)
@@ -106,6 +108,7 @@ class ElectraForPretraining(nn.Module):
             generator=generator,
             seed=sample_key,
             row_offset=row_offset * masked.positions.shape[1],
+            check_values=False,  # the labels are checked ids, or -100
         )
         gen_loss = (step.loss * weights).sum() / _count(weights.sum(), sync_counts)
 

@@ -43,6 +43,7 @@ def mask_tokens(
     generator: torch.Generator | None = None,
     seed: int | torch.Tensor | None = None,
     row_offset: int = 0,
+    check_values: bool = True,
 ) -> MaskedTokens:
     """Choose positions to predict and corrupt them, as ELECTRA's pretraining does.
 
@@ -71,6 +72,10 @@ def mask_tokens(
         row_offset: the index of the first row in the random stream. Data-parallel ranks that
             share a key and pass rank * B mask their slices exactly as one process would mask
             the whole batch.
+        check_values: check that the ids are in [0, vocab_size), which on a GPU reads them
+            back (the host waits for the device); False for ids the caller checked already.
+            Unchecked ids are only compared and copied, never used as indices; the CPU kernel
+            rejects out-of-range ones as it reads them, whatever check_values says.
 
     Returns:
         MaskedTokens(masked_ids [B, L], positions [B, N], labels [B, N], weights [B, N]). Shapes
@@ -127,7 +132,8 @@ def mask_tokens(
         int(row_offset),
     )
     kernel = _extension.use_kernel(OP, input_ids.device)
-    if not (kernel and input_ids.device.type == "cpu"):  # the CPU kernel checks ids as it reads
+    # The CPU kernel checks the ids as it reads them, whatever check_values says.
+    if check_values and not (kernel and input_ids.device.type == "cpu"):
         _check_ids(input_ids, vocab_size)
     op = torch.ops.electra_fast.mask_tokens if kernel else torch.ops.electra_fast_ref.mask_tokens
     return MaskedTokens(*op.default(input_ids, attention_mask, key, *args))

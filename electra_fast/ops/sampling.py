@@ -48,6 +48,7 @@ def generator_step(
     seed: int | torch.Tensor | None = None,
     inplace_backward: bool = False,
     row_offset: int = 0,
+    check_values: bool = True,
 ) -> GeneratorStep:
     """The generator's MLM loss and one sample per row, in one pass over the logits.
 
@@ -69,6 +70,10 @@ def generator_step(
             torch.compile.
         row_offset: the index of the first row in the random stream (as for mask_tokens: ranks
             passing rank * M draw what one process would draw for the whole batch).
+        check_values: check the labels' range, which on a GPU reads them back (the host waits
+            for the device); False for labels the caller checked already. Unchecked, a row
+            whose label is out of range gets a non-finite loss, never a read out of bounds; the
+            CPU kernel rejects such labels as it reads them, whatever check_values says.
 
     Returns:
         GeneratorStep(loss [M] float32, differentiable with respect to logits; samples [M] int64).
@@ -80,7 +85,7 @@ def generator_step(
     key = philox_key(logits.device, generator, seed, like="logits")
     logits = logits.contiguous()
     ops = step_ops(logits)
-    if not (ops is torch.ops.electra_fast and logits.device.type == "cpu"):
+    if check_values and not (ops is torch.ops.electra_fast and logits.device.type == "cpu"):
         check_labels(labels, logits.shape[1], ignore_index)  # the CPU kernel checks as it reads
     loss, samples, _ = ops.generator_step.default(
         logits,

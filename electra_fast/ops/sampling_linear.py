@@ -44,6 +44,7 @@ def generator_step_linear(
     seed: int | torch.Tensor | None = None,
     vocab_tile: int = DEFAULT_VOCAB_TILE,
     row_offset: int = 0,
+    check_values: bool = True,
 ) -> GeneratorStep:
     """generator_step(hidden @ weight.T + bias, labels, ...) without the [M, V] logits.
 
@@ -51,8 +52,8 @@ def generator_step_linear(
         hidden: [M, E], the generator head's output at the masked positions.
         weight: [V, E], the (tied) word embeddings; bias: [V] or None. Same dtype and device as
             hidden (float32, bfloat16 or float16).
-        labels, temperature, disallow_labels, ignore_index, generator, seed, row_offset: as
-            generator_step.
+        labels, temperature, disallow_labels, ignore_index, generator, seed, row_offset,
+            check_values: as generator_step.
         vocab_tile: columns per tile; memory grows with it, matmul efficiency too. Rounded up to
             a multiple of 8 so that every tile's rows stay 16-byte aligned.
 
@@ -66,7 +67,8 @@ def generator_step_linear(
         raise ValueError(f"vocab_tile must be positive, got {vocab_tile}")
     if row_offset < 0:
         raise ValueError(f"row_offset must be non-negative, got {row_offset}")
-    check_labels(labels, V, ignore_index)
+    if check_values:
+        check_labels(labels, V, ignore_index)
     key = philox_key(hidden.device, generator, seed, like="hidden")
     loss, samples = _GeneratorStepLinear.apply(
         hidden.contiguous(),
