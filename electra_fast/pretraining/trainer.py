@@ -37,6 +37,7 @@ from electra_fast.model.pretraining import draw_keys
 from electra_fast.pretraining.checkpoint import load_latest, save_checkpoint
 from electra_fast.pretraining.hparams import Hparams
 from electra_fast.pretraining.optimization import AdamWeightDecay, learning_rate, parameter_groups
+from electra_fast.pretraining.skipping import NonFiniteLoss, SkipCounter
 
 TOKENIZER = "tokenizer"  # RUN/tokenizer: a copy of the dataset's
 # The sizes two models must share for one's weights to load into the other.
@@ -47,9 +48,7 @@ MODEL_FIELDS = ("vocab_size", "embedding_size", "hidden_size", "num_hidden_layer
 TENSORBOARD_SCALARS = ("loss", "gen_loss", "disc_loss", "mlm_acc", "disc_acc", "lr", "grad_norm",
                        "tokens_per_s")  # fmt: skip
 
-
-class NonFiniteLoss(RuntimeError):
-    pass
+__all__ = ["NonFiniteLoss", "export", "pretrain"]
 
 
 def pretrain(
@@ -111,7 +110,7 @@ def pretrain(
             f"device x {world} device(s) (train_batch_size={hparams.train_batch_size}, "
             f"gradient_accumulation_steps={hparams.gradient_accumulation_steps})"
         )
-    step, consecutive_nonfinite, skipped = 0, 0, 0
+    step, skipped = 0, 0
     saved = load_latest(out / "checkpoints") if resume else None
     if saved is None and not resume and (out / "checkpoints").is_dir():
         raise ValueError(f"{out} already holds checkpoints and --no-resume was given")
@@ -138,6 +137,12 @@ def pretrain(
         (out / "config.json").write_text(json.dumps(effective, indent=2) + "\n")
         _keep_tokenizer(dataset, out / TOKENIZER)
 
+    skips = SkipCounter(
+        device,
+        hparams.max_consecutive_nonfinite,
+        skipped,
+        where=f"The last checkpoint is intact in {out / 'checkpoints'}",
+    )
     trained = model
     if world > 1:
         trained = torch.nn.parallel.DistributedDataParallel(
@@ -202,6 +207,7 @@ def pretrain(
     )
 
     def checkpoint():
+        skipped = skips.check(step)  # every rank: too many skipped steps stop all, unsaved
         if rank != 0:
             return
         state = {
@@ -223,8 +229,8 @@ def pretrain(
         while step < min(hparams.num_train_steps, last_stop):
             if stop_requested:
                 break
-            # Kept on the device: one synchronisation per step (the finiteness check), and the
-            # values read back only when they are logged.
+            # Kept on the device, and read back only when they are logged: the host queues
+            # step after step without waiting for the device.
             totals = {
                 key: torch.zeros((), device=device)
                 for key in ("loss", "gen_loss", "disc_loss", "mlm_acc", "disc_acc")
@@ -264,31 +270,19 @@ def pretrain(
             if scaler:
                 scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), hparams.max_grad_norm)
-            if not bool(torch.isfinite(totals["loss"]) & torch.isfinite(grad_norm)):
-                optimizer.zero_grad(set_to_none=True)
-                consecutive_nonfinite, skipped = consecutive_nonfinite + 1, skipped + 1
-                if consecutive_nonfinite >= hparams.max_consecutive_nonfinite:
-                    raise NonFiniteLoss(
-                        f"{consecutive_nonfinite} steps in a row had a non-finite loss or "
-                        f"gradient (at step {step}); stopping. The last good checkpoint is "
-                        f"intact in {out / 'checkpoints'}"
-                    )
-                if scaler:
-                    scaler.update()
-                continue
-            consecutive_nonfinite = 0
             rate = learning_rate(
                 step, hparams.learning_rate, hparams.num_warmup_steps, hparams.num_train_steps
             )
             for group in optimizer.param_groups:
                 group["lr"] = rate
+            # A non-finite loss or gradient (with fp16, an overflow of the scaled gradients
+            # too) skips the update on the device.
+            optimizer.step(found_inf=skips.flag(totals["loss"], grad_norm))
             if scaler:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
+                scaler.update()  # from the overflow unscale_ found: smaller after one
             optimizer.zero_grad(set_to_none=True)
             step += 1
+            skips.poll(step)
             if logged:
                 elapsed = max(time.time() - window_start, 1e-9)
                 record = {
@@ -297,7 +291,7 @@ def pretrain(
                     "lr": rate,
                     "grad_norm": float(grad_norm),
                     "tokens_per_s": round(window_tokens / elapsed, 1),
-                    "skipped": skipped,
+                    "skipped": skips.check(step),
                 }
                 log.write(json.dumps(record) + "\n")
                 log.flush()
@@ -330,7 +324,7 @@ def pretrain(
     if progress and rank == 0:
         state = "finished" if finished else "stopped (resume by rerunning)"
         print(f"\n{state} at step {step} → {out}", file=sys.stderr)
-    return {"step": step, "finished": finished, "skipped": skipped}
+    return {"step": step, "finished": finished, "skipped": skips.check(step)}
 
 
 def _initialize(model: ElectraForPretraining, directory: Path) -> None:

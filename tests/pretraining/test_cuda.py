@@ -33,3 +33,58 @@ def test_the_loss_falls_on_our_kernels(dataset, tmp_path, precision):  # noqa: F
     missing = {op for op in wanted if f"electra_fast::{op}" not in ran}
     assert not missing, f"these steps ran on the references: {sorted(missing)}"
     assert {"electra_fast::generator_step", "electra_fast::generator_step_tile"} & ran
+
+
+def test_a_training_step_never_makes_the_host_wait():
+    """Forward, backward, clipping, the skip decision and the update, as the loop runs them,
+    under CUDA's sync debug mode: any read of a device value on the host is an error."""
+    from electra_fast.model import ElectraForPretraining
+    from electra_fast.model.pretraining import draw_keys
+    from electra_fast.pretraining.optimization import AdamWeightDecay
+    from electra_fast.pretraining.skipping import SkipCounter
+    from tests.model.test_pretraining import batch, tiny
+
+    model = ElectraForPretraining(tiny(generator_hidden_size=0.5)).cuda()
+    optimizer = AdamWeightDecay(model.parameters(), lr=1e-3)
+    skips = SkipCounter(torch.device("cuda"), limit=10)
+    ids, mask = (t.cuda() for t in batch(B=3, L=16))
+
+    def step(number):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = model(ids, mask, keys=draw_keys("cuda"), metrics=False, check_values=False)
+        out.loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step(found_inf=skips.flag(out.loss.detach(), norm))
+        optimizer.zero_grad(set_to_none=True)
+        skips.poll(number)
+
+    step(1)  # the first step allocates the moments and loads what it needs
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for number in range(2, 5):
+            step(number)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert skips.check(4) == 0
+
+
+def test_the_loop_waits_for_the_device_no_more_often_for_more_steps(dataset, tmp_path):  # noqa: F811
+    """The waits that remain are per run (start, the first log record, the last checkpoint,
+    the export), not per step."""
+    import warnings
+
+    def waits(steps):
+        settings = hparams(num_train_steps=steps, iterations_per_loop=1000)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                pretrain(dataset, tmp_path / f"run{steps}", settings, progress=False,
+                         device="cuda")  # fmt: skip
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        return sum("synchroniz" in str(w.message) for w in caught)
+
+    waits(4)  # warm-up: first-time loads and allocations
+    assert waits(8) == waits(16)

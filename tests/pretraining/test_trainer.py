@@ -245,10 +245,14 @@ def test_cli_pretrain_and_export(dataset, tmp_path):
 
 
 def test_non_finite_steps_are_skipped_then_stop_the_run(dataset, tmp_path, monkeypatch):
+    """A skipped step counts as a step and changes neither the parameters nor the moments; too
+    many in a row stop the run before it saves again."""
     from electra_fast.pretraining import trainer
 
     settings = hparams(num_train_steps=20, save_checkpoints_steps=2, max_consecutive_nonfinite=3)
     pretrain(dataset, tmp_path / "run", settings, progress=False, stop_at_step=4)
+    shutil.copytree(tmp_path / "run", tmp_path / "clean")
+    pretrain(dataset, tmp_path / "clean", settings, progress=False, stop_at_step=5)
     real = torch.nn.utils.clip_grad_norm_
     calls = []
 
@@ -260,8 +264,17 @@ def test_non_finite_steps_are_skipped_then_stop_the_run(dataset, tmp_path, monke
     monkeypatch.setattr(trainer.torch.nn.utils, "clip_grad_norm_", exploding)
     with pytest.raises(trainer.NonFiniteLoss, match="3 steps in a row"):
         pretrain(dataset, tmp_path / "run", settings, progress=False)
+    # Steps 6, 7 and 8 were skipped: the checkpoint of step 6 holds the state after step 5,
+    # and step 8's was never written.
     state, path = checkpoints.load_latest(tmp_path / "run" / "checkpoints")
-    assert state["step"] == 4 and path.name == "step-00000004.pt"  # the last good one, intact
+    assert path.name == "step-00000006.pt" and state["skipped"] == 1
+    clean, _ = checkpoints.load_latest(tmp_path / "clean" / "checkpoints")
+    assert clean["step"] == 5
+    for name, tensor in clean["model"].items():
+        assert torch.equal(state["model"][name], tensor), name
+    for index, slots in clean["optimizer"]["state"].items():
+        for key, tensor in slots.items():
+            assert torch.equal(state["optimizer"]["state"][index][key], tensor), (index, key)
 
 
 def test_a_tokenizer_gone_since_prepare_is_left_out_of_the_export(dataset, tmp_path, capsys):
