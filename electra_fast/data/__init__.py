@@ -9,6 +9,7 @@ _EXPORTS = {
     "Example": "electra_fast.data.examples",
     "ExampleBuilder": "electra_fast.data.examples",
     "PretrainingDataset": "electra_fast.data.dataset",
+    "PaddedBatches": "electra_fast.data.dataset",
     "ResumableSampler": "electra_fast.data.dataset",
     "collate_packed": "electra_fast.data.dataset",
     "collate_padded": "electra_fast.data.dataset",

@@ -58,6 +58,60 @@ class PretrainingDataset(torch.utils.data.Dataset):
         token_type_ids[first_length:] = 1
         return {"input_ids": input_ids, "token_type_ids": token_type_ids}
 
+    def padded_batch(self, indices, pad_to: int | None = None) -> dict[str, torch.Tensor]:
+        """collate_padded([self[i] for i in indices], self.pad_token_id, pad_to), read with one
+        gather per shard instead of Python steps per example: a batch of 128 x 128 tokens takes
+        the training loop's host a fraction of a millisecond instead of about two."""
+        rows = np.asarray(indices, dtype=np.int64)
+        if rows.ndim != 1 or len(rows) == 0:
+            raise ValueError(f"indices must be a non-empty list of ints, got {indices!r}")
+        n = len(self)
+        outside = (rows < -n) | (rows >= n)
+        if outside.any():
+            raise IndexError(f"index {int(rows[outside][0])} out of range for {n} examples")
+        rows %= n
+        shard = np.searchsorted(self._ends, rows, side="right")
+        local = rows - np.where(shard > 0, self._ends[shard - 1], 0)
+        start, first, end = (np.empty(len(rows), np.int64) for _ in range(3))
+        for s in np.unique(shard):
+            mine = shard == s
+            index = self._shards[s][1]
+            start[mine], first[mine] = index[local[mine]].T
+            end[mine] = index[local[mine] + 1, 0]
+        length = end - start
+        width = int(length.max())
+        if pad_to is not None:
+            if pad_to < width:
+                raise ValueError(f"pad_to={pad_to} is shorter than an example of {width} tokens")
+            width = pad_to
+        column = np.arange(width)
+        real = column < length[:, None]
+        input_ids = np.full((len(rows), width), self.pad_token_id, np.int64)
+        for s in np.unique(shard):
+            ids = self._shards[s][0]
+            mine = np.flatnonzero(shard == s)
+            where = start[mine, None] + column  # past an example's end: clipped, then padded
+            tokens = ids[np.minimum(where, len(ids) - 1)]
+            input_ids[mine] = np.where(real[mine], tokens, self.pad_token_id)
+        return {
+            "input_ids": torch.from_numpy(input_ids),
+            "attention_mask": torch.from_numpy(real.astype(np.int64)),
+            "token_type_ids": torch.from_numpy(
+                (real & (column >= first[:, None])).astype(np.int64)
+            ),
+        }
+
+
+class PaddedBatches(torch.utils.data.Dataset):
+    """A dataset's padded batches, one per list of indices (`dataset.padded_batch`). Given a
+    BatchSampler as its sampler and batch_size=None, a DataLoader reads each batch in one call."""
+
+    def __init__(self, dataset: PretrainingDataset, pad_to: int | None = None):
+        self.dataset, self.pad_to = dataset, pad_to
+
+    def __getitem__(self, indices) -> dict[str, torch.Tensor]:
+        return self.dataset.padded_batch(indices, self.pad_to)
+
 
 def collate_padded(batch: list[dict], pad_token_id: int = 0, pad_to: int | None = None) -> dict:
     """[B, L] input_ids, attention_mask and token_type_ids, right-padded to the longest example

@@ -23,14 +23,13 @@ import signal
 import sys
 import time
 from contextlib import nullcontext
-from functools import partial
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 from electra_fast import amp, distributed, tokenization
-from electra_fast.data import PretrainingDataset, ResumableSampler, collate_padded
+from electra_fast.data import PaddedBatches, PretrainingDataset, ResumableSampler
 from electra_fast.model import ElectraForPretraining
 from electra_fast.model.modeling import check_encoder_inputs
 from electra_fast.model.pretraining import draw_keys
@@ -152,17 +151,13 @@ def pretrain(
         trained = torch.compile(trained)
     autocast = amp.autocast(hparams.precision, device)
     scaler = amp.grad_scaler(hparams.precision, device)
-    collate = partial(
-        collate_padded, pad_token_id=dataset.pad_token_id, pad_to=dataset.max_seq_length
-    )
     # The loader draws a seed from its generator at every new iterator: its own generator, so
     # that the global stream (masking, sampling, dropout) is the same after a resume.
+    # Each batch read in one call (PaddedBatches) rather than example by example and collated.
     loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        collate_fn=collate,
-        drop_last=True,
+        PaddedBatches(dataset, pad_to=dataset.max_seq_length),
+        sampler=torch.utils.data.BatchSampler(sampler, batch_size, drop_last=True),
+        batch_size=None,
         generator=torch.Generator().manual_seed(hparams.seed),
         pin_memory=device.type == "cuda",  # so that the copy below overlaps the GPU's work
     )

@@ -187,6 +187,31 @@ def test_batches(tmp_path, corpus):
         dataset[len(dataset)]
 
 
+def test_a_padded_batch_read_at_once_equals_the_collated_examples(tmp_path, corpus):
+    run([corpus], wordpiece(tmp_path / "tok"), tmp_path / "out")
+    dataset = PretrainingDataset(tmp_path / "out")
+    assert len(dataset.manifest["shards"]) > 2  # batches across shards
+    rng = random.Random(0)
+    cases = [list(range(len(dataset))), [0], [-1, 5, -len(dataset)]]
+    cases += [[rng.randrange(-len(dataset), len(dataset)) for _ in range(rng.randint(1, 40))]
+              for _ in range(20)]  # fmt: skip
+    for indices in cases:
+        for pad_to in (None, 32, 40):
+            want = collate_padded([dataset[i] for i in indices], pad_token_id=dataset.pad_token_id,
+                                  pad_to=pad_to)  # fmt: skip
+            got = dataset.padded_batch(indices, pad_to)
+            assert got.keys() == want.keys()
+            for key, tensor in want.items():
+                assert got[key].dtype == tensor.dtype and torch.equal(got[key], tensor), key
+    longest = max(len(dataset[i]["input_ids"]) for i in range(len(dataset)))
+    with pytest.raises(ValueError, match=f"pad_to=8 is shorter than an example of {longest}"):
+        dataset.padded_batch(range(len(dataset)), 8)
+    with pytest.raises(IndexError, match=f"index {len(dataset)} out of range"):
+        dataset.padded_batch([0, len(dataset)])
+    with pytest.raises(ValueError, match="non-empty"):
+        dataset.padded_batch([])
+
+
 def test_sampler_shards_by_rank_and_resumes():
     ranks = [list(ResumableSampler(103, seed=5, rank=r, world_size=4)) for r in range(4)]
     assert all(len(r) == 25 for r in ranks)
