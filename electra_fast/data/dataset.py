@@ -72,8 +72,9 @@ class PretrainingDataset(torch.utils.data.Dataset):
         rows %= n
         shard = np.searchsorted(self._ends, rows, side="right")
         local = rows - np.where(shard > 0, self._ends[shard - 1], 0)
+        used = np.unique(shard)
         start, first, end = (np.empty(len(rows), np.int64) for _ in range(3))
-        for s in np.unique(shard):
+        for s in used:
             mine = shard == s
             index = self._shards[s][1]
             start[mine], first[mine] = index[local[mine]].T
@@ -87,7 +88,7 @@ class PretrainingDataset(torch.utils.data.Dataset):
         column = np.arange(width)
         real = column < length[:, None]
         input_ids = np.full((len(rows), width), self.pad_token_id, np.int64)
-        for s in np.unique(shard):
+        for s in used:  # a second pass: the width is known only after the first
             ids = self._shards[s][0]
             mine = np.flatnonzero(shard == s)
             where = start[mine, None] + column  # past an example's end: clipped, then padded
