@@ -1,0 +1,75 @@
+"""How many ops one eager pretraining step of ELECTRA-small calls (forward, backward, clipping,
+the skip flag and Adam), counted on the CPU under a dispatch mode: on a GPU each op that is not a
+view is a kernel launch, and each op at all a trip through the dispatcher on the host. The count
+does not depend on the batch size.
+
+    python benchmarks/count_step_ops.py [--top 15]
+"""
+
+import argparse
+import collections
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from electra_fast.model import ElectraConfig, ElectraForPretraining
+from electra_fast.model.pretraining import draw_keys
+from electra_fast.pretraining.optimization import AdamWeightDecay, parameter_groups
+from electra_fast.pretraining.skipping import SkipCounter
+
+VIEWS = {"view", "_unsafe_view", "t", "transpose", "reshape", "expand", "permute", "unsqueeze",
+         "squeeze", "select", "slice", "detach", "as_strided", "split", "split_with_sizes",
+         "alias", "unbind", "unflatten", "flatten"}  # fmt: skip
+
+
+class Counter(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.calls = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls[f"{func.namespace}.{func._opname}"] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--top", type=int, default=15, help="list the most called ops")
+    top = parser.parse_args().top
+    config = ElectraConfig.preset("small", vocab_size=30522, mask_token_id=103,
+                                  special_token_ids=(0, 100, 101, 102))  # fmt: skip
+    model = ElectraForPretraining(config)
+    optimizer = AdamWeightDecay(parameter_groups(model, 0.01), lr=1e-4)
+    skips = SkipCounter(torch.device("cpu"), limit=10)
+    ids = torch.randint(1000, 30522, (2, 128))
+    mask = torch.ones_like(ids)
+
+    def step(counter: Counter) -> dict[str, int]:
+        """One step, counted into `counter`; the ops of each part."""
+        parts = {}
+        for part in ("forward", "backward", "clip, flag, Adam"):
+            with counter:
+                if part == "forward":
+                    out = model(ids, mask, keys=draw_keys("cpu"), metrics=False,
+                                check_values=False)  # fmt: skip
+                elif part == "backward":
+                    out.loss.backward()
+                else:
+                    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                    optimizer.step(found_inf=skips.flag(out.loss.detach(), norm))
+                    optimizer.zero_grad(set_to_none=True)
+            parts[part] = sum(counter.calls.values()) - sum(parts.values())
+        return parts
+
+    step(Counter())  # the first step allocates Adam's moments
+    counter = Counter()
+    parts = step(counter)
+    not_views = sum(n for op, n in counter.calls.items() if op.split(".")[1] not in VIEWS)
+    print(", ".join(f"{part}: {n}" for part, n in parts.items()))
+    print(f"{sum(parts.values())} ops in all, {not_views} of them not views")
+    for op, n in counter.calls.most_common(top):
+        print(f"  {n:5d} {op}")
+
+
+if __name__ == "__main__":
+    main()
