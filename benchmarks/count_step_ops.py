@@ -14,7 +14,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from electra_fast.model import ElectraConfig, ElectraForPretraining
 from electra_fast.model.pretraining import draw_keys
-from electra_fast.pretraining.optimization import AdamWeightDecay, parameter_groups
+from electra_fast.pretraining.optimization import AdamWeightDecay, clip_divisor, parameter_groups
 from electra_fast.pretraining.skipping import SkipCounter
 
 VIEWS = {"view", "_unsafe_view", "t", "transpose", "reshape", "expand", "permute", "unsqueeze",
@@ -55,8 +55,9 @@ def main() -> None:
                 elif part == "backward":
                     out.loss.backward()
                 else:
-                    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                    optimizer.step(found_inf=skips.flag(out.loss.detach(), norm))
+                    norm = optimizer.grad_norm()
+                    optimizer.step(found_inf=skips.flag(out.loss.detach(), norm),
+                                   grad_scale=clip_divisor(norm, 1.0))  # fmt: skip
                     optimizer.zero_grad(set_to_none=True)
             parts[part] = sum(counter.calls.values()) - sum(parts.values())
         return parts

@@ -137,6 +137,8 @@ class Hparams:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.num_warmup_steps < 0 or self.learning_rate <= 0:
             raise ValueError("num_warmup_steps must be >= 0 and learning_rate > 0")
+        if not self.max_grad_norm > 0:  # inf: no clipping
+            raise ValueError(f"max_grad_norm must be positive, got {self.max_grad_norm}")
         amp.check(self.precision)
         self._check_overrides()
 

@@ -35,7 +35,12 @@ from electra_fast.model.modeling import check_encoder_inputs
 from electra_fast.model.pretraining import draw_keys
 from electra_fast.pretraining.checkpoint import load_latest, save_checkpoint
 from electra_fast.pretraining.hparams import Hparams
-from electra_fast.pretraining.optimization import AdamWeightDecay, learning_rate, parameter_groups
+from electra_fast.pretraining.optimization import (
+    AdamWeightDecay,
+    clip_divisor,
+    learning_rate,
+    parameter_groups,
+)
 from electra_fast.pretraining.skipping import NonFiniteLoss, SkipCounter
 
 TOKENIZER = "tokenizer"  # RUN/tokenizer: a copy of the dataset's
@@ -264,15 +269,18 @@ def pretrain(
                     totals[key] += value.detach().float() * share
             if scaler:
                 scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), hparams.max_grad_norm)
+            grad_norm = optimizer.grad_norm()
             rate = learning_rate(
                 step, hparams.learning_rate, hparams.num_warmup_steps, hparams.num_train_steps
             )
             for group in optimizer.param_groups:
                 group["lr"] = rate
             # A non-finite loss or gradient (with fp16, an overflow of the scaled gradients
-            # too) skips the update on the device.
-            optimizer.step(found_inf=skips.flag(totals["loss"], grad_norm))
+            # too) skips the update on the device. The clipping happens in the update's kernel.
+            optimizer.step(
+                found_inf=skips.flag(totals["loss"], grad_norm),
+                grad_scale=clip_divisor(grad_norm, hparams.max_grad_norm),
+            )
             if scaler:
                 scaler.update()  # from the overflow unscale_ found: smaller after one
             optimizer.zero_grad(set_to_none=True)

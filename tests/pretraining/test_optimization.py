@@ -1,6 +1,7 @@
 """The optimiser against a hand-written official update, the schedule's values, the
 parameter groups."""
 
+import copy
 import math
 
 import pytest
@@ -9,6 +10,7 @@ from torch import nn
 
 from electra_fast.pretraining.optimization import (
     AdamWeightDecay,
+    clip_divisor,
     learning_rate,
     parameter_groups,
 )
@@ -114,6 +116,87 @@ def test_a_flagged_step_changes_nothing_and_an_unflagged_one_is_a_step():
         optimizer.step(found_inf=torch.tensor(0.0))
     want = official_update(start.tolist(), [g.tolist() for g in grads], 0.1)
     torch.testing.assert_close(param.detach(), torch.tensor(want))
+
+
+def clip_by_global_norm(grads: list[list[float]], clip_norm: float) -> list[list[float]]:
+    """tf.clip_by_global_norm, in float64: t * clip_norm / max(global_norm, clip_norm)."""
+    global_norm = math.sqrt(sum(x * x for g in grads for x in g))
+    return [[x * clip_norm / max(global_norm, clip_norm) for x in g] for g in grads]
+
+
+@pytest.mark.parametrize("max_norm", [0.5, 1.0, 100.0])
+def test_clipping_in_the_update_equals_the_official_clip_then_update(max_norm):
+    """Two parameters of different dtypes share one global norm: the step divides every
+    gradient by clip_divisor(grad_norm(), max_norm), as clip_by_global_norm scales them."""
+    torch.manual_seed(0)
+    starts = [torch.randn(3, dtype=torch.float64), torch.randn(4, dtype=torch.float32)]
+    grads = [[torch.randn(s.shape, dtype=s.dtype) * 2 for s in starts] for _ in range(3)]
+    params = [nn.Parameter(s.clone()) for s in starts]
+    optimizer = AdamWeightDecay(params, lr=0.05)
+    for step_grads in grads:
+        for p, g in zip(params, step_grads, strict=True):
+            p.grad = g.clone()
+        norm = optimizer.grad_norm()
+        want_norm = math.sqrt(sum(float(g.double().square().sum()) for g in step_grads))
+        assert norm.dtype == torch.float32 and norm.item() == pytest.approx(want_norm, rel=1e-6)
+        optimizer.step(grad_scale=clip_divisor(norm, max_norm))
+    clipped = [clip_by_global_norm([g.tolist() for g in step], max_norm) for step in grads]
+    for i, (p, start) in enumerate(zip(params, starts, strict=True)):
+        want = official_update(start.tolist(), [step[i] for step in clipped], 0.05)
+        torch.testing.assert_close(p.detach(), torch.tensor(want, dtype=start.dtype))
+
+
+def test_grad_norm_and_clip_divisor_refuse_what_they_cannot_measure():
+    optimizer = AdamWeightDecay([nn.Parameter(torch.ones(2))])
+    with pytest.raises(ValueError, match="no parameter has a gradient"):
+        optimizer.grad_norm()
+    with pytest.raises(ValueError, match="max_norm must be positive, got 0"):
+        clip_divisor(torch.tensor(1.0), 0.0)
+    assert clip_divisor(torch.tensor(5.0), math.inf).item() == 1.0  # no clipping
+
+
+def test_a_parameter_without_a_gradient_is_left_alone_and_later_updated():
+    """Which parameters have gradients may change between steps."""
+    torch.manual_seed(0)
+    starts = [torch.randn(3), torch.randn(2)]
+    grads = [torch.randn(3) for _ in range(3)], [torch.randn(2) for _ in range(3)]
+    params = [nn.Parameter(s.clone()) for s in starts]
+    optimizer = AdamWeightDecay(params, lr=0.1)
+    given = [[0, 1, 2], [0, 2]]  # the second parameter has no gradient at step 1
+    before = params[1].detach().clone()
+    for step in range(3):
+        for p, g, steps in zip(params, grads, given, strict=True):
+            p.grad = g[step].clone() if step in steps else None
+        optimizer.step()
+        assert torch.equal(params[1].detach(), before) == (step == 1)
+        before = params[1].detach().clone()
+    for p, start, g, steps in zip(params, starts, grads, given, strict=True):
+        want = official_update(start.tolist(), [g[i].tolist() for i in steps], 0.1)
+        torch.testing.assert_close(p.detach(), torch.tensor(want))
+
+
+def test_a_loaded_state_is_the_one_the_next_step_updates():
+    """load_state_dict replaces the moments of an optimiser that has already stepped."""
+    torch.manual_seed(0)
+    grads = [torch.randn(4) for _ in range(3)]
+    first = nn.Parameter(torch.randn(4))
+    optimizer = AdamWeightDecay([first], lr=0.1)
+    for g in grads[:2]:
+        first.grad = g.clone()
+        optimizer.step()
+    second = nn.Parameter(torch.randn(4))
+    other = AdamWeightDecay([second], lr=0.1)
+    second.grad = torch.randn(4)
+    other.step()  # moments of its own, which the load must replace
+    with torch.no_grad():
+        second.copy_(first)
+    other.load_state_dict(copy.deepcopy(optimizer.state_dict()))  # as from a file: not shared
+    for p, o in ((first, optimizer), (second, other)):
+        p.grad = grads[2].clone()
+        o.step()
+    assert torch.equal(first.detach(), second.detach())
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert torch.equal(optimizer.state[first][key], other.state[second][key]), key
 
 
 def test_the_state_dict_holds_the_two_moments_as_before():

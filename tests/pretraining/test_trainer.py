@@ -149,6 +149,8 @@ def test_hparams_validation(dataset, tmp_path):
         Hparams.from_json('{"model_size": "tiny"}')
     with pytest.raises(ValueError, match="JSON"):
         Hparams.from_json("{not json")
+    with pytest.raises(ValueError, match="max_grad_norm must be positive, got 0"):
+        Hparams.from_json('{"max_grad_norm": 0}')
     base = Hparams.from_json('{"model_size": "base"}')
     assert (base.learning_rate, base.train_batch_size, base.max_seq_length) == (2e-4, 256, 512)
     large = Hparams.from_json('{"model_size": "large", "num_train_steps": 10}')
@@ -253,15 +255,15 @@ def test_non_finite_steps_are_skipped_then_stop_the_run(dataset, tmp_path, monke
     pretrain(dataset, tmp_path / "run", settings, progress=False, stop_at_step=4)
     shutil.copytree(tmp_path / "run", tmp_path / "clean")
     pretrain(dataset, tmp_path / "clean", settings, progress=False, stop_at_step=5)
-    real = torch.nn.utils.clip_grad_norm_
+    real = trainer.AdamWeightDecay.grad_norm
     calls = []
 
-    def exploding(parameters, max_norm):
+    def exploding(optimizer):
         calls.append(1)
-        norm = real(parameters, max_norm)
+        norm = real(optimizer)
         return norm if len(calls) == 1 else torch.tensor(float("inf"))  # one good step, then inf
 
-    monkeypatch.setattr(trainer.torch.nn.utils, "clip_grad_norm_", exploding)
+    monkeypatch.setattr(trainer.AdamWeightDecay, "grad_norm", exploding)
     with pytest.raises(trainer.NonFiniteLoss, match="3 steps in a row"):
         pretrain(dataset, tmp_path / "run", settings, progress=False)
     # Steps 6, 7 and 8 were skipped: the checkpoint of step 6 holds the state after step 5,
