@@ -27,6 +27,12 @@ OP_NAMES = (
     "attention_forward",
     "attention_backward",
 )
+# Registrations that the Python side relies on and does not make itself: a build without them
+# is treated as not loaded (after a `git pull` without a rebuild, say).
+EXPECTED_REGISTRATIONS = (
+    *((op, "CPU") for op in OP_NAMES),
+    ("attention_forward", "Autograd"),  # csrc/ops/autograd.cpp
+)
 _BUILD_INFO = Path(__file__).with_name("_build_info.json")
 
 
@@ -60,7 +66,17 @@ def _load() -> str | None:
         if built and built != torch.__version__:
             reason = f"built for torch {built}, running torch {torch.__version__} ({reason})"
         return reason
+    missing = [f"{op} ({key})" for op, key in EXPECTED_REGISTRATIONS if not _has(op, key)]
+    if missing:  # a build of older sources, still importable
+        return f"the build predates these sources: it lacks {', '.join(missing)}"
     return None
+
+
+def _has(op: str, dispatch_key: str) -> bool:
+    name = f"{LIBRARY}::{op}"
+    return torch._C._dispatch_has_kernel(name) and torch._C._dispatch_has_kernel_for_dispatch_key(
+        name, dispatch_key
+    )
 
 
 FORCE_REFERENCE = _env_flag("ELECTRA_FAST_REFERENCE")
@@ -77,9 +93,7 @@ if not EXTENSION_LOADED:
 
 
 def _registered(op: str, dispatch_key: str) -> bool:
-    return EXTENSION_LOADED and torch._C._dispatch_has_kernel_for_dispatch_key(
-        f"{LIBRARY}::{op}", dispatch_key
-    )
+    return EXTENSION_LOADED and _has(op, dispatch_key)
 
 
 # Looked up once: a plain dict is cheap per call and torch.compile traces through it.

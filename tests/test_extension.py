@@ -22,6 +22,13 @@ def python(code: str, **env) -> subprocess.CompletedProcess:
     )
 
 
+def report_of(code: str) -> dict:
+    """Runs `code` in a fresh interpreter; the JSON object it printed."""
+    result = python(code)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
 def test_info_json_reports_what_loaded():
     result = subprocess.run(
         [sys.executable, "-m", "electra_fast.info", "--json"],
@@ -70,14 +77,33 @@ def test_a_failed_load_warns_and_falls_back_to_the_references():
         "print(json.dumps({'warnings': [str(w.message) for w in caught],\n"
         "                  'info': info.collect(), 'chosen': int(out.weights.sum())}))\n"
     )
-    result = python(code)
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
+    report = report_of(code)
     assert len(report["warnings"]) == 1 and "reference" in report["warnings"][0]
     assert report["info"]["extension_loaded"] is False
     assert "electra_fast._C" in report["info"]["extension_error"]
     assert report["info"]["ops"]["mask_tokens"] == {"cpu": False, "cuda": False}
     assert report["chosen"] == 2
+
+
+def test_a_build_of_older_sources_is_not_used():
+    """A _C that imports but lacks a registration the Python side relies on (here the C++
+    autograd formula of attention) counts as not loaded: the references run, with gradients."""
+    code = (
+        "import json, torch\n"
+        "has = torch._C._dispatch_has_kernel_for_dispatch_key\n"
+        "torch._C._dispatch_has_kernel_for_dispatch_key = lambda op, key: (\n"
+        "    key != 'Autograd' and has(op, key))  # as if csrc/ops/autograd.cpp were not built\n"
+        "from electra_fast import _extension, attention\n"
+        "q = torch.randn(1, 8, 2, 16, requires_grad=True)\n"
+        "attention(q, q, q, dropout_p=0.1, seed=3).sum().backward()\n"
+        "print(json.dumps({'error': _extension.EXTENSION_ERROR,\n"
+        "                  'finite': bool(q.grad.isfinite().all() and q.grad.abs().sum() > 0)}))\n"
+    )
+    report = report_of(code)
+    if _extension.EXTENSION_LOADED:
+        assert "predates these sources" in report["error"]
+        assert "attention_forward (Autograd)" in report["error"]
+    assert report["finite"]
 
 
 @pytest.mark.parametrize(("value", "forced"), [("1", True), ("0", False), ("", False)])

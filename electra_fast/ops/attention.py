@@ -273,31 +273,10 @@ def _kernel_backward_fake(grad, q, k, v, out, lse, lengths, cu, max_seqlen, seed
     return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
 
 
-def _kernel_setup_context(ctx, inputs, output):
-    q, k, v, lengths, cu_seqlens, max_seqlen, seed, dropout_p, scale = inputs
-    out, lse = output
-    ctx.mark_non_differentiable(lse)
-    ctx.save_for_backward(q, k, v, out, lse, lengths, cu_seqlens, seed)
-    ctx.arguments = (max_seqlen, dropout_p, scale)
-
-
-def _kernel_backward(ctx, grad_out, grad_lse):
-    q, k, v, out, lse, lengths, cu_seqlens, seed = ctx.saved_tensors
-    max_seqlen, dropout_p, scale = ctx.arguments
-    dq, dk, dv = torch.ops.electra_fast.attention_backward(
-        grad_out, q, k, v, out, lse, lengths, cu_seqlens, max_seqlen, seed, dropout_p, scale
-    )
-    return dq, dk, dv, None, None, None, None, None, None
-
-
 if _extension.EXTENSION_LOADED:
     torch.library.register_fake(f"{_extension.LIBRARY}::attention_forward")(_kernel_forward_fake)
     torch.library.register_fake(f"{_extension.LIBRARY}::attention_backward")(_kernel_backward_fake)
-    torch.library.register_autograd(
-        f"{_extension.LIBRARY}::attention_forward",
-        _kernel_backward,
-        setup_context=_kernel_setup_context,
-    )
+    # The autograd formula of attention_forward is registered in C++ (csrc/ops/autograd.cpp).
 
 
 def _packed_index(cu_seqlens: torch.Tensor, T: int, max_seqlen: int) -> torch.Tensor:
