@@ -13,7 +13,7 @@ from torch import nn
 
 from electra_fast.model.config import ElectraConfig
 from electra_fast.ops import attention
-from electra_fast.ops._common import may_synchronise
+from electra_fast.ops._common import draw_philox_keys, may_synchronise
 
 _ACTIVATIONS = {
     "gelu": F.gelu,
@@ -60,12 +60,17 @@ class Layer(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.attention_dropout = config.attention_probs_dropout_prob
 
-    def forward(self, x: torch.Tensor, layout: dict) -> torch.Tensor:
-        """x: [B, L, H] (layout: lengths) or packed [T, H] (layout: cu_seqlens, max_seqlen)."""
+    def forward(
+        self, x: torch.Tensor, layout: dict, dropout_seed: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x: [B, L, H] (layout: lengths) or packed [T, H] (layout: cu_seqlens, max_seqlen).
+        dropout_seed: the Philox key of the attention dropout (default: a draw of its own)."""
         q, k, v = self.qkv(x).unflatten(-1, (3, self.heads, self.head_dim)).unbind(-3)
         dropout_p = self.attention_dropout if self.training else 0.0
         # The encoder checked the layout once for all layers.
-        context = attention(q, k, v, dropout_p=dropout_p, check_values=False, **layout)
+        context = attention(
+            q, k, v, dropout_p=dropout_p, seed=dropout_seed, check_values=False, **layout
+        )
         context = context.flatten(-2)
         x = self.attention_norm(x + self.dropout(self.attention_out(context)))
         feed_forward = self.ffn_out(self.activation(self.ffn_in(x)))
@@ -107,8 +112,13 @@ class Encoder(nn.Module):
         return x.new_zeros(x.shape).index_put((keep,), packed)
 
     def _layers(self, x, layout):
-        for layer in self.layers:
-            x = layer(x, layout)
+        # The layers' attention-dropout keys in one draw, not one per layer: on a GPU each draw
+        # is a kernel launch, and the host issuing launches is what limits a small model's step.
+        seeds = [None] * len(self.layers)
+        if self.training and self.config.attention_probs_dropout_prob > 0 and seeds:
+            seeds = draw_philox_keys(x.device, None, (len(seeds),)).unbind()
+        for layer, seed in zip(self.layers, seeds, strict=True):
+            x = layer(x, layout, seed)
         return x
 
 
