@@ -64,7 +64,7 @@ def hf_step(generator, discriminator, ids, mask):
     labels = torch.where(masked, ids, -100)
     inputs = torch.where(masked, MASK, ids)
     logits = generator(input_ids=inputs, attention_mask=mask).logits
-    gen_loss = F.cross_entropy(logits.view(-1, VOCAB), labels.view(-1), ignore_index=-100)
+    gen_loss = F.cross_entropy(logits.flatten(0, 1), labels.view(-1), ignore_index=-100)
     with torch.no_grad():
         u = torch.rand(logits.shape, device=ids.device)
         sampled = (logits.float() - torch.log(-torch.log(u + 1e-9) + 1e-9)).argmax(-1)

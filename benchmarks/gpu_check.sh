@@ -71,7 +71,7 @@ fi
 if has bench; then
   deadline=$(( $(date +%s) + ${BENCH_S:-420} ))
   reports=()
-  for file in ${BENCH_FILES:-attention sampling masking pretraining optimizer prepare vietnamese}; do
+  for file in ${BENCH_FILES:-attention sampling masking pretraining step_host optimizer prepare vietnamese}; do
     left=$(( deadline - $(date +%s) ))
     (( left > 10 )) || { echo "bench: no time left for $file"; status=1; break; }
     limit=$(( left < ${BENCH_FILE_S:-240} ? left : ${BENCH_FILE_S:-240} ))

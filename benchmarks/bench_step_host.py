@@ -1,0 +1,104 @@
+"""The host's share of an eager pretraining step: ELECTRA-small's structure (12 discriminator and
+12 generator layers, the same ops and as many) at a width of 64 and a batch of one sequence of
+16 tokens, where the arithmetic is next to nothing and the time is Python, the dispatcher and, on
+a GPU, kernel launches. On a GPU this is the floor under an eager step of ELECTRA-small at any
+batch: at the 3M tokens/s the issue asks for, a 128 x 128 step has 5.5 ms.
+
+The vocabulary is ELECTRA-small's 30,522 words on a GPU. On the CPU it is 512: the passes over a
+[30522, 64] embedding matrix (its gradient, Adam, the norm) would take most of the time there,
+and one vocabulary tile instead of 8 leaves out about 50 of the step's 1,200 ops that are not
+views (`benchmarks/count_step_ops.py` counts them at full size).
+
+`electra_fast` runs the pretraining loop's step: forward with the keys drawn outside and the
+batch not re-checked, backward, `grad_norm`, the skip flag, the fused update that clips, and
+`zero_grad`. `hf_eager` is the usual replication's step (benchmarks/bench_pretraining.py's
+`hf_step`) with `clip_grad_norm_` and torch's AdamW as such loops create it.
+
+    pytest benchmarks/bench_step_host.py --benchmark-json out.json
+"""
+
+import pytest
+import torch
+
+from benchmarks.bench_pretraining import MASK, SPECIALS, VOCAB, hf_models, hf_step
+from benchmarks.conftest import describe, synchronised
+from electra_fast import _extension
+from electra_fast.model import ElectraConfig, ElectraForPretraining
+from electra_fast.model.pretraining import draw_keys
+from electra_fast.pretraining.optimization import AdamWeightDecay, clip_divisor, parameter_groups
+from electra_fast.pretraining.skipping import SkipCounter
+
+B, L = 1, 16
+
+
+def narrow_config(vocab_size: int) -> ElectraConfig:
+    """ELECTRA-small's depth and head dimension (64) at a width of 64; the generator's quarter
+    width makes its head dimension 16."""
+    return ElectraConfig.preset("small", vocab_size=vocab_size, mask_token_id=MASK,
+                                special_token_ids=SPECIALS, hidden_size=64, embedding_size=64,
+                                num_attention_heads=1, intermediate_size=256)  # fmt: skip
+
+
+def electra_fast_step(config: ElectraConfig, ids, mask, device):
+    model = ElectraForPretraining(config).to(device)
+    optimizer = AdamWeightDecay(parameter_groups(model, 0.01), lr=1e-4)
+    skips = SkipCounter(device, limit=10)
+    keys = torch.Generator(device).manual_seed(0)
+    autocast = torch.autocast("cuda", torch.bfloat16, enabled=device.type == "cuda")
+
+    def step():
+        with autocast:
+            loss = model(ids, mask, keys=draw_keys(device, keys), metrics=False,
+                         check_values=False).loss  # fmt: skip
+        loss.backward()
+        norm = optimizer.grad_norm()
+        optimizer.step(found_inf=skips.flag(loss.detach(), norm),
+                       grad_scale=clip_divisor(norm, 1.0))  # fmt: skip
+        optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    return step
+
+
+def hf_eager_step(config: ElectraConfig, ids, mask, device):
+    generator, discriminator = hf_models(config, device)
+    parameters = list({id(p): p for m in (generator, discriminator)
+                       for p in m.parameters()}.values())  # fmt: skip
+    optimizer = torch.optim.AdamW(parameters, lr=1e-4, eps=1e-6)
+    autocast = torch.autocast("cuda", torch.bfloat16, enabled=device.type == "cuda")
+
+    def step():
+        with autocast:
+            loss = hf_step(generator, discriminator, ids, mask)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    return step
+
+
+@pytest.mark.parametrize("provider", ["electra_fast", "hf_eager"])
+def test_step_host_time(benchmark, device, provider):
+    if provider == "electra_fast" and not _extension.has_kernel("generator_step", device.type):
+        pytest.skip(f"no {device.type} kernels built")
+    vocab = VOCAB if device.type == "cuda" else 512
+    torch.manual_seed(0)
+    ids = torch.randint(110, vocab, (B, L), device=device)
+    ids[:, 0], ids[:, -1] = 101, 102
+    mask = torch.ones_like(ids)
+    make = electra_fast_step if provider == "electra_fast" else hf_eager_step
+    step = synchronised(make(narrow_config(vocab), ids, mask, device), device)
+    for _ in range(3):  # moments allocated, caches warm
+        step()
+    describe(benchmark, op="step_host_time", provider=provider, mode="fwd+bwd+clip+adam",
+             size=f"ELECTRA-small's layers at width 64, V={vocab}, B={B} L={L}",
+             device=device)  # fmt: skip
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the host's own time: no thread pool waking up for tiny ops
+    try:
+        loss = benchmark(step)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.isfinite(loss)
