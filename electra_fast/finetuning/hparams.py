@@ -86,6 +86,8 @@ class FinetuneHparams:
                              "has no [CLS] score to tell unanswerable questions by")  # fmt: skip
         if not 0 <= self.warmup_proportion <= 1:
             raise ValueError(f"warmup_proportion must be in [0, 1], got {self.warmup_proportion}")
+        if not self.max_grad_norm > 0:  # inf: no clipping
+            raise ValueError(f"max_grad_norm must be positive, got {self.max_grad_norm}")
 
     def resolved(self, hidden_size: int) -> FinetuneHparams:
         """These settings with the defaults that depend on the model and the task filled in."""

@@ -41,7 +41,7 @@ from electra_fast.finetuning.metrics import summarize_trials
 from electra_fast.finetuning.optimization import layerwise_groups
 from electra_fast.finetuning.tasks import task_for
 from electra_fast.model.config import ElectraConfig, write_atomically
-from electra_fast.pretraining.optimization import AdamWeightDecay, learning_rate
+from electra_fast.pretraining.optimization import AdamWeightDecay, clip_divisor, learning_rate
 
 
 def finetune(
@@ -197,7 +197,7 @@ def _train(net, task, features, tok, hparams, device, autocast, log, progress) -
         (scaler.scale(loss) if scaler else loss).backward()
         if scaler:
             scaler.unscale_(optimizer)
-        norm = torch.nn.utils.clip_grad_norm_(net.parameters(), hparams.max_grad_norm)
+        norm = optimizer.grad_norm()  # the update clips: grad_scale below
         # The norm of the averaged gradient is the same on every rank, so all of them stop
         # (or skip the step) together when any rank's loss is not finite.
         finite = bool(torch.isfinite(norm))
@@ -211,11 +211,13 @@ def _train(net, task, features, tok, hparams, device, autocast, log, progress) -
         rate = learning_rate(step, hparams.learning_rate, warmup, total)
         for group in optimizer.param_groups:
             group["lr"] = rate * group["lr_scale"]
+        clip = clip_divisor(norm, hparams.max_grad_norm)
         if scaler:
-            scaler.step(optimizer)  # skips the update when the gradients overflowed
+            # Skips the update when the gradients overflowed.
+            scaler.step(optimizer, grad_scale=clip)
             scaler.update()
         else:
-            optimizer.step()
+            optimizer.step(grad_scale=clip)
         running += loss.detach().float()
         if (step + 1) % hparams.log_steps == 0 or step + 1 == total:
             if dist.is_initialized():

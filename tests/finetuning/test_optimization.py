@@ -48,6 +48,8 @@ def test_defaults_by_model_size_and_task():
         FinetuneHparams(task="ner")
     with pytest.raises(ValueError, match="train_batch_size must be positive"):
         FinetuneHparams.from_json('{"train_batch_size": 0}')
+    with pytest.raises(ValueError, match="max_grad_norm must be positive, got -1"):
+        FinetuneHparams.from_json('{"max_grad_norm": -1}')
     assert FinetuneHparams(task="tagging").resolved(256).max_seq_length == 256  # as for chunk
     qa = FinetuneHparams(task="squad")  # configure_finetuning.py's QA defaults
     assert (qa.joint_prediction, qa.beam_size, qa.qa_na_threshold) == (True, 20, -2.75)
