@@ -44,7 +44,7 @@ def main() -> None:
         train_batch_size=128 if gpu else 32,
         num_train_steps=steps or (3000 if gpu else 400),
         num_warmup_steps=100 if gpu else 40,
-        learning_rate=5e-4 if gpu else 2e-3,
+        learning_rate=5e-4 if gpu else 1e-3,
         model_hparam_overrides={} if gpu else CPU_MODEL,
         save_checkpoints_steps=100,
         iterations_per_loop=10,
