@@ -55,7 +55,7 @@ if has sanitize; then
       timeout "${SANITIZE_S:-150}" compute-sanitizer --tool $tool --error-exitcode 9 \
         "$python" -m pytest -q -p no:cacheprovider tests/ops/test_masking.py \
         tests/ops/test_sampling.py tests/ops/test_attention.py tests/ops/test_attention_kernel.py \
-        tests/ops/test_attention_sm90.py tests/ops/test_wgmma.py -x \
+        tests/ops/test_attention_sm90.py tests/ops/test_wgmma.py tests/ops/test_layer_norm.py -x \
         -k "(cuda and kernel and not compile) or (sm90 and not fp64) or wgmma" \
         > "$out/sanitizer_$tool.log" 2>&1 || status=1
       echo "sanitizer $tool:"; tail -3 "$out/sanitizer_$tool.log"
@@ -71,7 +71,7 @@ fi
 if has bench; then
   deadline=$(( $(date +%s) + ${BENCH_S:-420} ))
   reports=()
-  for file in ${BENCH_FILES:-attention sampling masking pretraining step_host optimizer prepare vietnamese}; do
+  for file in ${BENCH_FILES:-attention sampling masking layer_norm pretraining step_host optimizer prepare vietnamese}; do
     left=$(( deadline - $(date +%s) ))
     (( left > 10 )) || { echo "bench: no time left for $file"; status=1; break; }
     limit=$(( left < ${BENCH_FILE_S:-240} ? left : ${BENCH_FILE_S:-240} ))

@@ -20,6 +20,7 @@ _EXPORTS = {
     "MaskedTokens": "electra_fast.ops",
     "attention": "electra_fast.ops",
     "build_discriminator_inputs": "electra_fast.ops",
+    "dropout_add_layer_norm": "electra_fast.ops",
     "generator_step": "electra_fast.ops",
     "generator_step_linear": "electra_fast.ops",
     "mask_tokens": "electra_fast.ops",

@@ -26,12 +26,15 @@ OP_NAMES = (
     "generator_step_backward_",
     "attention_forward",
     "attention_backward",
+    "dropout_add_layer_norm",
+    "dropout_add_layer_norm_backward",
 )
 # Registrations that the Python side relies on and does not make itself: a build without them
 # is treated as not loaded (after a `git pull` without a rebuild, say).
 EXPECTED_REGISTRATIONS = (
     *((op, "CPU") for op in OP_NAMES),
     ("attention_forward", "Autograd"),  # csrc/ops/autograd.cpp
+    ("dropout_add_layer_norm", "Autograd"),
 )
 _BUILD_INFO = Path(__file__).with_name("_build_info.json")
 

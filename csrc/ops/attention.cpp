@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "checks.h"
+#include "cpu_clones.h"
 #include "dispatch.h"
 
 namespace electra_fast {
@@ -178,17 +179,7 @@ constexpr int kTile = kAttentionTile;
 constexpr float kLn2 = 0.6931471805599453f;
 constexpr float kLog2e = 1.4426950408889634f;
 
-// The hot loops below are written so that the compiler vectorises them (contiguous inner loops,
-// no calls, explicit partial sums instead of a reassociated reduction), and each kernel is
-// compiled for AVX-512, AVX2 and the baseline, the loader picking the best the CPU has (GCC's
-// target clones; other compilers and CPUs get the baseline copy). Helpers are always inlined,
-// so that they take their caller's instruction set.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define EF_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define EF_CPU_CLONES
-#endif
-#define EF_INLINE [[gnu::always_inline]] inline
+// The hot loops below are vectorised and cloned per instruction set (cpu_clones.h).
 
 // A product's rounding to the input dtype, where the GPU feeds it to a bf16/fp16 tensor core.
 template <typename scalar_t>

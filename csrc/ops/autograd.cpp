@@ -1,9 +1,10 @@
-// Autograd for attention_forward, in C++: one node per call whose backward calls
-// attention_backward. A formula registered from Python (torch.library.register_autograd) runs
-// Python at every forward call (the schema's defaults filled in, setup_context) and every
-// backward, and allocates a zero gradient for the log-sum-exp before each backward. An encoder
-// calls attention once per layer and step, and on a GPU the host is what limits a small model's
-// eager step (benchmarks/bench_step_host.py). A build without this file counts as out of date
+// Autograd for the ops an encoder calls in every layer (attention_forward,
+// dropout_add_layer_norm), in C++: one node per call whose backward calls the op's backward. A
+// formula registered from Python (torch.library.register_autograd) runs Python at every forward
+// call (the schema's defaults filled in, setup_context) and every backward, and allocates zero
+// gradients for the outputs that need none (the log-sum-exp, the statistics) before each
+// backward; on a GPU the host is what limits a small model's eager step
+// (benchmarks/bench_step_host.py). A build without this file counts as out of date
 // (electra_fast/_extension.py), so there is no Python formula to fall back on.
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/autograd/custom_function.h>
@@ -77,6 +78,54 @@ class Attention : public torch::autograd::Function<Attention> {
   }
 };
 
+using NormSchema = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+    const std::optional<at::Tensor>&, double, double);
+using NormBackwardSchema = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+    const at::Tensor&, const std::optional<at::Tensor>&, double);
+
+class DropoutAddLayerNorm : public torch::autograd::Function<DropoutAddLayerNorm> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x,
+                               const at::Tensor& residual, const at::Tensor& weight,
+                               const at::Tensor& bias, const std::optional<at::Tensor>& seed,
+                               double dropout_p, double eps) {
+    static const auto op = handle<NormSchema>("electra_fast::dropout_add_layer_norm");
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [out, mean, rstd] = op.call(x, residual, weight, bias, seed, dropout_p, eps);
+    // The sum is recomputed from x and residual in the backward, not stored.
+    ctx->save_for_backward({x, residual, weight, mean, rstd, or_undefined(seed)});
+    ctx->saved_data["dropout_p"] = dropout_p;
+    ctx->mark_non_differentiable({mean, rstd});
+    ctx->set_materialize_grads(false);
+    return {out, mean, rstd};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op =
+        handle<NormBackwardSchema>("electra_fast::dropout_add_layer_norm_backward");
+    variable_list result(7);  // x, residual, weight, bias, then three without a gradient
+    if (!grads[0].defined()) return result;
+    const variable_list saved = ctx->get_saved_variables();
+    auto [dx, dresidual, dweight, dbias] =
+        op.call(grads[0].contiguous(), saved[0], saved[1], saved[2], saved[3], saved[4],
+                or_none(saved[5]), ctx->saved_data["dropout_p"].toDouble());
+    result[0] = dx;
+    result[1] = dresidual;
+    result[2] = dweight;
+    result[3] = dbias;
+    return result;
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> dropout_add_layer_norm_autograd(
+    const at::Tensor& x, const at::Tensor& residual, const at::Tensor& weight,
+    const at::Tensor& bias, const std::optional<at::Tensor>& seed, double dropout_p, double eps) {
+  variable_list out = DropoutAddLayerNorm::apply(x, residual, weight, bias, seed, dropout_p, eps);
+  return {out[0], out[1], out[2]};
+}
+
 std::tuple<at::Tensor, at::Tensor> attention_forward_autograd(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const std::optional<at::Tensor>& lengths, const std::optional<at::Tensor>& cu_seqlens,
@@ -90,6 +139,7 @@ std::tuple<at::Tensor, at::Tensor> attention_forward_autograd(
 
 TORCH_LIBRARY_IMPL(electra_fast, Autograd, m) {
   m.impl("attention_forward", &attention_forward_autograd);
+  m.impl("dropout_add_layer_norm", &dropout_add_layer_norm_autograd);
 }
 
 }  // namespace electra_fast

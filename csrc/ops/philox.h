@@ -18,6 +18,7 @@ enum PhiloxStream : uint32_t {
   kStreamMasking = 1,
   kStreamSampling = 2,
   kStreamAttentionDropout = 3,
+  kStreamResidualDropout = 4,
 };
 
 struct Philox4 {

@@ -54,6 +54,16 @@ TORCH_LIBRARY(electra_fast, m) {
       "attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
       "Tensor? lengths, Tensor? cu_seqlens, int max_seqlen, Tensor? seed, float dropout_p, "
       "float softmax_scale) -> (Tensor, Tensor, Tensor)");
+  // LayerNorm(residual + dropout(x)) * weight + bias over the last dimension (layer_norm.h):
+  // returns (out, mean, rstd), the statistics fp32 of x's shape without its last dimension. The
+  // backward recomputes the sum and the dropout mask from x, residual and `seed`.
+  m.def(
+      "dropout_add_layer_norm(Tensor x, Tensor residual, Tensor weight, Tensor bias, "
+      "Tensor? seed, float dropout_p, float eps) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "dropout_add_layer_norm_backward(Tensor grad_out, Tensor x, Tensor residual, "
+      "Tensor weight, Tensor mean, Tensor rstd, Tensor? seed, float dropout_p) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 // Test-only ops (no CPU kernel, no Python wrapper), for tests/ops/test_wgmma.py.

@@ -7,12 +7,14 @@ encoder either keeps the padded layout (keys past each length are ignored) or, w
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from electra_fast.model.config import ElectraConfig
-from electra_fast.ops import attention
+from electra_fast.ops import attention, dropout_add_layer_norm
 from electra_fast.ops._common import draw_philox_keys, may_synchronise
 
 _ACTIVATIONS = {
@@ -44,7 +46,8 @@ class Embeddings(nn.Module):
 
 class Layer(nn.Module):
     """Self-attention and feed-forward blocks, each followed by residual + LayerNorm. Query, key
-    and value come from one matmul."""
+    and value come from one matmul; each block's dropout, residual sum and LayerNorm are one op
+    (dropout_add_layer_norm)."""
 
     def __init__(self, config: ElectraConfig):
         super().__init__()
@@ -57,24 +60,33 @@ class Layer(nn.Module):
         self.ffn_out = nn.Linear(config.intermediate_size, H)
         self.ffn_norm = nn.LayerNorm(H, eps=config.layer_norm_eps)
         self.activation = _ACTIVATIONS[config.hidden_act]
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.hidden_dropout = config.hidden_dropout_prob
         self.attention_dropout = config.attention_probs_dropout_prob
 
     def forward(
-        self, x: torch.Tensor, layout: dict, dropout_seed: torch.Tensor | None = None
+        self, x: torch.Tensor, layout: dict, seeds: Sequence[torch.Tensor | None] = (None,) * 3
     ) -> torch.Tensor:
         """x: [B, L, H] (layout: lengths) or packed [T, H] (layout: cu_seqlens, max_seqlen).
-        dropout_seed: the Philox key of the attention dropout (default: a draw of its own)."""
+        seeds: the Philox keys of the attention dropout and of the two blocks' dropouts (None:
+        each a draw of its own)."""
         q, k, v = self.qkv(x).unflatten(-1, (3, self.heads, self.head_dim)).unbind(-3)
-        dropout_p = self.attention_dropout if self.training else 0.0
+        attention_p = self.attention_dropout if self.training else 0.0
+        hidden_p = self.hidden_dropout if self.training else 0.0
         # The encoder checked the layout once for all layers.
         context = attention(
-            q, k, v, dropout_p=dropout_p, seed=dropout_seed, check_values=False, **layout
+            q, k, v, dropout_p=attention_p, seed=seeds[0], check_values=False, **layout
         )
-        context = context.flatten(-2)
-        x = self.attention_norm(x + self.dropout(self.attention_out(context)))
+        x = self._add_norm(self.attention_out(context.flatten(-2)), x, self.attention_norm,
+                           hidden_p, seeds[1])  # fmt: skip
         feed_forward = self.ffn_out(self.activation(self.ffn_in(x)))
-        return self.ffn_norm(x + self.dropout(feed_forward))
+        return self._add_norm(feed_forward, x, self.ffn_norm, hidden_p, seeds[2])
+
+    @staticmethod
+    def _add_norm(branch, x, norm: nn.LayerNorm, dropout_p: float, seed) -> torch.Tensor:
+        """norm(x + dropout(branch))."""
+        return dropout_add_layer_norm(
+            branch, x, norm.weight, norm.bias, dropout_p=dropout_p, eps=norm.eps, seed=seed
+        )
 
 
 class Encoder(nn.Module):
@@ -112,13 +124,16 @@ class Encoder(nn.Module):
         return x.new_zeros(x.shape).index_put((keep,), packed)
 
     def _layers(self, x, layout):
-        # The layers' attention-dropout keys in one draw, not one per layer: on a GPU each draw
-        # is a kernel launch, and the host issuing launches is what limits a small model's step.
-        seeds = [None] * len(self.layers)
-        if self.training and self.config.attention_probs_dropout_prob > 0 and seeds:
-            seeds = draw_philox_keys(x.device, None, (len(seeds),)).unbind()
-        for layer, seed in zip(self.layers, seeds, strict=True):
-            x = layer(x, layout, seed)
+        # The layers' dropout keys (attention, then each block's output) in one draw, not one
+        # per op: on a GPU each draw is a kernel launch, and the host issuing launches is what
+        # limits a small model's step.
+        seeds = [(None,) * 3] * len(self.layers)
+        c = self.config
+        dropout = c.attention_probs_dropout_prob > 0 or c.hidden_dropout_prob > 0
+        if self.training and dropout and seeds:
+            seeds = [row.unbind() for row in draw_philox_keys(x.device, None, (len(seeds), 3))]
+        for layer, layer_seeds in zip(self.layers, seeds, strict=True):
+            x = layer(x, layout, layer_seeds)
         return x
 
 

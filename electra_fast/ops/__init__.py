@@ -2,6 +2,7 @@
 
 from electra_fast._extension import OP_NAMES
 from electra_fast.ops.attention import attention
+from electra_fast.ops.layer_norm import dropout_add_layer_norm
 from electra_fast.ops.masking import MaskedTokens, mask_tokens, mask_tokens_reference
 from electra_fast.ops.sampling import (
     DiscriminatorInputs,
@@ -19,6 +20,7 @@ __all__ = [
     "GeneratorStep",
     "MaskedTokens",
     "build_discriminator_inputs",
+    "dropout_add_layer_norm",
     "generator_step",
     "generator_step_linear",
     "generator_step_reference",

@@ -16,6 +16,7 @@ _WEYL = (0x9E3779B9, 0xBB67AE85)
 STREAM_MASKING = 1
 STREAM_SAMPLING = 2
 STREAM_ATTENTION_DROPOUT = 3
+STREAM_RESIDUAL_DROPOUT = 4
 
 
 def _mulhilo(multiplier: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -49,35 +49,43 @@ def test_unpadded_encoder_equals_padded_one():
         torch.testing.assert_close(padded_model(ids, mask)[keep], packed_model(ids, mask)[keep])
 
 
-def test_each_layer_drops_attention_with_its_own_key_from_one_draw(monkeypatch):
-    """In training the layers' attention-dropout keys are one draw, a different key per layer;
-    in eval, or without attention dropout, nothing is drawn."""
+def test_each_dropout_of_each_layer_has_its_own_key_from_one_draw(monkeypatch):
+    """In training the layers' dropout keys (attention, the two blocks' outputs) are one draw,
+    a different key for each; in eval, or without dropout, nothing is drawn."""
     from electra_fast.model import modeling
 
     seeds, draws = [], []
 
     def attention(*args, seed=None, **kwargs):
-        seeds.append(seed)
+        seeds.append(("attention", seed))
         return real_attention(*args, seed=seed, **kwargs)
+
+    def add_norm(*args, seed=None, **kwargs):
+        seeds.append(("block", seed))
+        return real_add_norm(*args, seed=seed, **kwargs)
 
     def draw(*args):
         draws.append(real_draw(*args))
         return draws[-1]
 
-    real_attention, real_draw = modeling.attention, modeling.draw_philox_keys
+    real_attention, real_add_norm = modeling.attention, modeling.dropout_add_layer_norm
+    real_draw = modeling.draw_philox_keys
     monkeypatch.setattr(modeling, "attention", attention)
+    monkeypatch.setattr(modeling, "dropout_add_layer_norm", add_norm)
     monkeypatch.setattr(modeling, "draw_philox_keys", draw)
     config = ElectraConfig(**{**TINY.__dict__, "num_hidden_layers": 3})
     model = ElectraDiscriminator(config).train()
     ids = torch.randint(0, 50, (2, 9))
     model(ids)
-    assert len(draws) == 1 and draws[0].shape == (3,)
-    assert torch.equal(torch.stack(seeds), draws[0]) and len(set(draws[0].tolist())) == 3
+    assert len(draws) == 1 and draws[0].shape == (3, 3)
+    assert [kind for kind, _ in seeds] == ["attention", "block", "block"] * 3
+    assert torch.equal(torch.stack([seed for _, seed in seeds]), draws[0].flatten())
+    assert len(set(draws[0].flatten().tolist())) == 9
     seeds.clear()
     model.eval()(ids)
-    no_dropout = ElectraConfig(**{**TINY.__dict__, "attention_probs_dropout_prob": 0.0})
-    ElectraDiscriminator(no_dropout).train()(ids)
-    assert seeds == [None] * 5 and len(draws) == 1
+    no_dropout = {"attention_probs_dropout_prob": 0.0, "hidden_dropout_prob": 0.0}
+    ElectraDiscriminator(ElectraConfig(**{**TINY.__dict__, **no_dropout})).train()(ids)
+    assert [seed for _, seed in seeds] == [None] * 15 and len(draws) == 1
 
 
 @pytest.mark.parametrize(

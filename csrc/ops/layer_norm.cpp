@@ -1,0 +1,259 @@
+// dropout_add_layer_norm on the CPU (layer_norm.h): rows in parallel, each row's passes over
+// float scratch rows in loops that vectorise (cpu_clones.h); a row's sums are kLanes partial sums
+// combined in a fixed order. The weight and bias gradients are summed over fixed blocks of
+// rows and then over the blocks in order, so they do not depend on the number of threads: a
+// resumed run must end with the bits of an uninterrupted one.
+#include "layer_norm.h"
+
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <tuple>
+#include <type_traits>
+#include <vector>
+
+#include "checks.h"
+#include "cpu_clones.h"
+
+namespace electra_fast {
+
+ResidualDropout check_dropout_add_layer_norm(const at::Tensor& x, const at::Tensor& residual,
+                                             const at::Tensor& weight, const at::Tensor& bias,
+                                             const std::optional<at::Tensor>& seed,
+                                             double dropout_p, double eps, bool read_seed) {
+  TORCH_CHECK_VALUE(x.dim() >= 1 && x.size(-1) >= 1, "x must have a last dimension, got shape ",
+                    x.sizes());
+  EF_CHECK_CONTIGUOUS(x);
+  EF_CHECK_CONTIGUOUS(residual);
+  TORCH_CHECK_VALUE(residual.sizes() == x.sizes(), "residual must have x's shape ", x.sizes(),
+                    ", got ", residual.sizes());
+  EF_CHECK_DEVICE(residual, x.device());
+  const auto rt = residual.scalar_type(), xt = x.scalar_type();
+  EF_CHECK_DTYPE(residual, rt == at::kFloat || rt == at::kBFloat16 || rt == at::kHalf,
+                 "float32, bfloat16 or float16");
+  EF_CHECK_DTYPE(x, xt == rt || (rt == at::kFloat && (xt == at::kBFloat16 || xt == at::kHalf)),
+                 "residual's dtype, or bfloat16/float16 with a float32 residual");
+  const int64_t H = x.size(-1);
+  for (const at::Tensor* t : {&weight, &bias}) {
+    TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == H && t->scalar_type() == at::kFloat &&
+                          t->is_contiguous() && t->device() == x.device(),
+                      t == &weight ? "weight" : "bias", " must be contiguous float32 of shape [", H,
+                      "] on ", x.device(), ", got ", t->scalar_type(), " ", t->sizes(), " on ",
+                      t->device());
+  }
+  TORCH_CHECK_VALUE(dropout_p >= 0.0 && dropout_p < 1.0, "dropout_p must be in [0, 1), got ",
+                    dropout_p);
+  TORCH_CHECK_VALUE(eps > 0.0 && std::isfinite(eps), "eps must be positive, got ", eps);
+  ResidualDropout drop{0, 0, 1.0f, (H + 7) / 8};
+  if (dropout_p > 0.0) {
+    TORCH_CHECK_VALUE(seed.has_value(), "seed is required when dropout_p > 0");
+    EF_CHECK_DIM(*seed, 0);
+    EF_CHECK_DTYPE(*seed, seed->scalar_type() == at::kLong, "int64");
+    EF_CHECK_DEVICE(*seed, x.device());
+    drop.threshold = static_cast<uint32_t>(std::min(65535.0, std::nearbyint(dropout_p * 65536.0)));
+    drop.scale = static_cast<float>(65536.0 / (65536.0 - drop.threshold));
+    if (read_seed) drop.seed = static_cast<uint64_t>(seed->item<int64_t>());
+  }
+  return drop;
+}
+
+ResidualDropout check_dropout_add_layer_norm_backward(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& residual,
+    const at::Tensor& weight, const at::Tensor& mean, const at::Tensor& rstd,
+    const std::optional<at::Tensor>& seed, double dropout_p, bool read_seed) {
+  // The forward's checks, the weight standing in for the bias (which the backward does not take).
+  const ResidualDropout drop =
+      check_dropout_add_layer_norm(x, residual, weight, weight, seed, dropout_p, 1.0, read_seed);
+  TORCH_CHECK_VALUE(grad_out.sizes() == residual.sizes() &&
+                        grad_out.scalar_type() == residual.scalar_type() &&
+                        grad_out.device() == residual.device(),
+                    "grad_out must have the output's shape ", residual.sizes(), ", dtype ",
+                    residual.scalar_type(), " and device, got ", grad_out.sizes(), " ",
+                    grad_out.scalar_type(), " on ", grad_out.device());
+  const int64_t rows = residual.numel() / residual.size(-1);
+  for (const at::Tensor* t : {&mean, &rstd}) {
+    TORCH_CHECK_VALUE(t->numel() == rows && t->scalar_type() == at::kFloat && t->is_contiguous() &&
+                          t->device() == residual.device(),
+                      t == &mean ? "mean" : "rstd", " must be contiguous float32 with ", rows,
+                      " elements on ", residual.device(), ", got ", t->scalar_type(), " ",
+                      t->sizes());
+  }
+  return drop;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> new_dropout_add_layer_norm_outputs(
+    const at::Tensor& x, const at::Tensor& residual) {
+  const auto stats_shape = x.sizes().slice(0, x.dim() - 1);
+  return {at::empty_like(residual), at::empty(stats_shape, x.options().dtype(at::kFloat)),
+          at::empty(stats_shape, x.options().dtype(at::kFloat))};
+}
+
+namespace {
+
+constexpr int64_t kRowsPerBlock = 32;  // of the weight and bias gradients' partial sums
+constexpr int kLanes = 8;              // partial sums of a row's reductions
+
+// keep[c] = 1 where column c of `row` survives the dropout (everywhere without dropout).
+void keep_mask(const ResidualDropout& drop, int64_t row, int64_t H, uint8_t* keep) {
+  for (int64_t g = 0; g < drop.groups; ++g) {
+    const uint32_t bits = drop.keep_bits(row, g);
+    for (int64_t c = 8 * g; c < std::min(H, 8 * g + 8); ++c) keep[c] = (bits >> (c - 8 * g)) & 1u;
+  }
+}
+
+// The sum of v[0, n), in kLanes partial sums that vectorise, combined in a fixed order.
+EF_INLINE float total(const float* v, int64_t n) {
+  float lanes[kLanes] = {};
+  int64_t c = 0;
+  for (; c + kLanes <= n; c += kLanes) {
+    for (int i = 0; i < kLanes; ++i) lanes[i] += v[c + i];
+  }
+  for (; c < n; ++c) lanes[c % kLanes] += v[c];
+  return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) +
+         ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+}
+
+// s = residual + x * keep * scale; a dropped element is 0 even where x is not finite.
+template <typename x_t, typename r_t>
+EF_INLINE void row_sum(const x_t* x, const r_t* r, const uint8_t* keep, float scale, int64_t H,
+                       float* s) {
+  for (int64_t c = 0; c < H; ++c) {
+    s[c] = static_cast<float>(r[c]) + (keep[c] ? static_cast<float>(x[c]) * scale : 0.0f);
+  }
+}
+
+// One row of the forward; `s` and `d` are scratch rows. Returns (mean, rstd).
+template <typename x_t, typename r_t>
+EF_CPU_CLONES std::pair<float, float> forward_row(const x_t* x, const r_t* r, const float* w,
+                                                  const float* b, const uint8_t* keep, float scale,
+                                                  int64_t H, float eps, float* s, float* d,
+                                                  r_t* out) {
+  row_sum(x, r, keep, scale, H, s);
+  const float mean = total(s, H) / static_cast<float>(H);
+  for (int64_t c = 0; c < H; ++c) d[c] = (s[c] - mean) * (s[c] - mean);
+  const float rstd = 1.0f / std::sqrt(total(d, H) / static_cast<float>(H) + eps);
+  for (int64_t c = 0; c < H; ++c) out[c] = static_cast<r_t>((s[c] - mean) * rstd * w[c] + b[c]);
+  return {mean, rstd};
+}
+
+// One row of the backward: writes dx and dresidual and adds to the block's dw and db. `xhat`,
+// `g` and `gx` are scratch rows.
+template <typename x_t, typename r_t>
+EF_CPU_CLONES void backward_row(const r_t* dy, const x_t* x, const r_t* r, const float* w,
+                                const uint8_t* keep, float scale, int64_t H, float mean, float rstd,
+                                float* xhat, float* g, float* gx, float* dw, float* db, x_t* dx,
+                                r_t* dr) {
+  row_sum(x, r, keep, scale, H, xhat);
+  for (int64_t c = 0; c < H; ++c) {
+    xhat[c] = (xhat[c] - mean) * rstd;
+    const float dy_c = static_cast<float>(dy[c]);
+    g[c] = dy_c * w[c];
+    gx[c] = g[c] * xhat[c];
+    dw[c] += dy_c * xhat[c];
+    db[c] += dy_c;
+  }
+  const float mean_g = total(g, H) / static_cast<float>(H);
+  const float mean_gx = total(gx, H) / static_cast<float>(H);
+  for (int64_t c = 0; c < H; ++c) {
+    const float ds = rstd * (g[c] - mean_g - xhat[c] * mean_gx);
+    dr[c] = static_cast<r_t>(ds);
+    dx[c] = static_cast<x_t>(keep[c] ? ds * scale : 0.0f);
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> dropout_add_layer_norm_cpu(
+    const at::Tensor& x, const at::Tensor& residual, const at::Tensor& weight,
+    const at::Tensor& bias, const std::optional<at::Tensor>& seed, double dropout_p, double eps) {
+  const ResidualDropout drop =
+      check_dropout_add_layer_norm(x, residual, weight, bias, seed, dropout_p, eps, true);
+  const int64_t H = x.size(-1), M = x.numel() / H;
+  auto [out, mean, rstd] = new_dropout_add_layer_norm_outputs(x, residual);
+  dispatch_dtypes(x.scalar_type(), residual.scalar_type(), [&](auto* x_type, auto* r_type) {
+    using x_t = std::remove_pointer_t<decltype(x_type)>;
+    using r_t = std::remove_pointer_t<decltype(r_type)>;
+    const x_t* xp = x.const_data_ptr<x_t>();
+    const r_t* rp = residual.const_data_ptr<r_t>();
+    r_t* op = out.mutable_data_ptr<r_t>();
+    float* mp = mean.mutable_data_ptr<float>();
+    float* sp = rstd.mutable_data_ptr<float>();
+    at::parallel_for(0, M, std::max<int64_t>(1, 16384 / H), [&](int64_t begin, int64_t end) {
+      std::vector<float> s(H), d(H);
+      std::vector<uint8_t> keep(H);
+      for (int64_t row = begin; row < end; ++row) {
+        keep_mask(drop, row, H, keep.data());
+        std::tie(mp[row], sp[row]) =
+            forward_row(xp + row * H, rp + row * H, weight.const_data_ptr<float>(),
+                        bias.const_data_ptr<float>(), keep.data(), drop.scale, H,
+                        static_cast<float>(eps), s.data(), d.data(), op + row * H);
+      }
+    });
+  });
+  return {out, mean, rstd};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dropout_add_layer_norm_backward_cpu(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& residual,
+    const at::Tensor& weight, const at::Tensor& mean, const at::Tensor& rstd,
+    const std::optional<at::Tensor>& seed, double dropout_p) {
+  const ResidualDropout drop = check_dropout_add_layer_norm_backward(
+      grad_out, x, residual, weight, mean, rstd, seed, dropout_p, true);
+  const at::Tensor dy = grad_out.contiguous();
+  const int64_t H = x.size(-1), M = x.numel() / H;
+  const int64_t blocks = (M + kRowsPerBlock - 1) / kRowsPerBlock;
+  at::Tensor grad_x = at::empty_like(x), grad_residual = at::empty_like(residual);
+  // Per block of rows: H weight-gradient sums, then H bias-gradient sums.
+  std::vector<float> partial(static_cast<size_t>(blocks) * 2 * H, 0.0f);
+  dispatch_dtypes(x.scalar_type(), residual.scalar_type(), [&](auto* x_type, auto* r_type) {
+    using x_t = std::remove_pointer_t<decltype(x_type)>;
+    using r_t = std::remove_pointer_t<decltype(r_type)>;
+    const x_t* xp = x.const_data_ptr<x_t>();
+    const r_t* rp = residual.const_data_ptr<r_t>();
+    const r_t* gp = dy.const_data_ptr<r_t>();
+    const float* mp = mean.const_data_ptr<float>();
+    const float* sp = rstd.const_data_ptr<float>();
+    x_t* dxp = grad_x.mutable_data_ptr<x_t>();
+    r_t* drp = grad_residual.mutable_data_ptr<r_t>();
+    at::parallel_for(0, blocks, 1, [&](int64_t first, int64_t last) {
+      std::vector<float> xhat(H), g(H), gx(H);
+      std::vector<uint8_t> keep(H);
+      for (int64_t block = first; block < last; ++block) {
+        float* dw = partial.data() + block * 2 * H;
+        for (int64_t row = block * kRowsPerBlock; row < std::min(M, (block + 1) * kRowsPerBlock);
+             ++row) {
+          keep_mask(drop, row, H, keep.data());
+          backward_row(gp + row * H, xp + row * H, rp + row * H, weight.const_data_ptr<float>(),
+                       keep.data(), drop.scale, H, mp[row], sp[row], xhat.data(), g.data(),
+                       gx.data(), dw, dw + H, dxp + row * H, drp + row * H);
+        }
+      }
+    });
+  });
+  at::Tensor grad_weight = at::empty({H}, weight.options());
+  at::Tensor grad_bias = at::empty({H}, weight.options());
+  float* gw = grad_weight.mutable_data_ptr<float>();
+  float* gb = grad_bias.mutable_data_ptr<float>();
+  at::parallel_for(0, H, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      double w_sum = 0.0, b_sum = 0.0;
+      for (int64_t block = 0; block < blocks; ++block) {
+        w_sum += partial[block * 2 * H + c];
+        b_sum += partial[block * 2 * H + H + c];
+      }
+      gw[c] = static_cast<float>(w_sum);
+      gb[c] = static_cast<float>(b_sum);
+    }
+  });
+  return {grad_x, grad_residual, grad_weight, grad_bias};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(electra_fast, CPU, m) {
+  m.impl("dropout_add_layer_norm", &dropout_add_layer_norm_cpu);
+  m.impl("dropout_add_layer_norm_backward", &dropout_add_layer_norm_backward_cpu);
+}
+
+}  // namespace electra_fast

@@ -1,0 +1,144 @@
+"""The end of each block of a post-LayerNorm encoder in one op: LayerNorm(residual + dropout(x)).
+
+Where a compiled kernel takes the call (csrc/ops/layer_norm.cpp on the CPU, csrc/ops/cuda/
+layer_norm.cu for a last dimension that is a multiple of 8 up to 6144), one pass reads x and
+residual and writes the output, the row's mean and 1/std; the backward recomputes the sum and
+the dropout mask from x, residual and the Philox key, so neither is stored. Otherwise the
+plain-torch reference below computes the same function (same dropout stream).
+
+Dropout: element (r, c) of the [M, H] rows is kept when the 16-bit half c % 8 of the Philox
+element r * ceil(H / 8) + c / 8 (stream 4) is at least round(p * 2^16); kept values are scaled by
+2^16 / (2^16 - t), as in the attention dropout (csrc/ops/layer_norm.h). The sum is formed in
+fp32 and never rounded to the input dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from electra_fast import _extension
+from electra_fast.ops._common import philox_key
+from electra_fast.ops._philox import STREAM_RESIDUAL_DROPOUT, philox_elements
+from electra_fast.ops.attention import dropout_keep_scale, dropout_threshold
+
+OP = "dropout_add_layer_norm"
+FLOATS = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+CUDA_MAX_HIDDEN = 6144
+
+
+def dropout_add_layer_norm(
+    x: torch.Tensor,
+    residual: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    *,
+    dropout_p: float = 0.0,
+    eps: float = 1e-5,
+    generator: torch.Generator | None = None,
+    seed: int | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """layer_norm(residual + dropout(x, dropout_p)) * weight + bias over the last dimension.
+
+    Args:
+        x: [..., H]: the block's output (a linear layer's, under autocast often bfloat16).
+        residual: x's shape: the block's input. The output has the dtype both promote to (float32
+            for a bfloat16 x and a float32 residual, as `residual + x` would).
+        weight, bias: [H], the LayerNorm's affine parameters.
+        dropout_p: dropout on x, in [0, 1).
+        eps: added to the variance.
+        generator, seed: where the Philox key of the dropout comes from, as for mask_tokens.
+
+    Returns:
+        The normalised sum, differentiable in x, residual, weight and bias.
+    """
+    _check_inputs(x, residual, weight, bias, dropout_p, eps)
+    # (promote_types is an op of its own: a trip through the dispatcher saved per layer.)
+    dtype = x.dtype if x.dtype == residual.dtype else torch.promote_types(x.dtype, residual.dtype)
+    residual = residual.to(dtype).contiguous()
+    mixed = dtype == torch.float32 and x.dtype in (torch.bfloat16, torch.float16)
+    x = (x if mixed else x.to(dtype)).contiguous()
+    key = philox_key(x.device, generator, seed, like="x") if dropout_p > 0 else None
+    if use_kernel(x, dtype):
+        out, _, _ = torch.ops.electra_fast.dropout_add_layer_norm(
+            x, residual, weight.float(), bias.float(), key, float(dropout_p), float(eps)
+        )
+        return out
+    return dropout_add_layer_norm_reference(x, residual, weight, bias, key, dropout_p, eps)
+
+
+def use_kernel(x: torch.Tensor, dtype: torch.dtype) -> bool:
+    """Whether a call with this x (after the dtypes were matched) runs the compiled kernel."""
+    if dtype == torch.float64 or not _extension.use_kernel(OP, x.device):
+        return False
+    H = x.shape[-1]
+    return x.device.type == "cpu" or (H % 8 == 0 and H <= CUDA_MAX_HIDDEN)
+
+
+def residual_keep_mask(
+    seed: torch.Tensor, rows: int, H: int, dropout_p: float, device: torch.device
+) -> torch.Tensor:
+    """[rows, H] bool: which elements of x survive the dropout."""
+    groups = (H + 7) // 8
+    index = torch.arange(rows * groups, device=device).view(rows, groups)
+    words = torch.stack(philox_elements(seed, index, STREAM_RESIDUAL_DROPOUT), dim=-1)
+    halves = torch.stack((words & 0xFFFF, words >> 16), dim=-1).flatten(1)[:, :H]
+    return halves >= dropout_threshold(dropout_p)
+
+
+def dropout_add_layer_norm_reference(x, residual, weight, bias, seed, dropout_p, eps):
+    """Plain torch, in fp32 (fp64 for fp64 inputs), differentiable; `seed` the Philox key."""
+    compute = torch.float64 if residual.dtype == torch.float64 else torch.float32
+    branch = x.to(compute)
+    if dropout_p > 0:
+        keep = residual_keep_mask(seed, x.numel() // x.shape[-1], x.shape[-1], dropout_p, x.device)
+        # A dropped element is 0 even where x is not finite, as in the kernels.
+        scaled = branch * dropout_keep_scale(dropout_p)
+        branch = torch.where(keep.view(x.shape), scaled, scaled.new_zeros(()))
+    total = residual.to(compute) + branch
+    out = F.layer_norm(total, x.shape[-1:], weight.to(compute), bias.to(compute), eps)
+    return out.to(residual.dtype)
+
+
+def _check_inputs(x, residual, weight, bias, dropout_p, eps) -> None:
+    for name, t in (("x", x), ("residual", residual), ("weight", weight), ("bias", bias)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a tensor, got {type(t).__name__}")
+        if t.dtype not in FLOATS:
+            raise TypeError(f"{name} must be float32, bfloat16 or float16, got {t.dtype}")
+        if t.device != x.device:
+            raise ValueError(f"{name} must be on x's device {x.device}, got {t.device}")
+    if x.dim() < 1 or x.shape[-1] < 1:
+        raise ValueError(f"x must have a last dimension, got shape {tuple(x.shape)}")
+    if residual.shape != x.shape:
+        raise ValueError(
+            f"residual must have x's shape {tuple(x.shape)}, got {tuple(residual.shape)}"
+        )
+    H = x.shape[-1]
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t.shape != (H,):
+            raise ValueError(f"{name} must have shape [{H}], got {tuple(t.shape)}")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+    if not eps > 0:
+        raise ValueError(f"eps must be positive, got {eps}")
+
+
+def _forward_fake(x, residual, weight, bias, seed, dropout_p, eps):
+    stats = residual.new_empty(residual.shape[:-1], dtype=torch.float32)
+    return torch.empty_like(residual), stats, torch.empty_like(stats)
+
+
+def _backward_fake(grad_out, x, residual, weight, mean, rstd, seed, dropout_p):
+    return (
+        torch.empty_like(x),
+        torch.empty_like(residual),
+        torch.empty_like(weight),
+        torch.empty_like(weight),
+    )
+
+
+if _extension.EXTENSION_LOADED:
+    # The autograd formula is registered in C++ (csrc/ops/autograd.cpp).
+    torch.library.register_fake(f"{_extension.LIBRARY}::{OP}")(_forward_fake)
+    torch.library.register_fake(f"{_extension.LIBRARY}::{OP}_backward")(_backward_fake)

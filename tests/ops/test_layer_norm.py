@@ -1,0 +1,244 @@
+"""dropout_add_layer_norm on the compiled kernels (CPU, CUDA) and on the torch reference: against
+torch's own layer_norm given the dropout mask, in float64 for the error budget; the dropout
+stream (rate, the same mask in both passes, reproducible, CPU = CUDA); weight and bias gradients
+that do not depend on the thread count; opcheck, compile and bad input."""
+
+import math
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from electra_fast import _extension, dropout_add_layer_norm
+from electra_fast.ops.attention import dropout_keep_scale
+from electra_fast.ops.layer_norm import residual_keep_mask
+
+OP = "dropout_add_layer_norm"
+
+
+@pytest.fixture
+def impl(implementation, monkeypatch):
+    monkeypatch.setattr(_extension, "FORCE_REFERENCE", implementation == "reference")
+    return implementation
+
+
+def inputs(shape, x_dtype=torch.float32, r_dtype=torch.float32, device="cpu", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    H = shape[-1]
+    x = torch.randn(shape, generator=g).to(x_dtype)
+    residual = (torch.randn(shape, generator=g) * 3 + 1).to(r_dtype)
+    weight = torch.randn(H, generator=g) * 0.5 + 1
+    bias = torch.randn(H, generator=g) * 0.1
+    return [t.to(device) for t in (x, residual, weight, bias)]
+
+
+def oracle(x, residual, weight, bias, keep, p, eps):
+    """torch's layer_norm in float64 on residual + x * keep * scale."""
+    branch = x.double() if keep is None else x.double() * keep * dropout_keep_scale(p)
+    total = residual.double() + branch
+    return F.layer_norm(total, x.shape[-1:], weight.double(), bias.double(), eps)
+
+
+def run(fn, tensors, grad):
+    leaves = [t.detach().clone().requires_grad_() for t in tensors]
+    out = fn(*leaves)
+    out.backward(grad.to(out.dtype))
+    return out, [t.grad for t in leaves]
+
+
+SHAPES = [(1, 8), (3, 5, 64), (2, 77, 256), (4, 1024), (6, 40)]
+DTYPES = [  # x, residual: all float32 (CPU training), autocast's mix, all half
+    (torch.float32, torch.float32),
+    (torch.bfloat16, torch.float32),
+    (torch.float16, torch.float32),
+    (torch.bfloat16, torch.bfloat16),
+    (torch.float16, torch.float16),
+]
+
+
+@pytest.mark.parametrize("p", [0.0, 0.1])
+@pytest.mark.parametrize("dtypes", DTYPES, ids=lambda d: f"{d[0]}-{d[1]}".replace("torch.", ""))
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_equals_layer_norm_of_the_dropped_sum(impl, device, shape, dtypes, p):
+    """Output and all four gradients against float64 layer_norm with the same mask: fp32 to
+    about 1e-5; a half-precision output to the rounding of its dtype."""
+    x, residual, weight, bias = inputs(shape, *dtypes, device=device)
+    eps, seed = 1e-12, torch.tensor(99, device=device)
+    rows, H = x.numel() // shape[-1], shape[-1]
+    keep = residual_keep_mask(seed, rows, H, p, device).view(shape) if p > 0 else None
+    grad = torch.randn(shape, generator=torch.Generator().manual_seed(1)).to(device)
+
+    def ours(x, residual, weight, bias):
+        return dropout_add_layer_norm(x, residual, weight, bias, dropout_p=p, eps=eps, seed=seed)
+
+    def exact(x, residual, weight, bias):
+        return oracle(x, residual, weight, bias, keep, p, eps)
+
+    out, grads = run(ours, (x, residual, weight, bias), grad)
+    want, want_grads = run(exact, (x, residual, weight, bias), grad)
+    assert out.dtype == dtypes[1]
+    half = dtypes[1] != torch.float32
+    tolerance = dict(rtol=1e-2, atol=2e-2) if half else dict(rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.double(), want, **tolerance)
+    for name, got, wanted in zip(("x", "residual", "weight", "bias"), grads, want_grads,
+                                 strict=True):  # fmt: skip
+        # The gradients of half-precision x and residual are rounded to their dtype; the
+        # weight and bias gradients are sums over the rows of fp32 terms.
+        rounded = half or (name == "x" and dtypes[0] != torch.float32)
+        scale = max(1.0, wanted.abs().max().item())
+        tol = dict(rtol=2e-2, atol=2e-2 * scale) if rounded else dict(rtol=1e-4, atol=1e-4 * scale)
+        torch.testing.assert_close(got.double(), wanted.double(), msg=name, **tol)
+        assert got.dtype == {"x": x.dtype, "residual": residual.dtype}.get(name, torch.float32)
+
+
+def test_the_reference_is_torch_without_dropout():
+    """p = 0: exactly residual + x through torch's layer_norm, in float32."""
+    x, residual, weight, bias = inputs((5, 48))
+    from electra_fast.ops.layer_norm import dropout_add_layer_norm_reference
+
+    got = dropout_add_layer_norm_reference(x, residual, weight, bias, None, 0.0, 1e-5)
+    assert torch.equal(got, F.layer_norm(residual + x, (48,), weight, bias, 1e-5))
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_dropout_keeps_one_minus_p_scaled_exactly(impl, device, p):
+    """With residual 0, weight 1 and bias 0 is out a function of the dropped x alone; with x
+    all ones the kept fraction is what the output's mean says, within binomial bounds. The
+    dropped entries are exactly the mask's."""
+    rows, H = 400, 256
+    x = torch.ones(rows, H, device=device)
+    zero, one = torch.zeros(H, device=device), torch.ones(H, device=device)
+    seed = torch.tensor(5, device=device)
+    out = dropout_add_layer_norm(x, torch.zeros_like(x), one, zero, dropout_p=p, seed=seed)
+    keep = residual_keep_mask(seed, rows, H, p, device)
+    # A row of kept scale's and dropped 0's normalises to two values: the kept ones are the
+    # larger (unless a row kept all or nothing, which these sizes make impossible in practice).
+    kept = out > out.mean(dim=1, keepdim=True)
+    assert torch.equal(kept, keep)
+    fraction = keep.float().mean().item()
+    bound = 5 * math.sqrt(p * (1 - p) / keep.numel())
+    assert abs(fraction - (1 - p)) < bound, (fraction, 1 - p, bound)
+
+
+def test_same_seed_same_output_and_the_generator_draws_the_key(impl, device):
+    x, residual, weight, bias = inputs((4, 64), device=device)
+
+    def call(**key):
+        return dropout_add_layer_norm(x, residual, weight, bias, dropout_p=0.3, **key)
+
+    assert torch.equal(call(seed=1), call(seed=1))
+    assert not torch.equal(call(seed=1), call(seed=2))
+    torch.manual_seed(0)
+    drawn = call()
+    torch.manual_seed(0)
+    assert torch.equal(drawn, call())
+
+
+def test_weight_and_bias_gradients_do_not_depend_on_the_thread_count():
+    """A resumed run must repeat an uninterrupted one bit for bit (pretraining's resume test),
+    whatever the threads: the kernel sums fixed blocks of rows in a fixed order."""
+    if not _extension.has_kernel(OP, "cpu"):
+        pytest.skip("no compiled CPU kernel in this build")
+    tensors = inputs((300, 128))
+    grad = torch.randn(300, 128)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            _, grads = run(
+                lambda *t: dropout_add_layer_norm(*t, dropout_p=0.1, seed=4), tensors, grad
+            )
+            results.append(grads)
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        for a, b in zip(results[0], other, strict=True):
+            assert torch.equal(a, b)
+
+
+def test_float64_gradcheck():
+    """float64 runs the reference; its gradients against finite differences."""
+    tensors = [t.double().requires_grad_() for t in inputs((3, 16))]
+    assert torch.autograd.gradcheck(
+        lambda *t: dropout_add_layer_norm(*t, dropout_p=0.25, seed=7), tensors
+    )
+
+
+def test_opcheck():
+    if not _extension.EXTENSION_LOADED:
+        pytest.skip("no compiled kernels in this build")
+    x, residual, weight, bias = (t.requires_grad_() for t in inputs((3, 24)))
+    args = (x, residual, weight, bias, torch.tensor(3), 0.2, 1e-5)
+    torch.library.opcheck(torch.ops.electra_fast.dropout_add_layer_norm.default, args)
+    x16 = x.detach().bfloat16().requires_grad_()
+    torch.library.opcheck(
+        torch.ops.electra_fast.dropout_add_layer_norm.default,
+        (x16,) + args[1:4] + (None, 0.0, 1e-5),
+    )
+
+
+@pytest.mark.parametrize("p", [0.0, 0.1])
+def test_compile_fullgraph(impl, p):
+    tensors = inputs((2, 9, 32), torch.bfloat16)
+    seed = torch.tensor(11)
+
+    def forward(x, residual, weight, bias):
+        return dropout_add_layer_norm(x, residual, weight, bias, dropout_p=p, seed=seed)
+
+    grad = torch.randn(2, 9, 32)
+    compiled = torch.compile(forward, fullgraph=True, backend="aot_eager")
+    got, got_grads = run(compiled, tensors, grad)
+    want, want_grads = run(forward, tensors, grad)
+    torch.testing.assert_close(got, want)
+    for a, b in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "words"),
+    [
+        (dict(residual=torch.zeros(3, 8)), ValueError, "residual must have x's shape"),
+        (dict(weight=torch.ones(7)), ValueError, "weight must have shape [8]"),
+        (dict(bias=torch.ones(2, 8)), ValueError, "bias must have shape [8]"),
+        (dict(x=torch.zeros(2, 8, dtype=torch.long)), TypeError, "x must be float32"),
+        (dict(dropout_p=1.0), ValueError, "dropout_p must be in [0, 1), got 1.0"),
+        (dict(eps=0.0), ValueError, "eps must be positive, got 0.0"),
+        (dict(residual=torch.zeros(2, 8, device="meta")), ValueError, "residual must be on x's"),
+    ],
+)
+def test_bad_input_names_the_argument(change, error, words):
+    x, residual, weight, bias = inputs((2, 8))
+    args = dict(x=x, residual=residual, weight=weight, bias=bias, dropout_p=0.1, eps=1e-5, seed=1)
+    args.update(change)
+    with pytest.raises(error, match=re.escape(words)):
+        dropout_add_layer_norm(**args)
+
+
+def test_the_kernel_op_refuses_a_missing_key():
+    if not _extension.has_kernel(OP, "cpu"):
+        pytest.skip("no compiled CPU kernel in this build")
+    x, residual, weight, bias = inputs((2, 8))
+    with pytest.raises(ValueError, match="seed is required when dropout_p > 0"):
+        torch.ops.electra_fast.dropout_add_layer_norm(x, residual, weight, bias, None, 0.1, 1e-5)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("H", [64, 256, 1024, 2048, 40])
+def test_cuda_equals_cpu(H):
+    """The same key drops the same elements on both devices (H = 40 on the GPU: a multiple of
+    8; 2048 runs the backward with one warp per block)."""
+    tensors = inputs((37, H), torch.bfloat16, torch.float32)
+    grad = torch.randn(37, H)
+
+    def call(*t):
+        return dropout_add_layer_norm(*t, dropout_p=0.1, seed=21)
+
+    out, grads = run(call, tensors, grad)
+    cuda_out, cuda_grads = run(call, [t.cuda() for t in tensors], grad.cuda())
+    torch.testing.assert_close(cuda_out.cpu(), out, rtol=1e-5, atol=1e-5)
+    assert torch.equal(cuda_grads[0].cpu() == 0, grads[0] == 0)  # the same dropped elements
+    for a, b in zip(cuda_grads, grads, strict=True):
+        torch.testing.assert_close(a.cpu().float(), b.float(), rtol=1e-2, atol=1e-2)
