@@ -17,6 +17,7 @@
 
 #include "checks.h"
 #include "cpu_clones.h"
+#include "philox_cpu.h"
 
 namespace electra_fast {
 
@@ -97,8 +98,32 @@ constexpr int64_t kRowsPerBlock = 32;  // of the weight and bias gradients' part
 constexpr int kLanes = 8;              // partial sums of a row's reductions
 
 // keep[c] = 1 where column c of `row` survives the dropout (everywhere without dropout).
+// The Philox blocks of a row are drawn kPhiloxBatch at a time (philox_cpu.h), the rest one by
+// one: the same numbers as ResidualDropout::keep_bits, which the CUDA kernel calls.
 void keep_mask(const ResidualDropout& drop, int64_t row, int64_t H, uint8_t* keep) {
-  for (int64_t g = 0; g < drop.groups; ++g) {
+  if (drop.threshold == 0) {
+    std::fill(keep, keep + H, uint8_t{1});
+    return;
+  }
+  uint32_t low[kPhiloxBatch], high[kPhiloxBatch];
+  PhiloxBatch words;
+  int64_t g0 = 0;
+  for (; g0 + kPhiloxBatch <= drop.groups; g0 += kPhiloxBatch) {
+    for (int j = 0; j < kPhiloxBatch; ++j) {
+      const uint64_t index = static_cast<uint64_t>(row * drop.groups + g0 + j);
+      low[j] = static_cast<uint32_t>(index);
+      high[j] = static_cast<uint32_t>(index >> 32);
+    }
+    philox_batch(low, high, kStreamResidualDropout, 0u, static_cast<uint32_t>(drop.seed),
+                 static_cast<uint32_t>(drop.seed >> 32), words);
+    for (int j = 0; j < kPhiloxBatch; ++j) {
+      const uint32_t bits = keep_halves(words, j, drop.threshold);
+      for (int64_t c = 8 * (g0 + j); c < std::min(H, 8 * (g0 + j) + 8); ++c) {
+        keep[c] = (bits >> (c - 8 * (g0 + j))) & 1u;
+      }
+    }
+  }
+  for (int64_t g = g0; g < drop.groups; ++g) {
     const uint32_t bits = drop.keep_bits(row, g);
     for (int64_t c = 8 * g; c < std::min(H, 8 * g + 8); ++c) keep[c] = (bits >> (c - 8 * g)) & 1u;
   }

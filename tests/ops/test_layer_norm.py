@@ -47,7 +47,7 @@ def run(fn, tensors, grad):
     return out, [t.grad for t in leaves]
 
 
-SHAPES = [(1, 8), (3, 5, 64), (2, 77, 256), (4, 1024), (6, 40)]
+SHAPES = [(1, 8), (3, 5, 64), (2, 77, 256), (4, 1024), (6, 40), (2, 255), (3, 263)]
 DTYPES = [  # x, residual: all float32 (CPU training), autocast's mix, all half
     (torch.float32, torch.float32),
     (torch.bfloat16, torch.float32),
