@@ -109,9 +109,9 @@ class AdamWeightDecay(torch.optim.Optimizer):
     def _buckets(self) -> list[list[_Bucket]]:
         """Per parameter group, its parameters that have a gradient, by (device, dtype) (the
         fused kernel and _foreach_norm take one of each at a time), with their moments
-        (allocated here the first time). Sorting the parameters costs about as much host time
-        as the update's kernel launch, so it is kept while every parameter of the last sort
-        still has a gradient and the groups are the same lists."""
+        (allocated here the first time). The sort, a Python loop over every parameter at every
+        step otherwise, is kept while every parameter of the last sort still has a gradient
+        and the groups are the same lists."""
         groups = [group["params"] for group in self.param_groups]
         cached = self._cached_buckets
         if (
