@@ -42,8 +42,9 @@ def dropout_add_layer_norm(
 
     Args:
         x: [..., H]: the block's output (a linear layer's, under autocast often bfloat16).
-        residual: x's shape: the block's input. The output has the dtype both promote to (float32
-            for a bfloat16 x and a float32 residual, as `residual + x` would).
+        residual: x's shape: the block's input. The output has the dtype torch's ops would give
+            it: the dtype both promote to (float32 for a bfloat16 x and a float32 residual), or
+            float32 under CUDA autocast, where layer_norm runs in float32 whatever its input.
         weight, bias: [H], the LayerNorm's affine parameters.
         dropout_p: dropout on x, in [0, 1).
         eps: added to the variance.
@@ -55,6 +56,8 @@ def dropout_add_layer_norm(
     _check_inputs(x, residual, weight, bias, dropout_p, eps)
     # (promote_types is an op of its own: a trip through the dispatcher saved per layer.)
     dtype = x.dtype if x.dtype == residual.dtype else torch.promote_types(x.dtype, residual.dtype)
+    if x.is_cuda and torch.is_autocast_enabled("cuda"):
+        dtype = torch.float32  # CUDA autocast runs layer_norm in float32, whatever its input
     residual = residual.to(dtype).contiguous()
     mixed = dtype == torch.float32 and x.dtype in (torch.bfloat16, torch.float16)
     x = (x if mixed else x.to(dtype)).contiguous()

@@ -92,6 +92,22 @@ def test_equals_layer_norm_of_the_dropped_sum(impl, device, shape, dtypes, p):
         assert got.dtype == {"x": x.dtype, "residual": residual.dtype}.get(name, torch.float32)
 
 
+@pytest.mark.parametrize("autocast", [False, True])
+@pytest.mark.parametrize(
+    "dtypes", DTYPES[1:4], ids=lambda d: f"{d[0]}-{d[1]}".replace("torch.", "")
+)
+def test_the_output_dtype_is_torchs(impl, device, dtypes, autocast):
+    """With and without autocast on the device: the dtype torch's dropout, add and layer_norm
+    give (under CUDA autocast float32 even for half inputs, layer_norm being a float32 op there;
+    on the CPU autocast leaves layer_norm alone)."""
+    x, residual, weight, bias = inputs((3, 16), *dtypes, device=device)
+    half = torch.float16 if torch.float16 in dtypes else torch.bfloat16
+    with torch.autocast(device.type, dtype=half, enabled=autocast):
+        want = F.layer_norm(residual + F.dropout(x, 0.1), (16,), weight, bias).dtype
+        got = dropout_add_layer_norm(x, residual, weight, bias, dropout_p=0.1, seed=3).dtype
+    assert got == want
+
+
 def test_the_reference_is_torch_without_dropout():
     """p = 0: exactly residual + x through torch's layer_norm, in float32."""
     x, residual, weight, bias = inputs((5, 48))
