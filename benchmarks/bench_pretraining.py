@@ -8,8 +8,8 @@ plain torch), eager and compiled.
 GPU: batch 128 at length 128 and batch 32 at length 512. CPU: batch 8 at length 128 (a full
 batch takes seconds per step on two cores). tokens/s = B * L / p50 (all positions real).
 
-Why the compiled rows matter on a GPU: an eager step of ELECTRA-small calls about 2,800 aten and
-electra_fast ops, 1,200 of them more than views (`python benchmarks/count_step_ops.py`, on the
+Why the compiled rows matter on a GPU: an eager step of ELECTRA-small calls about 2,500 aten and
+electra_fast ops, 880 of them more than views (`python benchmarks/count_step_ops.py`, on the
 CPU, at any batch size), each a kernel launch or at least a trip through the dispatcher on the
 host. At the 3M tokens/s the issue asks for, a step of 128 x 128 tokens has 5.5 ms; the host may
 not issue that many ops in that time, whatever the kernels' speed. benchmarks/bench_step_host.py

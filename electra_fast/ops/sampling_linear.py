@@ -125,20 +125,21 @@ class _GeneratorStepLinear(torch.autograd.Function):
     ):
         V = weight.shape[0]
         ops = step_ops(hidden)
-        lse = label_logit = best = samples = None
-        for start, end in vocab_tiles(V, tile):
-            logits = tile_logits(hidden, weight, bias, start, end)
-            t_lse, t_label, t_best, t_samples = ops.generator_step_tile(
-                logits, labels, key, temperature, disallow, ignore_index, start, V, offset
+        tiles = [
+            ops.generator_step_tile(
+                tile_logits(hidden, weight, bias, start, end),
+                labels, key, temperature, disallow, ignore_index, start, V, offset,
             )
-            if lse is None:
-                lse, label_logit, best, samples = t_lse, t_label, t_best, t_samples
-                continue
-            lse = torch.logaddexp(lse, t_lse)
-            label_logit = torch.maximum(label_logit, t_label)  # -inf outside the label's tile
-            better = t_best > best  # strictly: on a tie the earlier tile's smaller column stays
-            best = torch.where(better, t_best, best)
-            samples = torch.where(better, t_samples, samples)
+            for start, end in vocab_tiles(V, tile)
+        ]  # fmt: skip
+        lse, label_logit, best, samples = (torch.stack(t) for t in zip(*tiles, strict=True))
+        # The tiles merged with a few ops over all of them, not a few per tile: on a GPU each is
+        # a launch. A tile's best score is never NaN, so argmax's first maximum is the earliest
+        # tile's on a tie, whose smaller column wins as in one pass over the row.
+        chosen = best.argmax(0, keepdim=True)
+        samples = samples.gather(0, chosen)[0]
+        lse = torch.logsumexp(lse, 0)
+        label_logit = label_logit.amax(0)  # -inf outside the label's tile
         loss = torch.where(labels != ignore_index, lse - label_logit, 0.0)
         ctx.save_for_backward(hidden, weight, bias, labels, lse)
         ctx.ignore_index, ctx.tile = ignore_index, tile
