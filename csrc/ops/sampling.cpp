@@ -104,9 +104,11 @@ RowState scan_row(const scalar_t* x, int64_t n, int64_t row, int64_t vocab_start
                   Scratch& scratch) {
   RowState state = empty_row_state();
   float* logits = scratch.logits.mutable_data_ptr<float>();
+  bool any_nan = false;
   for (int64_t c = 0; c < n; ++c) {
     logits[c] = static_cast<float>(x[c]);
     state.max = logits[c] > state.max ? logits[c] : state.max;  // NaN never becomes the max
+    any_nan |= logits[c] != logits[c];
   }
   fill_gumbel_noise(scratch, n, row, vocab_start, vocab_size, seed);
   const float* g = scratch.noise.const_data_ptr<float>();
@@ -115,7 +117,13 @@ RowState scan_row(const scalar_t* x, int64_t n, int64_t row, int64_t vocab_start
     if (v != disallowed)
       add_candidate(state, gumbel_score(logits[c], inverse_temperature, g[c]), v);
   }
-  if (state.max == -std::numeric_limits<float>::infinity()) return state;  // sum 0: lse -inf
+  if (state.max == -std::numeric_limits<float>::infinity()) {
+    // Every logit -inf: the sum is 0 and the lse -inf. Every logit NaN or -inf, at least one
+    // NaN: the lse is NaN, as the CUDA kernel's and the reference's (a tile of NaN logits must
+    // not vanish from the row's logsumexp).
+    if (any_nan) state.sum = std::numeric_limits<float>::quiet_NaN();
+    return state;
+  }
   scratch.logits.sub_(state.max).exp_();  // exp(x - max): 0 from -inf, NaN from NaN or inf - inf
   double sum = 0.0;
   for (int64_t c = 0; c < n; ++c) sum += logits[c];

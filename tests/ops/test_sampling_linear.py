@@ -65,6 +65,26 @@ def test_equals_generator_step(implementation, monkeypatch, device, V, tile, dis
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
+def test_ties_and_nan_across_tiles_resolve_as_in_one_pass(implementation, monkeypatch, device):
+    """+inf logits in two tiles tie at +inf: the earlier tile's (smaller) column wins, as in one
+    pass over the row; a tile of NaN logits never wins, and makes the row's loss NaN."""
+    monkeypatch.setattr(_extension, "FORCE_REFERENCE", implementation == "reference")
+    hidden, weight, b, labels = linear_inputs(6, 40, 8, device=device)
+    b[[13, 35]] = torch.inf  # tiles 1 and 4 of 8 columns: every row ties at +inf
+    (loss, samples, _), (want_loss, want_samples, _) = run_both(
+        dict(seed=1), hidden, weight, b, labels, 8, torch.ones(6, device=device)
+    )
+    assert torch.equal(samples, want_samples) and (samples == 13).all()
+    hidden, weight, b, labels = linear_inputs(6, 40, 8, device=device)
+    b[16:24] = torch.nan  # tile 2
+    (loss, samples, _), (want_loss, want_samples, _) = run_both(
+        dict(seed=1), hidden, weight, b, labels, 8, torch.ones(6, device=device)
+    )
+    assert torch.equal(samples, want_samples) and not ((samples >= 16) & (samples < 24)).any()
+    real = labels != IGNORE
+    assert loss[real].isnan().all() and want_loss[real].isnan().all()
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision_equals_generator_step(implementation, monkeypatch, device, dtype):
     monkeypatch.setattr(_extension, "FORCE_REFERENCE", implementation == "reference")
