@@ -76,7 +76,7 @@ AttentionParams make_attention_params(const at::Tensor& q, const at::Tensor& k, 
                     dropout_p);
   TORCH_CHECK_VALUE(std::isfinite(softmax_scale), "softmax_scale must be finite, got ",
                     softmax_scale);
-  const double threshold = std::min(65535.0, std::nearbyint(dropout_p * 65536.0));
+  const uint32_t threshold = dropout_threshold(dropout_p);
   TORCH_CHECK_VALUE(seed.has_value() || threshold == 0,
                     "seed (the Philox key) is required with dropout_p=", dropout_p);
   if (seed.has_value()) {
@@ -120,8 +120,8 @@ AttentionParams make_attention_params(const at::Tensor& q, const at::Tensor& k, 
   p.seed = seed.has_value() ? seed->const_data_ptr<int64_t>() : nullptr;
   p.scale = static_cast<float>(softmax_scale);
   p.scale_log2 = static_cast<float>(softmax_scale * 1.4426950408889634);
-  p.drop_threshold = static_cast<uint32_t>(threshold);
-  p.keep_scale = static_cast<float>(65536.0 / (65536.0 - threshold));
+  p.drop_threshold = threshold;
+  p.keep_scale = dropout_keep_scale(threshold);
   return p;
 }
 

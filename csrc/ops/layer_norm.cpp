@@ -54,8 +54,8 @@ ResidualDropout check_dropout_add_layer_norm(const at::Tensor& x, const at::Tens
     EF_CHECK_DIM(*seed, 0);
     EF_CHECK_DTYPE(*seed, seed->scalar_type() == at::kLong, "int64");
     EF_CHECK_DEVICE(*seed, x.device());
-    drop.threshold = static_cast<uint32_t>(std::min(65535.0, std::nearbyint(dropout_p * 65536.0)));
-    drop.scale = static_cast<float>(65536.0 / (65536.0 - drop.threshold));
+    drop.threshold = dropout_threshold(dropout_p);
+    drop.scale = dropout_keep_scale(drop.threshold);
     if (read_seed) drop.seed = static_cast<uint64_t>(seed->item<int64_t>());
   }
   return drop;

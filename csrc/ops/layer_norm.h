@@ -31,18 +31,9 @@ struct ResidualDropout {
   // The 8 keep decisions of columns [8 g, 8 g + 8) of `row`, as a bit mask (bit i: column 8g+i).
   EF_HOST_DEVICE uint32_t keep_bits(int64_t row, int64_t g) const {
     if (threshold == 0) return 0xFFu;
-    const Philox4 r =
-        philox_element(seed, static_cast<uint64_t>(row * groups + g), kStreamResidualDropout);
-    uint32_t bits = 0;
-#if defined(__CUDA_ARCH__)
-#pragma unroll
-#endif
-    for (uint32_t w = 0; w < 4; ++w) {
-      const uint32_t word = philox_word(r, w);
-      bits |= static_cast<uint32_t>((word & 0xFFFFu) >= threshold) << (2 * w);
-      bits |= static_cast<uint32_t>((word >> 16) >= threshold) << (2 * w + 1);
-    }
-    return bits;
+    return electra_fast::keep_bits(
+        philox_element(seed, static_cast<uint64_t>(row * groups + g), kStreamResidualDropout),
+        threshold);
   }
 };
 

@@ -2,6 +2,8 @@
 // by the CPU and CUDA kernels so that both draw the same stream. The pure-torch twin is
 // electra_fast/ops/_philox.py; tests check all of them against the Random123 known answers.
 #pragma once
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 
 #if defined(__CUDACC__)
@@ -64,6 +66,31 @@ EF_HOST_DEVICE uint32_t philox_word(const Philox4& r, uint32_t w) {
   const uint32_t low = (w & 1u) ? r.x[1] : r.x[0];
   const uint32_t high = (w & 1u) ? r.x[3] : r.x[2];
   return (w & 2u) ? high : low;
+}
+
+// The 16-bit dropout rule of the attention and residual dropouts: a 16-bit half of a Philox word
+// keeps its value when it is at least t = round(p * 2^16) (at most 2^16 - 1; 0: no dropout), and
+// kept values are scaled by 2^16 / (2^16 - t), so the expectation is exact. Host only.
+inline uint32_t dropout_threshold(double dropout_p) {
+  return static_cast<uint32_t>(std::min(65535.0, std::nearbyint(dropout_p * 65536.0)));
+}
+inline float dropout_keep_scale(uint32_t threshold) {
+  return static_cast<float>(65536.0 / (65536.0 - threshold));
+}
+
+// The 8 keep decisions of a block's 16-bit halves as a bit mask: bit 2w is the low half of word
+// w, bit 2w + 1 its high half.
+EF_HOST_DEVICE uint32_t keep_bits(const Philox4& r, uint32_t threshold) {
+  uint32_t bits = 0;
+#if defined(__CUDA_ARCH__)
+#pragma unroll
+#endif
+  for (uint32_t w = 0; w < 4; ++w) {
+    const uint32_t word = philox_word(r, w);
+    bits |= static_cast<uint32_t>((word & 0xFFFFu) >= threshold) << (2 * w);
+    bits |= static_cast<uint32_t>((word >> 16) >= threshold) << (2 * w + 1);
+  }
+  return bits;
 }
 
 // The four numbers of element `index` (a 64-bit position in the op's own index space) of

@@ -90,15 +90,9 @@ inline void philox_batch(const uint32_t* c0, const uint32_t* c1, uint32_t c2, ui
   philox_batch_scalar(c0, c1, c2, c3, k0, k1, out);
 }
 
-// The 8 keep decisions of a Philox block's 16-bit halves (bit 2w: the low half of word w, bit
-// 2w + 1: its high half), for block j of `r`, against `threshold`.
+// The keep bits (keep_bits in philox.h) of block j of a batch.
 inline uint32_t keep_halves(const PhiloxBatch& r, int j, uint32_t threshold) {
-  uint32_t bits = 0;
-  for (int w = 0; w < 4; ++w) {
-    bits |= static_cast<uint32_t>((r.x[w][j] & 0xFFFFu) >= threshold) << (2 * w);
-    bits |= static_cast<uint32_t>((r.x[w][j] >> 16) >= threshold) << (2 * w + 1);
-  }
-  return bits;
+  return keep_bits(Philox4{{r.x[0][j], r.x[1][j], r.x[2][j], r.x[3][j]}}, threshold);
 }
 
 }  // namespace electra_fast
