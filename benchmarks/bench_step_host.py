@@ -25,8 +25,9 @@ from benchmarks.conftest import describe, synchronised
 from electra_fast import _extension
 from electra_fast.model import ElectraConfig, ElectraForPretraining
 from electra_fast.model.pretraining import draw_keys
-from electra_fast.pretraining.optimization import AdamWeightDecay, clip_divisor, parameter_groups
+from electra_fast.pretraining.optimization import AdamWeightDecay, parameter_groups
 from electra_fast.pretraining.skipping import SkipCounter
+from electra_fast.pretraining.trainer import clipped_update
 
 B, L = 1, 16
 
@@ -51,9 +52,7 @@ def electra_fast_step(config: ElectraConfig, ids, mask, device):
             loss = model(ids, mask, keys=draw_keys(device, keys), metrics=False,
                          check_values=False).loss  # fmt: skip
         loss.backward()
-        norm = optimizer.grad_norm()
-        optimizer.step(found_inf=skips.flag(loss.detach(), norm),
-                       grad_scale=clip_divisor(norm, 1.0))  # fmt: skip
+        clipped_update(optimizer, skips, loss.detach(), 1.0)
         optimizer.zero_grad(set_to_none=True)
         return loss
 

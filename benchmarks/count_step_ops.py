@@ -14,8 +14,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from electra_fast.model import ElectraConfig, ElectraForPretraining
 from electra_fast.model.pretraining import draw_keys
-from electra_fast.pretraining.optimization import AdamWeightDecay, clip_divisor, parameter_groups
+from electra_fast.pretraining.optimization import AdamWeightDecay, parameter_groups
 from electra_fast.pretraining.skipping import SkipCounter
+from electra_fast.pretraining.trainer import clipped_update
 
 VIEWS = {"view", "_unsafe_view", "t", "transpose", "reshape", "expand", "permute", "unsqueeze",
          "squeeze", "select", "slice", "detach", "as_strided", "split", "split_with_sizes",
@@ -55,9 +56,7 @@ def main() -> None:
                 elif part == "backward":
                     out.loss.backward()
                 else:
-                    norm = optimizer.grad_norm()
-                    optimizer.step(found_inf=skips.flag(out.loss.detach(), norm),
-                                   grad_scale=clip_divisor(norm, 1.0))  # fmt: skip
+                    clipped_update(optimizer, skips, out.loss.detach(), 1.0)
                     optimizer.zero_grad(set_to_none=True)
             parts[part] = sum(counter.calls.values()) - sum(parts.values())
         return parts

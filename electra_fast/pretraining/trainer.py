@@ -269,18 +269,12 @@ def pretrain(
                     totals[key] += value.detach().float() * share
             if scaler:
                 scaler.unscale_(optimizer)
-            grad_norm = optimizer.grad_norm()
             rate = learning_rate(
                 step, hparams.learning_rate, hparams.num_warmup_steps, hparams.num_train_steps
             )
             for group in optimizer.param_groups:
                 group["lr"] = rate
-            # A non-finite loss or gradient (with fp16, an overflow of the scaled gradients
-            # too) skips the update on the device. The clipping happens in the update's kernel.
-            optimizer.step(
-                found_inf=skips.flag(totals["loss"], grad_norm),
-                grad_scale=clip_divisor(grad_norm, hparams.max_grad_norm),
-            )
+            grad_norm = clipped_update(optimizer, skips, totals["loss"], hparams.max_grad_norm)
             if scaler:
                 scaler.update()  # from the overflow unscale_ found: smaller after one
             optimizer.zero_grad(set_to_none=True)
@@ -328,6 +322,20 @@ def pretrain(
         state = "finished" if finished else "stopped (resume by rerunning)"
         print(f"\n{state} at step {step} → {out}", file=sys.stderr)
     return {"step": step, "finished": finished, "skipped": skips.check(step)}
+
+
+def clipped_update(
+    optimizer: AdamWeightDecay, skips: SkipCounter, loss: torch.Tensor, max_grad_norm: float
+) -> torch.Tensor:
+    """The loop's update, on gradients in place (with fp16, unscaled): the global gradient norm,
+    clipping at max_grad_norm inside the update's kernel, and the update skipped on the device
+    when the loss or the norm is not finite (with fp16, also an overflow of the scaled
+    gradients). Returns the norm, a 0-d tensor the host does not read."""
+    grad_norm = optimizer.grad_norm()
+    optimizer.step(
+        found_inf=skips.flag(loss, grad_norm), grad_scale=clip_divisor(grad_norm, max_grad_norm)
+    )
+    return grad_norm
 
 
 def _initialize(model: ElectraForPretraining, directory: Path) -> None:

@@ -41,8 +41,9 @@ def test_a_training_step_never_makes_the_host_wait():
     under CUDA's sync debug mode: any read of a device value on the host is an error."""
     from electra_fast.model import ElectraForPretraining
     from electra_fast.model.pretraining import draw_keys
-    from electra_fast.pretraining.optimization import AdamWeightDecay, clip_divisor
+    from electra_fast.pretraining.optimization import AdamWeightDecay
     from electra_fast.pretraining.skipping import SkipCounter
+    from electra_fast.pretraining.trainer import clipped_update
     from tests.model.test_pretraining import batch, tiny
 
     model = ElectraForPretraining(tiny(generator_hidden_size=0.5)).cuda()
@@ -54,10 +55,7 @@ def test_a_training_step_never_makes_the_host_wait():
         with torch.autocast("cuda", dtype=torch.bfloat16):
             out = model(ids, mask, keys=draw_keys("cuda"), metrics=False, check_values=False)
         out.loss.backward()
-        norm = optimizer.grad_norm()
-        optimizer.step(
-            found_inf=skips.flag(out.loss.detach(), norm), grad_scale=clip_divisor(norm, 1.0)
-        )
+        clipped_update(optimizer, skips, out.loss.detach(), 1.0)
         optimizer.zero_grad(set_to_none=True)
         skips.poll(number)
 
