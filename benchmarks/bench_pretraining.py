@@ -1,6 +1,7 @@
 """Pretraining throughput (tokens/s of one forward + backward + optimiser step) of ELECTRA-small:
 ours on the kernels (eager, under torch.compile, and on a GPU also compiled with CUDA graphs,
-mode="reduce-overhead"), ours on the torch references, and the loop
+mode="reduce-overhead", and the loop's whole step with "cuda_graphs": true, clipping included),
+ours on the torch references, and the loop
 most public replications write with Hugging Face transformers (ElectraForMaskedLM +
 ElectraForPreTraining, BERT-style masking, full-vocabulary logits, Gumbel noise and argmax in
 plain torch), eager and compiled.
@@ -21,16 +22,19 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.conftest import describe, smoke_size, synchronised
-from electra_fast import _extension
+from electra_fast import _extension, amp
 from electra_fast.model import ElectraConfig, ElectraForPretraining
 from electra_fast.model.pretraining import draw_keys
-from electra_fast.pretraining.optimization import AdamWeightDecay
+from electra_fast.pretraining.optimization import AdamWeightDecay, parameter_groups
+from electra_fast.pretraining.skipping import SkipCounter
+from electra_fast.pretraining.step import GraphedStep, TrainStep
 
 VOCAB, MASK, SPECIALS = 30522, 103, (0, 100, 101, 102)
 PROVIDERS = [
     "electra_fast",
     "electra_fast_compile",
     "electra_fast_cudagraphs",
+    "electra_fast_graphed_step",
     "electra_fast_reference",
     "hf_eager",
     "hf_compile",
@@ -76,14 +80,36 @@ def hf_step(generator, discriminator, ids, mask):
     return gen_loss + 50.0 * disc_loss
 
 
+def loop_step(model, ids, mask, device, graphs=False):
+    """The pretraining loop's step (TrainStep; with graphs, in a GraphedStep as "cuda_graphs":
+    true does): forward with the keys drawn outside and the batch not re-checked, backward, the
+    global norm, the skip flag and the clipping Adam update, bf16 on a GPU. Returns a function
+    of no arguments that runs a step and returns its loss."""
+    optimizer = AdamWeightDecay(parameter_groups(model, 0.01), lr=1e-4)
+    precision = "bf16" if device.type == "cuda" else "fp32"
+    step = TrainStep(model, optimizer, SkipCounter(device, limit=10), max_grad_norm=1.0,
+                     autocast=amp.autocast(precision, device, cache=not graphs))  # fmt: skip
+    runner = GraphedStep(step) if graphs else step
+    keys = torch.Generator(device).manual_seed(0)
+    batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+
+    def train_step():
+        runner.micro(batch, draw_keys(device, keys), metrics=False)
+        runner.set_learning_rate(1e-4)
+        runner.update()
+        return step.reported[0]
+
+    return train_step
+
+
 @pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("size_index", [0, 1])
 def test_pretraining_step(benchmark, monkeypatch, device, provider, size_index):
     if size_index >= len(sizes(device)):
         pytest.skip("this size only on the GPU")
-    kernels = provider in ("electra_fast", "electra_fast_compile", "electra_fast_cudagraphs")
-    cudagraphs = provider == "electra_fast_cudagraphs"
-    if cudagraphs and device.type != "cuda":
+    kernels = provider.startswith("electra_fast") and provider != "electra_fast_reference"
+    graphs = provider in ("electra_fast_cudagraphs", "electra_fast_graphed_step")
+    if graphs and device.type != "cuda":
         pytest.skip("CUDA graphs need a GPU")
     if kernels and not _extension.has_kernel("generator_step", device.type):
         pytest.skip(f"no {device.type} kernels built")
@@ -98,6 +124,26 @@ def test_pretraining_step(benchmark, monkeypatch, device, provider, size_index):
     ids = torch.randint(1000, VOCAB, (B, L), device=device)
     ids[:, 0], ids[:, -1] = 101, 102
     mask = torch.ones_like(ids)
+    mode, warmup = "fwd+bwd+adam", 3 if graphs else 1  # compilation, graph recording
+    if provider == "electra_fast_graphed_step":
+        model = ElectraForPretraining(config).to(device)
+        train_step = loop_step(model, ids, mask, device, graphs=True)
+        mode, warmup = "fwd+bwd+clip+adam", GraphedStep.WARMUP + 1  # eager runs, recording
+    else:
+        train_step = plain_step(provider, config, ids, mask, device)
+    for _ in range(warmup):
+        train_step()
+    describe(benchmark, op="pretraining_step", provider=provider, mode=mode,
+             size=f"ELECTRA-small B={B} L={L}", device=device)  # fmt: skip
+    benchmark.extra_info["tokens_per_step"] = B * L
+    loss = benchmark(synchronised(train_step, device))
+    assert torch.isfinite(loss)
+
+
+def plain_step(provider, config, ids, mask, device):
+    """forward, backward and Adam (no clipping) of ours or of the transformers loop, eager or
+    under torch.compile: a function of no arguments that runs a step and returns its loss."""
+    cudagraphs = provider == "electra_fast_cudagraphs"
     autocast = torch.autocast("cuda", torch.bfloat16) if device.type == "cuda" else None
     if provider.startswith("electra_fast"):
         model = ElectraForPretraining(config).to(device)
@@ -135,10 +181,4 @@ def test_pretraining_step(benchmark, monkeypatch, device, provider, size_index):
         optimizer.zero_grad(set_to_none=True)
         return loss
 
-    for _ in range(3 if cudagraphs else 1):  # warm-up, compilation (and graph recording)
-        train_step()
-    describe(benchmark, op="pretraining_step", provider=provider, mode="fwd+bwd+adam",
-             size=f"ELECTRA-small B={B} L={L}", device=device)  # fmt: skip
-    benchmark.extra_info["tokens_per_step"] = B * L
-    loss = benchmark(synchronised(train_step, device))
-    assert torch.isfinite(loss)
+    return train_step

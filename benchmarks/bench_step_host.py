@@ -11,8 +11,10 @@ views (`benchmarks/count_step_ops.py` counts them at full size).
 
 `electra_fast` runs the pretraining loop's step: forward with the keys drawn outside and the
 batch not re-checked, backward, `grad_norm`, the skip flag, the fused update that clips, and
-`zero_grad`. `hf_eager` is the usual replication's step (benchmarks/bench_pretraining.py's
-`hf_step`) with `clip_grad_norm_` and torch's AdamW as such loops create it.
+`zero_grad` (`TrainStep`); `electra_fast_graphs` the same step replayed from CUDA graphs
+(`GraphedStep`, `"cuda_graphs": true`), whose host share is a few copies and launches.
+`hf_eager` is the usual replication's step (benchmarks/bench_pretraining.py's `hf_step`) with
+`clip_grad_norm_` and torch's AdamW as such loops create it.
 
     pytest benchmarks/bench_step_host.py --benchmark-json out.json
 """
@@ -20,14 +22,11 @@ batch not re-checked, backward, `grad_norm`, the skip flag, the fused update tha
 import pytest
 import torch
 
-from benchmarks.bench_pretraining import MASK, SPECIALS, VOCAB, hf_models, hf_step
+from benchmarks.bench_pretraining import MASK, SPECIALS, VOCAB, hf_models, hf_step, loop_step
 from benchmarks.conftest import describe, synchronised
 from electra_fast import _extension
 from electra_fast.model import ElectraConfig, ElectraForPretraining
-from electra_fast.model.pretraining import draw_keys
-from electra_fast.pretraining.optimization import AdamWeightDecay, parameter_groups
-from electra_fast.pretraining.skipping import SkipCounter
-from electra_fast.pretraining.trainer import clipped_update
+from electra_fast.pretraining.step import GraphedStep
 
 B, L = 1, 16
 
@@ -38,25 +37,6 @@ def narrow_config(vocab_size: int) -> ElectraConfig:
     return ElectraConfig.preset("small", vocab_size=vocab_size, mask_token_id=MASK,
                                 special_token_ids=SPECIALS, hidden_size=64, embedding_size=64,
                                 num_attention_heads=1, intermediate_size=256)  # fmt: skip
-
-
-def electra_fast_step(config: ElectraConfig, ids, mask, device):
-    model = ElectraForPretraining(config).to(device)
-    optimizer = AdamWeightDecay(parameter_groups(model, 0.01), lr=1e-4)
-    skips = SkipCounter(device, limit=10)
-    keys = torch.Generator(device).manual_seed(0)
-    autocast = torch.autocast("cuda", torch.bfloat16, enabled=device.type == "cuda")
-
-    def step():
-        with autocast:
-            loss = model(ids, mask, keys=draw_keys(device, keys), metrics=False,
-                         check_values=False).loss  # fmt: skip
-        loss.backward()
-        clipped_update(optimizer, skips, loss.detach(), 1.0)
-        optimizer.zero_grad(set_to_none=True)
-        return loss
-
-    return step
 
 
 def hf_eager_step(config: ElectraConfig, ids, mask, device):
@@ -78,18 +58,27 @@ def hf_eager_step(config: ElectraConfig, ids, mask, device):
     return step
 
 
-@pytest.mark.parametrize("provider", ["electra_fast", "hf_eager"])
+@pytest.mark.parametrize("provider", ["electra_fast", "electra_fast_graphs", "hf_eager"])
 def test_step_host_time(benchmark, device, provider):
-    if provider == "electra_fast" and not _extension.has_kernel("generator_step", device.type):
+    if provider.startswith("electra_fast") and not _extension.has_kernel(
+        "generator_step", device.type
+    ):
         pytest.skip(f"no {device.type} kernels built")
+    graphs = provider == "electra_fast_graphs"
+    if graphs and device.type != "cuda":
+        pytest.skip("CUDA graphs need a GPU")
     vocab = VOCAB if device.type == "cuda" else 512
     torch.manual_seed(0)
     ids = torch.randint(110, vocab, (B, L), device=device)
     ids[:, 0], ids[:, -1] = 101, 102
     mask = torch.ones_like(ids)
-    make = electra_fast_step if provider == "electra_fast" else hf_eager_step
-    step = synchronised(make(narrow_config(vocab), ids, mask, device), device)
-    for _ in range(3):  # moments allocated, caches warm
+    config = narrow_config(vocab)
+    if provider == "hf_eager":
+        make = hf_eager_step(config, ids, mask, device)
+    else:
+        make = loop_step(ElectraForPretraining(config).to(device), ids, mask, device, graphs)
+    step = synchronised(make, device)
+    for _ in range(GraphedStep.WARMUP + 1):  # moments allocated, caches warm, graphs recorded
         step()
     describe(benchmark, op="step_host_time", provider=provider, mode="fwd+bwd+clip+adam",
              size=f"ELECTRA-small's layers at width 64, V={vocab}, B={B} L={L}",

@@ -16,7 +16,7 @@ from electra_fast.model import ElectraConfig, ElectraForPretraining
 from electra_fast.model.pretraining import draw_keys
 from electra_fast.pretraining.optimization import AdamWeightDecay, parameter_groups
 from electra_fast.pretraining.skipping import SkipCounter
-from electra_fast.pretraining.trainer import clipped_update
+from electra_fast.pretraining.step import TrainStep
 
 VIEWS = {"view", "_unsafe_view", "t", "transpose", "reshape", "expand", "permute", "unsqueeze",
          "squeeze", "select", "slice", "detach", "as_strided", "split", "split_with_sizes",
@@ -41,23 +41,22 @@ def main() -> None:
                                   special_token_ids=(0, 100, 101, 102))  # fmt: skip
     model = ElectraForPretraining(config)
     optimizer = AdamWeightDecay(parameter_groups(model, 0.01), lr=1e-4)
-    skips = SkipCounter(torch.device("cpu"), limit=10)
-    ids = torch.randint(1000, 30522, (2, 128))
-    mask = torch.ones_like(ids)
+    train_step = TrainStep(model, optimizer, SkipCounter(torch.device("cpu"), limit=10),
+                           max_grad_norm=1.0)  # fmt: skip
+    batch = {"input_ids": torch.randint(1000, 30522, (2, 128))}
+    batch["attention_mask"] = torch.ones_like(batch["input_ids"])
+    batch["token_type_ids"] = torch.zeros_like(batch["input_ids"])
 
     def step(counter: Counter) -> dict[str, int]:
-        """One step, counted into `counter`; the ops of each part."""
+        """One step as the loop runs it, counted into `counter`; the ops of each part."""
         parts = {}
-        for part in ("forward", "backward", "clip, flag, Adam"):
+        for part in ("forward and backward", "clip, flag, Adam"):
             with counter:
-                if part == "forward":
-                    out = model(ids, mask, keys=draw_keys("cpu"), metrics=False,
-                                check_values=False)  # fmt: skip
-                elif part == "backward":
-                    out.loss.backward()
+                if part == "forward and backward":
+                    train_step.micro(batch, draw_keys("cpu"), metrics=False)
                 else:
-                    clipped_update(optimizer, skips, out.loss.detach(), 1.0)
-                    optimizer.zero_grad(set_to_none=True)
+                    train_step.set_learning_rate(1e-4)
+                    train_step.update()
             parts[part] = sum(counter.calls.values()) - sum(parts.values())
         return parts
 

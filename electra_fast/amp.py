@@ -28,13 +28,17 @@ def resolve(precision: str, device: torch.device) -> str:
     return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
 
-def autocast(precision: str, device: torch.device) -> Callable[[], AbstractContextManager]:
-    """A factory of the autocast context of the resolved precision (fp32: no autocast)."""
+def autocast(
+    precision: str, device: torch.device, *, cache: bool = True
+) -> Callable[[], AbstractContextManager]:
+    """A factory of the autocast context of the resolved precision (fp32: no autocast).
+    cache=False: no cast weight kept for reuse within the context, which a region recorded as
+    a CUDA graph needs (torch's CUDA graph notes)."""
     chosen = resolve(precision, device)
     if chosen == "fp32":
         return nullcontext
     dtype = torch.bfloat16 if chosen == "bf16" else torch.float16
-    return lambda: torch.autocast(device.type, dtype=dtype)
+    return lambda: torch.autocast(device.type, dtype=dtype, cache_enabled=cache)
 
 
 def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler | None:

@@ -34,9 +34,15 @@ class AdamWeightDecay(torch.optim.Optimizer):
     which its bias corrections 1 - b^t are exactly 1. `step(found_inf=flag)` leaves parameters
     and moments as they were when the 0-d float32 `flag` on the parameters' device holds 1.0:
     a step is skipped without the host reading the flag.
+
+    A group's `lr` may be a 0-d float32 tensor (on the parameters' device, or the CPU) instead
+    of a float: the kernel then reads the rate from it when it runs, so that a step recorded as
+    a CUDA graph follows a schedule that changes the tensor between replays.
     """
 
     def __init__(self, params, lr=5e-4, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01):
+        if isinstance(lr, torch.Tensor) and (lr.dim() != 0 or lr.dtype != torch.float32):
+            raise ValueError(f"a tensor lr must be 0-d float32, got {lr.dtype} {tuple(lr.shape)}")
         if lr < 0 or eps <= 0 or not all(0 <= b < 1 for b in betas) or weight_decay < 0:
             raise ValueError(
                 f"bad Adam settings: lr={lr}, betas={betas}, eps={eps}, weight_decay={weight_decay}"
@@ -81,6 +87,7 @@ class AdamWeightDecay(torch.optim.Optimizer):
                 loss = closure()
         for group, buckets in zip(self.param_groups, self._buckets(), strict=True):
             beta1, beta2 = group["betas"]
+            lr = group["lr"]
             for bucket in buckets:
                 device = bucket.key[0]
                 torch._fused_adamw_(
@@ -90,7 +97,7 @@ class AdamWeightDecay(torch.optim.Optimizer):
                     bucket.exp_avg_sqs,
                     [],  # no AMSGrad
                     [self._infinite_step(device)] * len(bucket.params),
-                    lr=group["lr"],
+                    lr=_on(lr, device) if isinstance(lr, torch.Tensor) else lr,
                     beta1=beta1,
                     beta2=beta2,
                     weight_decay=group["weight_decay"],
@@ -158,8 +165,8 @@ class _Bucket:
         return [p.grad for p in self.params]
 
 
-def _on(flag: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
-    return None if flag is None else flag.to(device)
+def _on(tensor: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    return None if tensor is None else tensor.to(device)
 
 
 def clip_divisor(grad_norm: torch.Tensor, max_norm: float) -> torch.Tensor:

@@ -40,8 +40,9 @@ class SkipCounter:
             dist.all_reduce(bad, op=dist.ReduceOp.MAX)
         skip = bad.long()
         in_a_row = (self.counts[1] + 1) * skip
-        self.counts = torch.stack(
-            (self.counts[0] + skip, in_a_row, torch.maximum(self.counts[2], in_a_row))
+        # In place: a step recorded as a CUDA graph reads and writes these very tensors.
+        self.counts.copy_(
+            torch.stack((self.counts[0] + skip, in_a_row, torch.maximum(self.counts[2], in_a_row)))
         )
         return bad
 

@@ -22,7 +22,6 @@ import os
 import signal
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -35,13 +34,9 @@ from electra_fast.model.modeling import check_encoder_inputs
 from electra_fast.model.pretraining import draw_keys
 from electra_fast.pretraining.checkpoint import load_latest, save_checkpoint
 from electra_fast.pretraining.hparams import Hparams
-from electra_fast.pretraining.optimization import (
-    AdamWeightDecay,
-    clip_divisor,
-    learning_rate,
-    parameter_groups,
-)
+from electra_fast.pretraining.optimization import AdamWeightDecay, learning_rate, parameter_groups
 from electra_fast.pretraining.skipping import NonFiniteLoss, SkipCounter
+from electra_fast.pretraining.step import REPORTED, GraphedStep, TrainStep
 
 TOKENIZER = "tokenizer"  # RUN/tokenizer: a copy of the dataset's
 # The sizes two models must share for one's weights to load into the other.
@@ -91,6 +86,11 @@ def pretrain(
             f"gradient_accumulation_steps x world size = {per_step}"
         )
     batch_size = hparams.train_batch_size // per_step
+    if hparams.cuda_graphs and (device.type != "cuda" or world > 1):
+        raise ValueError(
+            "cuda_graphs=true needs one process on a GPU, got "
+            + (f"the {device.type} device" if device.type != "cuda" else f"{world} processes")
+        )
     ids = dataset.manifest["special_token_ids"]
     special = {
         "mask_token_id": ids["mask"],
@@ -154,8 +154,18 @@ def pretrain(
         )
     if hparams.compile:
         trained = torch.compile(trained)
-    autocast = amp.autocast(hparams.precision, device)
-    scaler = amp.grad_scaler(hparams.precision, device)
+    train_step = TrainStep(
+        trained,
+        optimizer,
+        skips,
+        max_grad_norm=hparams.max_grad_norm,
+        share=1.0 / hparams.gradient_accumulation_steps,
+        autocast=amp.autocast(hparams.precision, device, cache=not hparams.cuda_graphs),
+        scaler=amp.grad_scaler(hparams.precision, device),
+        row_offset=rank * batch_size,  # masks and samples as one process would
+        sync_counts=world > 1,
+    )
+    runner = GraphedStep(train_step) if hparams.cuda_graphs else train_step
     # The loader draws a seed from its generator at every new iterator: its own generator, so
     # that the global stream (masking, sampling, dropout) is the same after a resume.
     # Each batch read in one call (PaddedBatches) rather than example by example and collated.
@@ -164,13 +174,13 @@ def pretrain(
         sampler=torch.utils.data.BatchSampler(sampler, batch_size, drop_last=True),
         batch_size=None,
         generator=torch.Generator().manual_seed(hparams.seed),
-        pin_memory=device.type == "cuda",  # so that the copy below overlaps the GPU's work
+        pin_memory=device.type == "cuda",  # so that the copy to the device overlaps its work
     )
     batches, consumed = iter(loader), 0
 
     def next_batch() -> tuple[dict, int]:
-        """The next batch on the device, and its real tokens, both counted and checked on the
-        host, so that the step itself never waits for the device."""
+        """The next batch (on the host) and its real tokens, both counted and checked there, so
+        that the step itself never waits for the device."""
         nonlocal batches, consumed
         try:
             batch = next(batches)
@@ -181,8 +191,7 @@ def pretrain(
         check_encoder_inputs(
             config, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
         )
-        tokens = int(batch["attention_mask"].sum())
-        return {k: v.to(device, non_blocking=True) for k, v in batch.items()}, tokens
+        return batch, int(batch["attention_mask"].sum())
 
     # Randomness is a function of (seed, step, micro-batch): the masking and sampling keys come
     # from a generator every rank seeds alike (ranks then differ by row_offset only), dropout
@@ -229,64 +238,29 @@ def pretrain(
         while step < min(hparams.num_train_steps, last_stop):
             if stop_requested:
                 break
-            # Kept on the device, and read back only when they are logged: the host queues
-            # step after step without waiting for the device.
-            totals = {
-                key: torch.zeros((), device=device)
-                for key in ("loss", "gen_loss", "disc_loss", "mlm_acc", "disc_acc")
-            }
             logged = log is not None and (
                 (step + 1) % hparams.iterations_per_loop == 0 or step == 0
             )
-            share = 1.0 / hparams.gradient_accumulation_steps
             for micro in range(hparams.gradient_accumulation_steps):
                 batch, tokens = next_batch()
-                keys = step_keys(micro)
                 window_tokens += tokens * world
-                sync = world > 1 and micro < hparams.gradient_accumulation_steps - 1
-                with trained.no_sync() if sync else nullcontext(), autocast():
-                    output = trained(
-                        batch["input_ids"],
-                        batch["attention_mask"],
-                        batch["token_type_ids"],
-                        metrics=logged,
-                        keys=keys,
-                        row_offset=rank * batch_size,  # masks and samples as one process would
-                        sync_counts=world > 1,
-                        check_values=False,  # next_batch checked the batch
-                    )
-                    loss = output.loss * share
-                (scaler.scale(loss) if scaler else loss).backward()
-                values = {
-                    "loss": output.loss,
-                    "gen_loss": output.gen_loss,
-                    "disc_loss": output.disc_loss,
-                }
-                if output.metrics:
-                    values["mlm_acc"] = output.metrics["mlm_accuracy"]
-                    values["disc_acc"] = output.metrics["disc_accuracy"]
-                for key, value in values.items():
-                    totals[key] += value.detach().float() * share
-            if scaler:
-                scaler.unscale_(optimizer)
+                last = micro == hparams.gradient_accumulation_steps - 1
+                runner.micro(batch, step_keys(micro), metrics=logged, last=last)
             rate = learning_rate(
                 step, hparams.learning_rate, hparams.num_warmup_steps, hparams.num_train_steps
             )
-            for group in optimizer.param_groups:
-                group["lr"] = rate
-            grad_norm = clipped_update(optimizer, skips, totals["loss"], hparams.max_grad_norm)
-            if scaler:
-                scaler.update()  # from the overflow unscale_ found: smaller after one
-            optimizer.zero_grad(set_to_none=True)
+            runner.set_learning_rate(rate)
+            runner.update()  # the host reads nothing back: it queues the next step at once
             step += 1
             skips.poll(step)
             if logged:
+                values = runner.read()  # waits for the device: the window's time is real
                 elapsed = max(time.time() - window_start, 1e-9)
                 record = {
                     "step": step,
-                    **{k: round(float(v), 6) for k, v in totals.items()},
+                    **{k: round(values[k], 6) for k in REPORTED},
                     "lr": rate,
-                    "grad_norm": float(grad_norm),
+                    "grad_norm": values["grad_norm"],
                     "tokens_per_s": round(window_tokens / elapsed, 1),
                     "skipped": skips.check(step),
                 }
@@ -322,20 +296,6 @@ def pretrain(
         state = "finished" if finished else "stopped (resume by rerunning)"
         print(f"\n{state} at step {step} → {out}", file=sys.stderr)
     return {"step": step, "finished": finished, "skipped": skips.check(step)}
-
-
-def clipped_update(
-    optimizer: AdamWeightDecay, skips: SkipCounter, loss: torch.Tensor, max_grad_norm: float
-) -> torch.Tensor:
-    """The loop's update, on gradients in place (with fp16, unscaled): the global gradient norm,
-    clipping at max_grad_norm inside the update's kernel, and the update skipped on the device
-    when the loss or the norm is not finite (with fp16, also an overflow of the scaled
-    gradients). Returns the norm, a 0-d tensor the host does not read."""
-    grad_norm = optimizer.grad_norm()
-    optimizer.step(
-        found_inf=skips.flag(loss, grad_norm), grad_scale=clip_divisor(grad_norm, max_grad_norm)
-    )
-    return grad_norm
 
 
 def _initialize(model: ElectraForPretraining, directory: Path) -> None:

@@ -1,12 +1,13 @@
-"""The pretraining loop on a GPU (skipped without one): bf16 autocast, and fp16 with loss
-scaling, run every step on our CUDA kernels (masking, the generator step, attention forward
-and backward, seen in the profiler), the loss falls and the run exports."""
+"""The pretraining loop on a GPU (skipped without one): bf16 autocast, fp16 with loss scaling,
+and bf16 replayed from CUDA graphs run every step on our CUDA kernels (masking, the generator
+step, attention forward and backward, seen in the profiler), the loss falls and the run
+exports; the step never makes the host wait; a replayed step trains as the eager one."""
 
 import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from electra_fast import ElectraDiscriminator, _extension
+from electra_fast import ElectraDiscriminator, _extension, amp
 from electra_fast.pretraining.trainer import pretrain
 from tests.pretraining.test_trainer import dataset, hparams, metrics  # noqa: F401  (fixture)
 
@@ -16,11 +17,12 @@ pytestmark = [
 ]
 
 
-@pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_the_loss_falls_on_our_kernels(dataset, tmp_path, precision):  # noqa: F811
+@pytest.mark.parametrize(("precision", "cuda_graphs"), [("bf16", False), ("fp16", False),
+                                                       ("bf16", True)])  # fmt: skip
+def test_the_loss_falls_on_our_kernels(dataset, tmp_path, precision, cuda_graphs):  # noqa: F811
+    settings = hparams(precision=precision, cuda_graphs=cuda_graphs)
     with profile(activities=[ProfilerActivity.CPU]) as trace:
-        summary = pretrain(dataset, tmp_path / "run", hparams(precision=precision),
-                           progress=False, device="cuda")  # fmt: skip
+        summary = pretrain(dataset, tmp_path / "run", settings, progress=False, device="cuda")
     # fp16's loss scale starts high and halves at each overflow, which counts as a skipped step.
     assert summary["finished"] and (summary["skipped"] == 0 or precision == "fp16"), summary
     records = metrics(tmp_path / "run")
@@ -36,38 +38,102 @@ def test_the_loss_falls_on_our_kernels(dataset, tmp_path, precision):  # noqa: F
     assert {"electra_fast::generator_step", "electra_fast::generator_step_tile"} & ran
 
 
-def test_a_training_step_never_makes_the_host_wait():
-    """Forward, backward, clipping, the skip decision and the update, as the loop runs them,
-    under CUDA's sync debug mode: any read of a device value on the host is an error."""
+def tiny_step(graphs: bool = False, seed: int = 0):
+    """A tiny model's TrainStep (or GraphedStep) under bf16 autocast, and a batch for it."""
     from electra_fast.model import ElectraForPretraining
-    from electra_fast.model.pretraining import draw_keys
     from electra_fast.pretraining.optimization import AdamWeightDecay
     from electra_fast.pretraining.skipping import SkipCounter
-    from electra_fast.pretraining.trainer import clipped_update
+    from electra_fast.pretraining.step import GraphedStep, TrainStep
     from tests.model.test_pretraining import batch, tiny
 
+    torch.manual_seed(seed)
     model = ElectraForPretraining(tiny(generator_hidden_size=0.5)).cuda()
     optimizer = AdamWeightDecay(model.parameters(), lr=1e-3)
-    skips = SkipCounter(torch.device("cuda"), limit=10)
-    ids, mask = (t.cuda() for t in batch(B=3, L=16))
+    autocast = amp.autocast("bf16", torch.device("cuda"), cache=not graphs)
+    step = TrainStep(model, optimizer, SkipCounter(torch.device("cuda"), limit=10),
+                     max_grad_norm=1.0, autocast=autocast)  # fmt: skip
+    ids, mask = batch(B=3, L=16)
+    inputs = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+    return model, (GraphedStep(step) if graphs else step), inputs
 
-    def step(number):
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            out = model(ids, mask, keys=draw_keys("cuda"), metrics=False, check_values=False)
-        out.loss.backward()
-        clipped_update(optimizer, skips, out.loss.detach(), 1.0)
-        optimizer.zero_grad(set_to_none=True)
-        skips.poll(number)
 
-    step(1)  # the first step allocates the moments and loads what it needs
+def run_steps(runner, inputs, steps, first=0):
+    """`steps` steps from step `first`: keys and dropout seeded by the step, as the loop does;
+    metrics at every other step, so that both micro-step graphs are recorded."""
+    from electra_fast.model.pretraining import draw_keys
+
+    losses = []
+    for number in range(first, first + steps):
+        torch.manual_seed(1000 + number)
+        keys = draw_keys("cuda", torch.Generator("cuda").manual_seed(number))
+        runner.micro(inputs, keys, metrics=number % 2 == 0)
+        runner.set_learning_rate(1e-3)
+        runner.update()
+        losses.append(runner.read()["loss"])
+    return losses
+
+
+def test_a_training_step_never_makes_the_host_wait():
+    """Forward, backward, clipping, the skip decision and the update, as the loop runs them
+    (TrainStep), under CUDA's sync debug mode: any read of a device value on the host is an
+    error."""
+    from electra_fast.model.pretraining import draw_keys
+
+    _, step, inputs = tiny_step()
+    inputs = {k: v.cuda() for k, v in inputs.items()}
+
+    def one(number):
+        step.micro(inputs, draw_keys("cuda"), metrics=False)
+        step.set_learning_rate(1e-3)
+        step.update()
+        step.skips.poll(number)
+
+    one(1)  # the first step allocates the moments and loads what it needs
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         for number in range(2, 5):
-            step(number)
+            one(number)
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    assert skips.check(4) == 0
+    assert step.skips.check(4) == 0
+
+
+def test_graph_replays_train_as_the_eager_step():
+    """GraphedStep: 3 eager runs of each part, then recorded and replayed. The losses and the
+    parameters follow the eager TrainStep's from the same start, up to the order of the
+    attention backward's atomic adds (dQ) and of a few ulps a step."""
+    from electra_fast.pretraining.step import GraphedStep
+
+    eager_model, eager, inputs = tiny_step(graphs=False)
+    graphed_model, graphed, _ = tiny_step(graphs=True)
+    steps = 2 * GraphedStep.WARMUP + 4
+    eager_losses = run_steps(eager, inputs, steps)
+    graphed_losses = run_steps(graphed, inputs, steps)
+    assert set(graphed.graphs) == {("update",), ("micro", True), ("micro", False)}
+    torch.testing.assert_close(graphed_losses, eager_losses, rtol=1e-3, atol=1e-4)
+    for (name, a), b in zip(graphed_model.named_parameters(), eager_model.parameters(),
+                            strict=True):  # fmt: skip
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-4, msg=name)
+
+
+def test_a_replayed_step_launches_a_few_kernels_from_the_host():
+    """Once recorded, a step costs the host the batch's and the keys' copies, the learning
+    rate's fill and three graph launches, where the eager step launches hundreds of kernels."""
+    from electra_fast.pretraining.step import GraphedStep
+
+    def launches(graphs):
+        _, runner, inputs = tiny_step(graphs=graphs)
+        run_steps(runner, inputs, 2 * GraphedStep.WARMUP + 2)  # every part recorded
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as trace:
+            run_steps(runner, inputs, 2, first=100)
+        # The runtime calls that launch one kernel (cudaLaunchKernel, cudaLaunchKernelExC,
+        # cuLaunchKernel...), not a graph's cudaGraphLaunch.
+        return sum(e.count for e in trace.key_averages() if "LaunchKernel" in e.key)
+
+    eager, graphed = launches(False), launches(True)
+    assert graphed <= 20 < 200 <= eager, (graphed, eager)
 
 
 def test_the_loop_waits_for_the_device_no_more_often_for_more_steps(dataset, tmp_path):  # noqa: F811

@@ -17,16 +17,18 @@ from electra_fast.pretraining.optimization import (
 
 
 def official_update(param, grads, lr, b1=0.9, b2=0.999, eps=1e-6, wd=0.01):
-    """AdamWeightDecayOptimizer.apply_gradients, element by element, in float64."""
+    """AdamWeightDecayOptimizer.apply_gradients, element by element, in float64; `lr` a rate,
+    or one per step."""
     p = [float(x) for x in param]
     m = [0.0] * len(p)
     v = [0.0] * len(p)
-    for g in grads:
+    rates = lr if isinstance(lr, list) else [lr] * len(grads)
+    for g, rate in zip(grads, rates, strict=True):
         for i, gi in enumerate(g):
             m[i] = b1 * m[i] + (1 - b1) * gi
             v[i] = b2 * v[i] + (1 - b2) * gi * gi
             update = m[i] / (math.sqrt(v[i]) + eps) + wd * p[i]
-            p[i] = p[i] - lr * update
+            p[i] = p[i] - rate * update
     return p
 
 
@@ -42,6 +44,31 @@ def test_update_equals_the_official_one(weight_decay):
         optimizer.step()
     want = official_update(start.tolist(), [g.tolist() for g in grads], 0.1, wd=weight_decay)
     torch.testing.assert_close(param.detach(), torch.tensor(want, dtype=torch.float64))
+
+
+def test_a_tensor_learning_rate_is_read_at_each_step():
+    """A group's lr as a 0-d float32 tensor (what a step replayed from a CUDA graph reads):
+    changed in place between steps, each step uses its value then."""
+    torch.manual_seed(0)
+    start = torch.randn(5)
+    grads = [torch.randn(5) for _ in range(4)]
+    rates = [0.1, 0.05, 0.02, 0.2]
+    param = nn.Parameter(start.clone())
+    lr = torch.zeros(())
+    optimizer = AdamWeightDecay([param], lr=lr)
+    for g, rate in zip(grads, rates, strict=True):
+        lr.fill_(rate)
+        param.grad = g.clone()
+        optimizer.step()
+    float32_rates = [float(torch.tensor(r)) for r in rates]  # the kernel reads float32
+    want = official_update(start.tolist(), [g.tolist() for g in grads], float32_rates)
+    torch.testing.assert_close(param.detach(), torch.tensor(want, dtype=torch.float32))
+
+
+@pytest.mark.parametrize("lr", [torch.tensor([0.1]), torch.tensor(0.1, dtype=torch.float64)])
+def test_a_tensor_learning_rate_must_be_0d_float32(lr):
+    with pytest.raises(ValueError, match="tensor lr must be 0-d float32"):
+        AdamWeightDecay([nn.Parameter(torch.zeros(2))], lr=lr)
 
 
 def test_schedule_values():

@@ -151,6 +151,14 @@ def test_hparams_validation(dataset, tmp_path):
         Hparams.from_json("{not json")
     with pytest.raises(ValueError, match="max_grad_norm must be positive, got 0"):
         Hparams.from_json('{"max_grad_norm": 0}')
+    with pytest.raises(ValueError, match="cuda_graphs and compile exclude each other"):
+        Hparams.from_json('{"cuda_graphs": true, "compile": true}')
+    with pytest.raises(ValueError, match="cuda_graphs needs precision bf16 or fp32"):
+        Hparams.from_json('{"cuda_graphs": true, "precision": "fp16"}')
+    with pytest.raises(
+        ValueError, match="cuda_graphs=true needs one process on a GPU, got the cpu"
+    ):
+        pretrain(dataset, tmp_path / "r", hparams(cuda_graphs=True), progress=False, device="cpu")
     base = Hparams.from_json('{"model_size": "base"}')
     assert (base.learning_rate, base.train_batch_size, base.max_seq_length) == (2e-4, 256, 512)
     large = Hparams.from_json('{"model_size": "large", "num_train_steps": 10}')

@@ -1,0 +1,199 @@
+"""The pretraining loop's step on tensors that stay where they are: run eagerly (`TrainStep`),
+or recorded once as CUDA graphs and replayed (`GraphedStep`).
+
+An eager step of ELECTRA-small issues about 900 ops that are not views, each a trip through
+Python and the dispatcher and most of them a kernel launch; at the 3M tokens/s we aim for, a
+128 x 128 step has 5.5 ms, about what the host needs to issue them (benchmarks/bench_step_host.py).
+A replayed graph is one launch for all of them. What a graph needs, TrainStep gives both ways,
+so that the eager tests cover the code that is recorded: every tensor the step reads or writes
+between steps (the batch, the keys, the learning rate, the gradients, the running totals, the
+skip counts) is allocated once and changed in place, and nothing in the step reads a value
+back on the host.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+
+import torch
+
+from electra_fast.pretraining.optimization import AdamWeightDecay, clip_divisor
+from electra_fast.pretraining.skipping import SkipCounter
+
+# What a step reports, in the order of TrainStep.totals.
+REPORTED = ("loss", "gen_loss", "disc_loss", "mlm_acc", "disc_acc")
+
+
+class TrainStep:
+    """One optimisation step in two parts: `micro` (forward and backward of one micro-batch,
+    its gradients added to the others') as many times as the accumulation asks, then `update`
+    (global norm, skip decision, clipping inside the fused Adam update, gradients zeroed).
+
+    `trained` is the model as the loop calls it (maybe wrapped in DistributedDataParallel or
+    torch.compile); `share` = 1 / micro-batches per step; `forward` holds the keyword arguments
+    every call passes (row_offset, sync_counts). The learning rate is `self.lr`, a 0-d tensor
+    every parameter group reads (set it with set_learning_rate before `update`)."""
+
+    def __init__(
+        self,
+        trained: torch.nn.Module,
+        optimizer: AdamWeightDecay,
+        skips: SkipCounter,
+        *,
+        max_grad_norm: float,
+        share: float = 1.0,
+        autocast: Callable[[], AbstractContextManager] = nullcontext,
+        scaler: torch.amp.GradScaler | None = None,
+        **forward,
+    ):
+        if not max_grad_norm > 0:  # inf: no clipping
+            raise ValueError(f"max_grad_norm must be positive, got {max_grad_norm}")
+        self.trained, self.optimizer, self.skips = trained, optimizer, skips
+        self.max_grad_norm, self.share, self.forward = max_grad_norm, share, forward
+        self.autocast, self.scaler = autocast, scaler
+        self.device = skips.counts.device
+        self.totals = torch.zeros(len(REPORTED), device=self.device)  # this step's, so far
+        self.reported = torch.zeros(len(REPORTED), device=self.device)  # the last step's
+        self.grad_norm = torch.zeros((), device=self.device)  # the last step's, before clipping
+        self.lr = torch.zeros((), device=self.device)
+        for group in optimizer.param_groups:
+            group["lr"] = self.lr
+        # A graph replays into the gradients its recording saw: they are zeroed, not freed.
+        self.keep_gradients = False
+
+    def set_learning_rate(self, rate: float) -> None:
+        self.lr.fill_(rate)
+
+    def micro(self, batch: dict, keys: torch.Tensor, *, metrics: bool, last: bool = True) -> None:
+        """Forward and backward of one micro-batch ([B, L] input_ids, attention_mask and
+        token_type_ids, on any device: they are copied to the step's without waiting), with
+        `keys` its masking and sampling keys; its losses (and, with `metrics`, accuracies)
+        added to `totals` with weight `share`. `last`: the step's last micro-batch, after which
+        DistributedDataParallel averages the gradients (before it, no_sync)."""
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        # DistributedDataParallel's (torch.compile's wrapper passes it through).
+        no_sync = getattr(self.trained, "no_sync", None)
+        with no_sync() if no_sync and not last else nullcontext(), self.autocast():
+            output = self.trained(
+                batch["input_ids"],
+                batch["attention_mask"],
+                batch["token_type_ids"],
+                metrics=metrics,
+                keys=keys,
+                check_values=False,  # the loop checked the batch on the host
+                **self.forward,
+            )
+            loss = output.loss * self.share
+        (self.scaler.scale(loss) if self.scaler else loss).backward()
+        values = [output.loss, output.gen_loss, output.disc_loss]
+        if output.metrics:
+            values += [output.metrics["mlm_accuracy"], output.metrics["disc_accuracy"]]
+        with torch.no_grad():  # one stack and one add, not three ops per value
+            self.totals[: len(values)] += torch.stack(values).float() * self.share
+
+    def update(self) -> None:
+        """The update from the summed gradients, on the device: skipped there when the loss or
+        the norm is not finite (with fp16, also when the scaled gradients overflowed)."""
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        grad_norm = self.optimizer.grad_norm()
+        divisor = clip_divisor(grad_norm, self.max_grad_norm)
+        skip = self.skips.flag(self.totals[0], grad_norm)
+        self.optimizer.step(found_inf=skip, grad_scale=divisor)
+        if self.scaler:
+            self.scaler.update()  # from the overflow unscale_ found: smaller after one
+        with torch.no_grad():
+            self.grad_norm.copy_(grad_norm)
+            self.reported.copy_(self.totals)
+            self.totals.zero_()
+        self.optimizer.zero_grad(set_to_none=not self.keep_gradients)
+
+    def read(self) -> dict[str, float]:
+        """The last step's losses, accuracies (0 unless its micro-steps had metrics) and
+        gradient norm, read now: the host waits for the device."""
+        values = torch.cat((self.reported, self.grad_norm[None])).tolist()
+        return dict(zip((*REPORTED, "grad_norm"), values, strict=True))
+
+
+class GraphedStep:
+    """A TrainStep whose parts are replayed from CUDA graphs: the host's share of a step is
+    then the copies of the batch and the keys, the learning rate's fill and the replays.
+
+    Each part (the update, the micro-step with metrics, the micro-step without) runs eagerly
+    its first WARMUP times, on a side stream as torch's CUDA graph notes ask: what the first
+    calls create lazily (cuBLAS handles, the optimiser's moments, the gradients, which stay,
+    zeroed, from then on) exists before recording. It is then recorded, and replayed from then
+    on. The three graphs share one memory pool: what a graph writes that outlives it (the
+    gradients, the totals, the parameters) was allocated outside the pool, so none of them can
+    overwrite another's results, and they may replay in any order.
+
+    The batch must keep its shape (PaddedBatches pads every batch to the dataset's length).
+    Not for fp16 (the loss scaler decides on the host), DistributedDataParallel or
+    torch.compile: the loop refuses those with cuda_graphs."""
+
+    WARMUP = 3
+
+    def __init__(self, step: TrainStep):
+        if step.device.type != "cuda":
+            raise ValueError(f"CUDA graphs need a CUDA device, the step's is {step.device}")
+        if step.scaler is not None:
+            raise ValueError("CUDA graphs do not take fp16's loss scaler: use bf16 or fp32")
+        self.step = step
+        step.keep_gradients = True
+        self.inputs: dict[str, torch.Tensor] = {}
+        self.keys: torch.Tensor | None = None
+        self.graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
+        self.eager_runs: Counter = Counter()
+        self.pool = torch.cuda.graph_pool_handle()
+        self.side = torch.cuda.Stream(step.device)
+
+    def set_learning_rate(self, rate: float) -> None:
+        self.step.set_learning_rate(rate)
+
+    def micro(self, batch: dict, keys: torch.Tensor, *, metrics: bool, last: bool = True) -> None:
+        if not self.inputs:
+            self.inputs = {
+                k: torch.empty_like(v, device=self.step.device) for k, v in batch.items()
+            }
+            self.keys = torch.empty_like(keys, device=self.step.device)
+        for name, value in batch.items():
+            if value.shape != self.inputs[name].shape:
+                raise ValueError(
+                    f"a step recorded as a CUDA graph takes batches of one shape: {name} was "
+                    f"{tuple(self.inputs[name].shape)}, now {tuple(value.shape)}"
+                )
+            self.inputs[name].copy_(value, non_blocking=True)
+        self.keys.copy_(keys, non_blocking=True)
+        self._run(
+            ("micro", metrics), lambda: self.step.micro(self.inputs, self.keys, metrics=metrics)
+        )
+
+    def update(self) -> None:
+        self._run(("update",), self.step.update)
+
+    def read(self) -> dict[str, float]:
+        return self.step.read()
+
+    def _run(self, part: tuple, run: Callable[[], None]) -> None:
+        graph = self.graphs.get(part)
+        if graph is None and self.eager_runs[part] < self.WARMUP:
+            self.eager_runs[part] += 1
+            self.side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(self.side):
+                run()
+            torch.cuda.current_stream().wait_stream(self.side)
+            return
+        if graph is None:
+            graph = torch.cuda.CUDAGraph()
+            try:
+                with torch.cuda.graph(graph, pool=self.pool):
+                    run()
+            except RuntimeError as error:
+                raise RuntimeError(
+                    f"recording the step's {part[0]} as a CUDA graph failed ({error}); train "
+                    "with cuda_graphs=false"
+                ) from error
+            self.graphs[part] = graph
+        graph.replay()  # recording ran nothing: the first replay is this step's run
