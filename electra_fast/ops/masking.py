@@ -7,6 +7,8 @@ the compiled kernel (csrc/ops/masking.cpp, csrc/ops/cuda/masking.cu) or, without
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Iterable
 from typing import NamedTuple
 
@@ -194,7 +196,10 @@ def mask_tokens_reference(
     specials = sorted(set(special_ids) | {mask_token_id})
     ids = input_ids.long()
     is_token = attention_mask != 0
-    candidate = is_token & ~torch.isin(ids, torch.tensor(specials, device=device))
+    # No tensor made from Python values on the device: that copy cannot be recorded in a CUDA
+    # graph (the specials are a handful of ids; the rate multiplies as a float32 either way).
+    is_special = functools.reduce(operator.or_, (ids == special for special in specials))
+    candidate = is_token & ~is_special
     index = torch.arange(B * L, device=device).view(B, L)
     key, decision, token_draw, _ = philox_elements(seed, index + row_offset * L, STREAM_MASKING)
     mask_prob32 = float(np.float32(mask_prob))
@@ -202,7 +207,7 @@ def mask_tokens_reference(
         candidate &= key.double() < mask_prob32 * 2.0**32
         wanted = torch.full((B,), N, device=device)
     else:
-        product = is_token.sum(1).float() * torch.tensor(mask_prob32, device=device)
+        product = is_token.sum(1).float() * mask_prob32
         wanted = product.round().long().clamp(min=1, max=N)  # round half to even, as tf.round
     k = torch.minimum(wanted, candidate.sum(1))
 

@@ -8,8 +8,10 @@ import math
 
 import pytest
 import torch
+from torch._library.custom_ops import OPDEFS
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from electra_fast import amp
+from electra_fast import _extension, amp
 from electra_fast.model import ElectraForPretraining
 from electra_fast.model.pretraining import draw_keys
 from electra_fast.pretraining.optimization import AdamWeightDecay
@@ -114,6 +116,57 @@ def test_what_a_graph_replays_stays_where_it_is():
         where = storage()
         assert all(not p.grad.any() for p in model.parameters())
     assert step.skips.check(3) == 0
+
+
+class HostTransfers(TorchDispatchMode):
+    """Records the ops that read a tensor's value back on the host (.item(), bool(), a nonzero
+    or boolean index, whose output shape depends on values) or copy Python values to the
+    device (torch.tensor): on a GPU each waits for the device or cannot be recorded in a CUDA
+    graph. A CPU run sees the same ops as a GPU run, less what happens inside a kernel."""
+
+    OPS = {"_local_scalar_dense", "nonzero", "masked_select", "is_nonzero", "lift_fresh",
+           "lift_fresh_copy", "equal", "allclose", "_unique2", "unique_dim",
+           "unique_consecutive"}  # fmt: skip
+
+    def __init__(self, inside_our_ops: bool):
+        super().__init__()
+        self.inside_our_ops, self.seen = inside_our_ops, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        indices = args[1] if func._opname.startswith("index") and len(args) > 1 else ()
+        by_mask = isinstance(indices, (list, tuple)) and any(
+            isinstance(t, torch.Tensor) and t.dtype == torch.bool for t in indices
+        )
+        if func._opname in self.OPS or by_mask:
+            self.seen.append(str(func))
+        if self.inside_our_ops and func.namespace == _extension.REFERENCE_LIBRARY:
+            # A reference op's Python function, run where this mode sees its ops (a C++
+            # kernel's inner ops are its own business: its CUDA twin reads nothing back).
+            reference = OPDEFS[f"{func.namespace}::{func._opname}"]._init_fn
+            with self:
+                return reference(*args, **(kwargs or {}))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("reference", [False, True])
+def test_the_parts_a_graph_records_neither_read_nor_copy_values(monkeypatch, reference):
+    """Both micro-steps (with and without metrics) and the update, on our kernels and on the
+    torch references, call no op that reads a device value on the host or copies one there."""
+    if not reference and not _extension.has_kernel("generator_step", "cpu"):
+        pytest.skip("no CPU kernels built")
+    monkeypatch.setattr(_extension, "FORCE_REFERENCE", reference)
+    torch.manual_seed(0)
+    step = train_step(ElectraForPretraining(tiny()), 1.0)
+    step.keep_gradients = True
+    inputs, keys = micro_batches(1)[0]
+    step.micro(inputs, keys, metrics=True)  # as GraphedStep: eager runs before the recording
+    step.set_learning_rate(LR)
+    step.update()
+    with HostTransfers(inside_our_ops=reference) as transfers:
+        step.micro(inputs, keys, metrics=True)
+        step.micro(inputs, keys, metrics=False)
+        step.update()
+    assert not transfers.seen
 
 
 def test_a_non_finite_loss_leaves_the_parameters_and_counts_the_skip():
