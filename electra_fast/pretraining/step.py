@@ -122,12 +122,15 @@ class GraphedStep:
     then the copies of the batch and the keys, the learning rate's fill and the replays.
 
     Each part (the update, the micro-step with metrics, the micro-step without) runs eagerly
-    its first WARMUP times, on a side stream as torch's CUDA graph notes ask: what the first
-    calls create lazily (cuBLAS handles, the optimiser's moments, the gradients, which stay,
-    zeroed, from then on) exists before recording. It is then recorded, and replayed from then
-    on. The three graphs share one memory pool: what a graph writes that outlives it (the
-    gradients, the totals, the parameters) was allocated outside the pool, so none of them can
-    overwrite another's results, and they may replay in any order.
+    WARMUP times, on a side stream as torch's CUDA graph notes ask, before any is recorded:
+    what the first calls create lazily (cuBLAS handles, the optimiser's moments, the gradients,
+    which stay, zeroed, from then on) exists before recording, and no eager run needs memory
+    beside the graphs' pool. (So once the micro-step without metrics has had its eager runs,
+    the next ones compute metrics whether or not they are logged: metrics change no gradient.)
+    Each part is then recorded when it is next called, and replayed from then on. The three
+    graphs share one memory pool: what a graph writes that outlives it (the gradients, the
+    totals, the parameters) was allocated outside the pool, so none of them can overwrite
+    another's results, and they may replay in any order.
 
     The batch must keep its shape (PaddedBatches pads every batch to the dataset's length).
     Not for fp16 (the loss scaler decides on the host), DistributedDataParallel or
@@ -166,6 +169,8 @@ class GraphedStep:
                 )
             self.inputs[name].copy_(value, non_blocking=True)
         self.keys.copy_(keys, non_blocking=True)
+        if not self._warm():  # once the variant without metrics is warm, the one with them
+            metrics = metrics or self.eager_runs[("micro", False)] >= self.WARMUP
         self._run(
             ("micro", metrics), lambda: self.step.micro(self.inputs, self.keys, metrics=metrics)
         )
@@ -176,9 +181,13 @@ class GraphedStep:
     def read(self) -> dict[str, float]:
         return self.step.read()
 
+    def _warm(self) -> bool:
+        parts = (("update",), ("micro", True), ("micro", False))
+        return all(self.eager_runs[part] >= self.WARMUP for part in parts)
+
     def _run(self, part: tuple, run: Callable[[], None]) -> None:
         graph = self.graphs.get(part)
-        if graph is None and self.eager_runs[part] < self.WARMUP:
+        if graph is None and not self._warm():
             self.eager_runs[part] += 1
             self.side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(self.side):
