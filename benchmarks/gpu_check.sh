@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # On a GPU machine, in one go: build with all cores, run the whole test suite (GPU tests
-# included), sanitise the kernels, run the GPU benchmarks, and write logs, a JSON report and a
-# markdown table to OUTDIR.
-#   benchmarks/gpu_check.sh OUTDIR [STAGE...]      STAGE: build tests sanitize bench (default: all)
-# Each stage has its own time limit (TESTS_S, SANITIZE_S, BENCH_S seconds), so that a kernel that
-# hangs costs one stage and not the whole lease; within the bench stage each benchmark file has
-# its own (BENCH_FILE_S) and JSON. BENCH_K selects the benchmarks (default: the GPU ones; CPU
+# included), sanitise the kernels, profile a pretraining step, run the GPU benchmarks, and write
+# logs, a JSON report and a markdown table to OUTDIR.
+#   benchmarks/gpu_check.sh OUTDIR [STAGE...]
+# STAGE: build tests sanitize profile bench (default: all). Each stage has its own time limit
+# (TESTS_S, SANITIZE_S, PROFILE_S, BENCH_S seconds), so that a kernel that hangs costs one stage
+# and not the whole lease; within the bench stage each benchmark file has its own (BENCH_FILE_S)
+# and JSON. BENCH_K selects the benchmarks (default: the GPU ones; CPU
 # timings on a lent 16-core machine are not the ones we report), BENCH_FILES the files.
 # Commit OUTDIR/results.md as benchmarks/results/<date>_<gpu>.md.
 set -uo pipefail
-out=${1:?usage: benchmarks/gpu_check.sh OUTDIR [build tests sanitize bench]}
+out=${1:?usage: benchmarks/gpu_check.sh OUTDIR [build tests sanitize profile bench]}
 shift
-stages=${*:-build tests sanitize bench}
+stages=${*:-build tests sanitize profile bench}
 mkdir -p "$out"
 python=${PYTHON:-python3}
 status=0
@@ -63,6 +64,17 @@ if has sanitize; then
   else
     echo "compute-sanitizer not found: kernels not sanitised" | tee "$out/sanitizer.txt"
   fi
+fi
+
+# Where the device time of an ELECTRA-small step goes, kernel by kernel, eager and replayed from
+# CUDA graphs: what to work on next.
+if has profile; then
+  for mode in eager graphs; do
+    flag=$([[ $mode == graphs ]] && echo --graphs)
+    timeout "${PROFILE_S:-120}" "$python" benchmarks/profile_step.py --device cuda $flag \
+      --out "$out/profile_$mode.md" > "$out/profile_$mode.log" 2>&1 || status=1
+    echo "profile $mode: $(head -1 "$out/profile_$mode.md" 2> /dev/null || tail -1 "$out/profile_$mode.log")"
+  done
 fi
 
 # One pytest per benchmark file, each with its own JSON and time limit within the stage's, so

@@ -1,0 +1,39 @@
+"""The benchmark scripts that are not pytest benchmarks run, on the CPU, small."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from electra_fast import _extension
+
+HERE = Path(__file__).resolve().parent
+
+
+def run(script: str, *args: str) -> str:
+    done = subprocess.run([sys.executable, str(HERE / script), *args], capture_output=True,
+                          text=True, timeout=300, cwd=HERE.parent)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_profile_step_groups_the_step_time(tmp_path):
+    if not _extension.has_kernel("generator_step", "cpu"):
+        pytest.skip("no CPU kernels built")
+    out = tmp_path / "profile.md"
+    text = run("profile_step.py", "--device", "cpu", "--batch", "1", "--length", "16",
+               "--steps", "1", "--top", "5", "--out", str(out))  # fmt: skip
+    assert out.read_text() == text.rstrip("\n") + "\n"
+    groups = dict(re.findall(r"^\| (matmul|ours|other) \| [\d.]+ \| ([\d.]+)% \|$", text, re.M))
+    assert set(groups) == {"matmul", "ours", "other"}, text
+    assert sum(map(float, groups.values())) == pytest.approx(100, abs=0.2)
+    assert "electra_fast::attention_forward" in text or "aten::mm" in text
+
+
+def test_count_step_ops_counts_the_step():
+    text = run("count_step_ops.py", "--top", "3")
+    parts = dict(re.findall(r"(forward and backward|clip, flag, Adam): (\d+)", text))
+    total, not_views = map(int, re.search(r"(\d+) ops in all, (\d+) of them", text).groups())
+    assert total == sum(map(int, parts.values())) and 0 < not_views < total
