@@ -143,14 +143,17 @@ class GraphedStep:
             raise ValueError(f"CUDA graphs need a CUDA device, the step's is {step.device}")
         if step.scaler is not None:
             raise ValueError("CUDA graphs do not take fp16's loss scaler: use bf16 or fp32")
+        self._attach(step)
+        self.pool = torch.cuda.graph_pool_handle()
+        self.side = torch.cuda.Stream(step.device)
+
+    def _attach(self, step: TrainStep) -> None:
         self.step = step
         step.keep_gradients = True
         self.inputs: dict[str, torch.Tensor] = {}
         self.keys: torch.Tensor | None = None
         self.graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
         self.eager_runs: Counter = Counter()
-        self.pool = torch.cuda.graph_pool_handle()
-        self.side = torch.cuda.Stream(step.device)
 
     def set_learning_rate(self, rate: float) -> None:
         self.step.set_learning_rate(rate)
@@ -189,20 +192,26 @@ class GraphedStep:
         graph = self.graphs.get(part)
         if graph is None and not self._warm():
             self.eager_runs[part] += 1
-            self.side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(self.side):
-                run()
-            torch.cuda.current_stream().wait_stream(self.side)
+            self._run_eagerly(run)
             return
         if graph is None:
-            graph = torch.cuda.CUDAGraph()
-            try:
-                with torch.cuda.graph(graph, pool=self.pool):
-                    run()
-            except RuntimeError as error:
-                raise RuntimeError(
-                    f"recording the step's {part[0]} as a CUDA graph failed ({error}); train "
-                    "with cuda_graphs=false"
-                ) from error
-            self.graphs[part] = graph
+            graph = self.graphs[part] = self._record(part, run)
         graph.replay()  # recording ran nothing: the first replay is this step's run
+
+    def _run_eagerly(self, run: Callable[[], None]) -> None:
+        self.side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.side):
+            run()
+        torch.cuda.current_stream().wait_stream(self.side)
+
+    def _record(self, part: tuple, run: Callable[[], None]) -> torch.cuda.CUDAGraph:
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph, pool=self.pool):
+                run()
+        except RuntimeError as error:
+            raise RuntimeError(
+                f"recording the step's {part[0]} as a CUDA graph failed ({error}); train "
+                "with cuda_graphs=false"
+            ) from error
+        return graph

@@ -1,0 +1,128 @@
+"""GraphedStep's logic on the CPU, its CUDA graphs emulated op by op: what a graph would freeze
+at recording (a Python float, a branch taken, an attribute later rebound) is frozen here too, so
+a replay that trains as the eager step shows that everything that changes between steps reaches
+the graph through tensors it reads. The GPU tests (test_cuda.py) replay real graphs."""
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from electra_fast.model import ElectraForPretraining
+from electra_fast.pretraining.step import GraphedStep
+from tests.model.test_pretraining import tiny
+from tests.pretraining.test_step import micro_batches, train_step
+
+
+class RecordedOps:
+    """A graph as a list of ops, each with the very tensors it took and returned at recording.
+    A replay runs them again on those tensors, and writes what each returns into the tensor it
+    returned then: the fixed addresses of a CUDA graph, with tensors for addresses."""
+
+    def __init__(self):
+        self.ops = []
+
+    @torch.no_grad()  # ops below autograd, as a graph's kernels are
+    def replay(self):
+        for func, args, kwargs, recorded in self.ops:
+            result = func(*args, **kwargs)
+            for old, new in zip(tree_leaves(recorded), tree_leaves(result), strict=True):
+                if isinstance(old, torch.Tensor) and old is not new:
+                    old.copy_(new)
+
+
+class Recording(TorchDispatchMode):
+    def __init__(self, graph: RecordedOps):
+        super().__init__()
+        self.graph = graph
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.graph.ops.append((func, args, kwargs or {}, out))
+        return out
+
+
+class EmulatedGraphedStep(GraphedStep):
+    """GraphedStep with RecordedOps for graphs. A CUDA graph records without running; this
+    recording runs the ops (their outputs must exist), so it puts back what they changed: the
+    tensors of `state()` and the random generator."""
+
+    def __init__(self, step, state):
+        self._attach(step)
+        self.state = state
+
+    def _run_eagerly(self, run):
+        run()
+
+    def _record(self, part, run):
+        before = [t.clone() for t in self.state()]
+        generator = torch.get_rng_state()
+        graph = RecordedOps()
+        with Recording(graph):
+            run()
+        for tensor, saved in zip(self.state(), before, strict=True):
+            tensor.copy_(saved)
+        torch.set_rng_state(generator)
+        return graph
+
+
+def state_of(model, step):
+    """Every tensor a step changes in place, for the recording to put back."""
+
+    def tensors():
+        moments = [t for s in step.optimizer.state.values() for t in s.values()]
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        kept = [step.totals, step.reported, step.grad_norm, step.lr, step.skips.counts]
+        return [*(p.data for p in model.parameters()), *grads, *moments, *kept]
+
+    return tensors
+
+
+def train(runner, steps):
+    """Steps with new batches, keys, dropout seeds and rates each time, and metrics at every
+    third: whatever a replay took from its recording instead of from the step would show."""
+    losses = []
+    data = micro_batches(4)
+    for number in range(steps):
+        inputs, keys = data[number % len(data)]
+        torch.manual_seed(100 + number)
+        runner.micro(inputs, keys, metrics=number % 3 == 0)
+        runner.set_learning_rate(1e-3 * (1 + number % 4))
+        runner.update()
+        losses.append(runner.read())
+    return losses
+
+
+def test_a_replayed_step_trains_as_the_eager_one():
+    torch.manual_seed(0)
+    eager_model = ElectraForPretraining(tiny())
+    graphed_model = ElectraForPretraining(tiny())
+    graphed_model.load_state_dict(eager_model.state_dict())
+    eager = train_step(eager_model, 1.0)
+    step = train_step(graphed_model, 1.0)
+    graphed = EmulatedGraphedStep(step, state_of(graphed_model, step))
+    steps = 3 * GraphedStep.WARMUP + 6
+    want, got = train(eager, steps), train(graphed, steps)
+    assert set(graphed.graphs) == {("update",), ("micro", True), ("micro", False)}
+    assert sum(graphed.eager_runs.values()) < 3 * steps  # most parts ran from their graphs
+    for number, (a, b) in enumerate(zip(got, want, strict=True)):
+        for key in ("loss", "gen_loss", "disc_loss", "grad_norm"):
+            assert a[key] == pytest.approx(b[key], rel=1e-6), (number, key)
+        if number % 3 == 0:  # a logged step has its accuracies
+            assert a["mlm_acc"] == pytest.approx(b["mlm_acc"], abs=1e-6), number
+            assert a["disc_acc"] == pytest.approx(b["disc_acc"], abs=1e-6), number
+    for (name, a), b in zip(graphed_model.named_parameters(), eager_model.parameters(),
+                            strict=True):  # fmt: skip
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_a_batch_of_another_shape_is_refused():
+    torch.manual_seed(0)
+    model = ElectraForPretraining(tiny())
+    step = train_step(model, 1.0)
+    graphed = EmulatedGraphedStep(step, state_of(model, step))
+    inputs, keys = micro_batches(1)[0]
+    graphed.micro(inputs, keys, metrics=False)
+    shorter = {name: value[:, :8] for name, value in inputs.items()}
+    with pytest.raises(ValueError, match=r"input_ids was \(3, 16\), now \(3, 8\)"):
+        graphed.micro(shorter, keys, metrics=False)
