@@ -3,29 +3,21 @@ loop's host does at every step: `PretrainingDataset.padded_batch` (one gather pe
 reading the examples one by one and collating them (`collate_padded`). On a GPU the host has a
 few milliseconds per step for everything, so this is host time the device may wait for."""
 
-from pathlib import Path
 
 import pytest
 import torch
 
 from benchmarks.conftest import describe
-from electra_fast.data import PretrainingDataset, collate_padded, prepare
+from electra_fast.data import PretrainingDataset, collate_padded
+from tests.samples import prepare_en_sample
 
-SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
 B, L = 128, 128
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    pytest.importorskip("sentencepiece")
-    from electra_fast.tokenization.sentencepiece import train_sentencepiece
-
     root = tmp_path_factory.mktemp("batches")
-    text = (SAMPLES / "en.txt").read_text(encoding="utf-8")
-    train_sentencepiece([x for x in text.splitlines() if x], root / "tok", vocab_size=2000)
-    prepare([str(SAMPLES / "en.txt")], str(root / "tok"), str(root / "data"), max_seq_length=L,
-            progress=False)  # fmt: skip
-    return PretrainingDataset(root / "data")
+    return PretrainingDataset(prepare_en_sample(root, vocab_size=2000, max_seq_length=L))
 
 
 @pytest.mark.parametrize("provider", ["electra_fast", "per_example_collate"])

@@ -6,34 +6,25 @@ import json
 import re
 import shutil
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from electra_fast import tokenization
 from electra_fast.cli import main
-from electra_fast.data import PretrainingDataset, prepare
+from electra_fast.data import PretrainingDataset
 from electra_fast.pretraining import checkpoint as checkpoints
 from electra_fast.pretraining.hparams import Hparams
 from electra_fast.pretraining.trainer import pretrain
+from tests.samples import prepare_en_sample
 
-SAMPLES = Path(__file__).resolve().parents[2] / "data" / "samples"
 TINY = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
         "intermediate_size": 128, "embedding_size": 32}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    pytest.importorskip("sentencepiece")
-    from electra_fast.tokenization.sentencepiece import train_sentencepiece
-
-    root = tmp_path_factory.mktemp("data")
-    text = (SAMPLES / "en.txt").read_text(encoding="utf-8")
-    train_sentencepiece([x for x in text.splitlines() if x], root / "tok", vocab_size=500)
-    prepare([str(SAMPLES / "en.txt")], str(root / "tok"), str(root / "data"),
-            max_seq_length=32, progress=False)  # fmt: skip
-    return root / "data"
+    return prepare_en_sample(tmp_path_factory.mktemp("data"), vocab_size=500, max_seq_length=32)
 
 
 def hparams(**overrides):
