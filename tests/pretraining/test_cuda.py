@@ -38,52 +38,33 @@ def test_the_loss_falls_on_our_kernels(dataset, tmp_path, precision, cuda_graphs
     assert {"electra_fast::generator_step", "electra_fast::generator_step_tile"} & ran
 
 
-def tiny_step(graphs: bool = False, seed: int = 0):
-    """A tiny model's TrainStep (or GraphedStep) under bf16 autocast, and a batch for it."""
+def cuda_step(graphs: bool = False):
+    """A tiny model (seeded alike each time) and its TrainStep under bf16 autocast, in a
+    GraphedStep with `graphs`."""
     from electra_fast.model import ElectraForPretraining
-    from electra_fast.pretraining.optimization import AdamWeightDecay
-    from electra_fast.pretraining.skipping import SkipCounter
-    from electra_fast.pretraining.step import GraphedStep, TrainStep
-    from tests.model.test_pretraining import batch, tiny
+    from electra_fast.pretraining.step import GraphedStep
+    from tests.model.test_pretraining import tiny
+    from tests.pretraining.test_step import train_step
 
-    torch.manual_seed(seed)
-    model = ElectraForPretraining(tiny(generator_hidden_size=0.5)).cuda()
-    optimizer = AdamWeightDecay(model.parameters(), lr=1e-3)
+    torch.manual_seed(0)
+    model = ElectraForPretraining(tiny()).cuda()
     autocast = amp.autocast("bf16", torch.device("cuda"), cache=not graphs)
-    step = TrainStep(model, optimizer, SkipCounter(torch.device("cuda"), limit=10),
-                     max_grad_norm=1.0, autocast=autocast)  # fmt: skip
-    ids, mask = batch(B=3, L=16)
-    inputs = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
-    return model, (GraphedStep(step) if graphs else step), inputs
-
-
-def run_steps(runner, inputs, steps, first=0):
-    """`steps` steps from step `first`: keys and dropout seeded by the step, as the loop does;
-    metrics at every other step, so that both micro-step graphs are recorded."""
-    from electra_fast.model.pretraining import draw_keys
-
-    losses = []
-    for number in range(first, first + steps):
-        torch.manual_seed(1000 + number)
-        keys = draw_keys("cuda", torch.Generator("cuda").manual_seed(number))
-        runner.micro(inputs, keys, metrics=number % 2 == 0)
-        runner.set_learning_rate(1e-3)
-        runner.update()
-        losses.append(runner.read()["loss"])
-    return losses
+    step = train_step(model, 1.0, autocast=autocast)
+    return model, (GraphedStep(step) if graphs else step)
 
 
 def test_a_training_step_never_makes_the_host_wait():
     """Forward, backward, clipping, the skip decision and the update, as the loop runs them
     (TrainStep), under CUDA's sync debug mode: any read of a device value on the host is an
     error."""
-    from electra_fast.model.pretraining import draw_keys
+    from tests.pretraining.test_step import micro_batches
 
-    _, step, inputs = tiny_step()
+    _, step = cuda_step()
+    inputs, keys = micro_batches(1, "cuda")[0]
     inputs = {k: v.cuda() for k, v in inputs.items()}
 
     def one(number):
-        step.micro(inputs, draw_keys("cuda"), metrics=False)
+        step.micro(inputs, keys, metrics=False)
         step.set_learning_rate(1e-3)
         step.update()
         step.skips.poll(number)
@@ -104,12 +85,13 @@ def test_graph_replays_train_as_the_eager_step():
     parameters follow the eager TrainStep's from the same start, up to the order of the
     attention backward's atomic adds (dQ) and of a few ulps a step."""
     from electra_fast.pretraining.step import GraphedStep
+    from tests.pretraining.test_graphs import train
 
-    eager_model, eager, inputs = tiny_step(graphs=False)
-    graphed_model, graphed, _ = tiny_step(graphs=True)
+    eager_model, eager = cuda_step(graphs=False)
+    graphed_model, graphed = cuda_step(graphs=True)
     steps = 2 * GraphedStep.WARMUP + 4
-    eager_losses = run_steps(eager, inputs, steps)
-    graphed_losses = run_steps(graphed, inputs, steps)
+    eager_losses = [r["loss"] for r in train(eager, steps, device="cuda")]
+    graphed_losses = [r["loss"] for r in train(graphed, steps, device="cuda")]
     assert set(graphed.graphs) == {("update",), ("micro", True), ("micro", False)}
     torch.testing.assert_close(graphed_losses, eager_losses, rtol=1e-3, atol=1e-4)
     for (name, a), b in zip(graphed_model.named_parameters(), eager_model.parameters(),
@@ -121,13 +103,14 @@ def test_a_replayed_step_launches_a_few_kernels_from_the_host():
     """Once recorded, a step costs the host the batch's and the keys' copies, the learning
     rate's fill and three graph launches, where the eager step launches hundreds of kernels."""
     from electra_fast.pretraining.step import GraphedStep
+    from tests.pretraining.test_graphs import train
 
     def launches(graphs):
-        _, runner, inputs = tiny_step(graphs=graphs)
-        run_steps(runner, inputs, 2 * GraphedStep.WARMUP + 2)  # every part recorded
+        _, runner = cuda_step(graphs=graphs)
+        train(runner, 2 * GraphedStep.WARMUP + 2, device="cuda")  # every part recorded
         torch.cuda.synchronize()
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as trace:
-            run_steps(runner, inputs, 2, first=100)
+            train(runner, 2, first=100, device="cuda")
         # The runtime calls that launch one kernel (cudaLaunchKernel, cudaLaunchKernelExC,
         # cuLaunchKernel...), not a graph's cudaGraphLaunch.
         return sum(e.count for e in trace.key_averages() if "LaunchKernel" in e.key)

@@ -78,12 +78,13 @@ def state_of(model, step):
     return tensors
 
 
-def train(runner, steps):
-    """Steps with new batches, keys, dropout seeds and rates each time, and metrics at every
-    third: whatever a replay took from its recording instead of from the step would show."""
+def train(runner, steps, first=0, device="cpu"):
+    """Steps `first` to `first + steps` with new batches, keys, dropout seeds and rates each
+    time, and metrics at every third: whatever a replay took from its recording instead of from
+    the step would show. Returns what each step reports."""
     losses = []
-    data = micro_batches(4)
-    for number in range(steps):
+    data = micro_batches(4, device)
+    for number in range(first, first + steps):
         inputs, keys = data[number % len(data)]
         torch.manual_seed(100 + number)
         runner.micro(inputs, keys, metrics=number % 3 == 0)

@@ -22,19 +22,21 @@ from tests.model.test_pretraining import batch, tiny
 LR, WD, EPS = 1e-3, 0.01, 1e-6
 
 
-def micro_batches(count):
+def micro_batches(count, device="cpu"):
+    """`count` (batch on the host, its keys on `device`) pairs."""
     out = []
     for seed in range(count):
         ids, mask = batch(B=3, L=16, seed=seed)
         inputs = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
-        out.append((inputs, draw_keys("cpu", torch.Generator().manual_seed(seed))))
+        out.append((inputs, draw_keys(device, torch.Generator(device).manual_seed(seed))))
     return out
 
 
-def train_step(model, max_grad_norm):
+def train_step(model, max_grad_norm, **options):
+    """A TrainStep of `model` on its device; `options` as TrainStep takes them (autocast...)."""
     optimizer = AdamWeightDecay(model.parameters(), lr=LR, weight_decay=WD, eps=EPS)
-    skips = SkipCounter(torch.device("cpu"), limit=3)
-    return TrainStep(model, optimizer, skips, max_grad_norm=max_grad_norm)
+    skips = SkipCounter(next(model.parameters()).device, limit=3)
+    return TrainStep(model, optimizer, skips, max_grad_norm=max_grad_norm, **options)
 
 
 def by_hand(model, micros, max_grad_norm):
