@@ -3,7 +3,6 @@ loop's host does at every step: `PretrainingDataset.padded_batch` (one gather pe
 reading the examples one by one and collating them (`collate_padded`). On a GPU the host has a
 few milliseconds per step for everything, so this is host time the device may wait for."""
 
-
 import pytest
 import torch
 

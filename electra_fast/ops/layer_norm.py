@@ -108,7 +108,7 @@ def _check_inputs(x, residual, weight, bias, dropout_p, eps) -> None:
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a tensor, got {type(t).__name__}")
         if t.dtype not in FLOATS:
-            raise TypeError(f"{name} must be float32, bfloat16 or float16, got {t.dtype}")
+            raise TypeError(f"{name} must be float32, bfloat16, float16 or float64, got {t.dtype}")
         if t.device != x.device:
             raise ValueError(f"{name} must be on x's device {x.device}, got {t.device}")
     if x.dim() < 1 or x.shape[-1] < 1:
