@@ -1,5 +1,5 @@
 """The `electra-fast` command: extract-wiki, train-tokenizer, prepare, pretrain, finetune, export,
-plot, download-vi-dicts."""
+convert-tf, plot, download-vi-dicts."""
 
 from __future__ import annotations
 

@@ -1,9 +1,11 @@
-"""electra-fast train-tokenizer and prepare, end to end, and their error exit."""
+"""electra-fast train-tokenizer and prepare, end to end, their error exit, and the help."""
+
+import argparse
 
 import pytest
 
 from electra_fast import tokenization
-from electra_fast.cli import main
+from electra_fast.cli import main, parser
 from electra_fast.data import PretrainingDataset
 from tests.data.corpus_cases import corpus_text, documents
 
@@ -62,3 +64,10 @@ def test_errors_exit_with_a_message(tmp_path, capsys):
     )
     assert code == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_the_help_names_every_command():
+    root = parser()
+    (commands,) = [a for a in root._actions if isinstance(a, argparse._SubParsersAction)]
+    words = set(root.description.replace(",", " ").replace(".", " ").split())
+    assert set(commands.choices) <= words, set(commands.choices) - words
