@@ -40,8 +40,9 @@ def oracle(x, residual, weight, bias, keep, p, eps):
     return F.layer_norm(total, x.shape[-1:], weight.double(), bias.double(), eps)
 
 
-def run(fn, tensors, grad):
-    leaves = [t.detach().clone().requires_grad_() for t in tensors]
+def run(fn, tensors, grad, place=torch.clone):
+    """fn's output and the inputs' gradients; the inputs are copies that `place` makes."""
+    leaves = [place(t.detach()).requires_grad_() for t in tensors]
     out = fn(*leaves)
     out.backward(grad.to(out.dtype))
     return out, [t.grad for t in leaves]
@@ -240,20 +241,36 @@ def test_the_kernel_op_refuses_a_missing_key():
         torch.ops.electra_fast.dropout_add_layer_norm(x, residual, weight, bias, None, 0.1, 1e-5)
 
 
+def misaligned(t: torch.Tensor) -> torch.Tensor:
+    """t's values in a view that starts one element into its storage: off 16-byte alignment."""
+    storage = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)
+    view = storage[1:].view(t.shape)
+    view.copy_(t)
+    return view
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("H", [64, 256, 1024, 2048, 40])
-def test_cuda_equals_cpu(H):
-    """The same key drops the same elements on both devices (H = 40 on the GPU: a multiple of
-    8; 2048 runs the backward with one warp per block)."""
+@pytest.mark.parametrize("aligned", [True, False], ids=["aligned", "misaligned"])
+@pytest.mark.parametrize("H", [8, 40, 64, 128, 256, 512, 768, 1024, 2048])
+def test_cuda_equals_cpu(H, aligned):
+    """The same key drops the same elements on both devices. On the GPU, rows of up to 1024
+    columns in aligned tensors take the row kernels (8, 16 or 32 lanes a row, 1 to 4 chunks a
+    lane); 2048 and misaligned views the loop kernels (2048 with one warp per block in the
+    backward). 37 rows leave the last block of each kernel part empty."""
     tensors = inputs((37, H), torch.bfloat16, torch.float32)
     grad = torch.randn(37, H)
+
+    def place(t):
+        t = misaligned(t.cuda()) if not aligned else t.cuda()
+        assert (t.data_ptr() % 16 == 0) == aligned
+        return t
 
     def call(*t):
         return dropout_add_layer_norm(*t, dropout_p=0.1, seed=21)
 
     out, grads = run(call, tensors, grad)
-    cuda_out, cuda_grads = run(call, [t.cuda() for t in tensors], grad.cuda())
+    cuda_out, cuda_grads = run(call, tensors, place(grad), place)
     torch.testing.assert_close(cuda_out.cpu(), out, rtol=1e-5, atol=1e-5)
     assert torch.equal(cuda_grads[0].cpu() == 0, grads[0] == 0)  # the same dropped elements
     for a, b in zip(cuda_grads, grads, strict=True):

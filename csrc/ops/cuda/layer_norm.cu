@@ -1,9 +1,18 @@
-// dropout_add_layer_norm on CUDA (../layer_norm.h): a warp per row. Each lane takes chunks of 8
-// columns (one Philox call gives their 8 keep decisions); the passes over a row (mean, variance,
-// output; in the backward the two reductions, then the gradients) recompute the sum from x and
-// residual, which the first pass left in L1, instead of holding it. The weight and bias
-// gradients are summed per warp in shared memory, per block of rows in a fixed order, and over
-// the blocks by at::sum: no atomics, the same bits on every run.
+// dropout_add_layer_norm on CUDA (../layer_norm.h). Two kinds of kernels:
+//
+// Row kernels, for rows of up to 1024 columns whose tensors are 16-byte aligned (every ELECTRA
+// size: 64, 256, 768, 1024): a row belongs to 8, 16 or 32 lanes (as many as its 8-column chunks
+// need, so a warp takes 4 rows of 64), each lane holds its chunks in registers after one
+// 16-byte load per chunk and tensor, and one Philox call gives a chunk's 8 keep decisions for
+// all passes. The backward keeps each lane's weight and bias gradient sums in registers across
+// its rows; they meet in shared memory once, at the end of the block.
+//
+// Loop kernels, for the rest (wider rows, misaligned views): a warp per row, each lane looping
+// over its chunks; the passes over a row recompute the sum from x and residual, which the first
+// pass left in L1, and the weight and bias gradients are summed per warp in shared memory.
+//
+// Both sum the weight and bias gradients per block of rows in a fixed order and over the blocks
+// by at::sum: no atomics, the same bits on every run.
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -14,7 +23,11 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <cstdint>
+#include <initializer_list>
+#include <tuple>
 #include <type_traits>
+#include <utility>
 
 #include "../layer_norm.h"
 
@@ -47,11 +60,11 @@ __device__ __forceinline__ uint32_t chunk_sum(const x_t* x, const r_t* r, int64_
 
 template <typename x_t, typename r_t>
 __global__ void __launch_bounds__(kForwardWarps * 32)
-    forward_kernel(const x_t* __restrict__ x, const r_t* __restrict__ residual,
-                   const float* __restrict__ weight, const float* __restrict__ bias,
-                   const int64_t* __restrict__ seed, ResidualDropout drop, int64_t M, int64_t H,
-                   float eps, r_t* __restrict__ out, float* __restrict__ mean_out,
-                   float* __restrict__ rstd_out) {
+    forward_loop_kernel(const x_t* __restrict__ x, const r_t* __restrict__ residual,
+                        const float* __restrict__ weight, const float* __restrict__ bias,
+                        const int64_t* __restrict__ seed, ResidualDropout drop, int64_t M,
+                        int64_t H, float eps, r_t* __restrict__ out, float* __restrict__ mean_out,
+                        float* __restrict__ rstd_out) {
   const int lane = threadIdx.x % 32;
   const int64_t row = blockIdx.x * static_cast<int64_t>(kForwardWarps) + threadIdx.x / 32;
   if (row >= M) return;
@@ -87,12 +100,13 @@ __global__ void __launch_bounds__(kForwardWarps * 32)
 }
 
 template <typename x_t, typename r_t>
-__global__ void backward_kernel(const r_t* __restrict__ grad_out, const x_t* __restrict__ x,
-                                const r_t* __restrict__ residual, const float* __restrict__ weight,
-                                const float* __restrict__ mean, const float* __restrict__ rstd,
-                                const int64_t* __restrict__ seed, ResidualDropout drop, int64_t M,
-                                int64_t H, x_t* __restrict__ grad_x,
-                                r_t* __restrict__ grad_residual, float* __restrict__ partial) {
+__global__ void backward_loop_kernel(const r_t* __restrict__ grad_out, const x_t* __restrict__ x,
+                                     const r_t* __restrict__ residual,
+                                     const float* __restrict__ weight,
+                                     const float* __restrict__ mean, const float* __restrict__ rstd,
+                                     const int64_t* __restrict__ seed, ResidualDropout drop,
+                                     int64_t M, int64_t H, x_t* __restrict__ grad_x,
+                                     r_t* __restrict__ grad_residual, float* __restrict__ partial) {
   extern __shared__ float sums[];  // per warp: H weight-gradient sums, then H bias-gradient sums
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
   float* dw = sums + warp * 2 * H;
@@ -146,6 +160,230 @@ __global__ void backward_kernel(const r_t* __restrict__ grad_out, const x_t* __r
   }
 }
 
+// ---- Row kernels ----
+
+constexpr int kRowThreads = 128;
+constexpr int kMaxRowChunks = 4;  // 8-column chunks per lane: rows up to 32 * 4 * 8 = 1024
+
+// Eight consecutive elements, one 16-byte load for 2-byte types, two for float.
+template <typename T>
+struct alignas(16) Pack {
+  T v[8];
+};
+
+template <typename T>
+__device__ __forceinline__ void load8(const T* p, float (&out)[8]) {
+  const Pack<T> pack = *reinterpret_cast<const Pack<T>*>(p);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) out[i] = static_cast<float>(pack.v[i]);
+}
+
+template <typename T>
+__device__ __forceinline__ void store8(T* p, const float (&in)[8]) {
+  Pack<T> pack;
+#pragma unroll
+  for (int i = 0; i < 8; ++i) pack.v[i] = static_cast<T>(in[i]);
+  *reinterpret_cast<Pack<T>*>(p) = pack;
+}
+
+// The sum over the kLanes lanes of a row: aligned groups of kLanes lanes, so xor offsets below
+// kLanes stay in the group. Every lane of the warp must call it.
+template <int kLanes>
+__device__ __forceinline__ float row_sum(float v) {
+#pragma unroll
+  for (int offset = kLanes / 2; offset > 0; offset /= 2) {
+    v += __shfl_xor_sync(0xffffffffu, v, offset);
+  }
+  return v;
+}
+
+// Lane `lane` of a row holds chunks lane, lane + kLanes, ..., as chunk slots 0, 1, ...
+template <int kLanes>
+__device__ __forceinline__ int64_t chunk_of(int lane, int slot) {
+  return lane + static_cast<int64_t>(slot) * kLanes;
+}
+
+// Slot j's sums s = residual + x * keep * scale, loaded; returns the chunk's keep bits.
+template <typename x_t, typename r_t>
+__device__ __forceinline__ uint32_t load_chunk_sum(const x_t* x, const r_t* r, int64_t row,
+                                                   int64_t g, int64_t H,
+                                                   const ResidualDropout& drop, float (&s)[8]) {
+  float xv[8];
+  load8(x + row * H + 8 * g, xv);
+  load8(r + row * H + 8 * g, s);
+  const uint32_t bits = drop.keep_bits(row, g);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) s[i] += (bits >> i) & 1u ? xv[i] * drop.scale : 0.0f;
+  return bits;
+}
+
+template <typename x_t, typename r_t, int kLanes, int kChunks>
+__global__ void __launch_bounds__(kRowThreads)
+    forward_row_kernel(const x_t* __restrict__ x, const r_t* __restrict__ residual,
+                       const float* __restrict__ weight, const float* __restrict__ bias,
+                       const int64_t* __restrict__ seed, ResidualDropout drop, int64_t M, int64_t H,
+                       float eps, r_t* __restrict__ out, float* __restrict__ mean_out,
+                       float* __restrict__ rstd_out) {
+  const int lane = threadIdx.x % kLanes;
+  const int64_t row = (static_cast<int64_t>(blockIdx.x) * kRowThreads + threadIdx.x) / kLanes;
+  // Lanes past the last row stay for the shuffles, loading and storing nothing.
+  const bool active = row < M;
+  if (drop.threshold != 0) drop.seed = static_cast<uint64_t>(*seed);
+  float s[kChunks][8];
+  float sum = 0.0f;
+#pragma unroll
+  for (int j = 0; j < kChunks; ++j) {
+    const int64_t g = chunk_of<kLanes>(lane, j);
+    if (active && g < drop.groups) {
+      load_chunk_sum(x, residual, row, g, H, drop, s[j]);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) sum += s[j][i];
+    }
+  }
+  const float mean = row_sum<kLanes>(sum) / static_cast<float>(H);
+  float squares = 0.0f;
+#pragma unroll
+  for (int j = 0; j < kChunks; ++j) {
+    if (active && chunk_of<kLanes>(lane, j) < drop.groups) {
+#pragma unroll
+      for (int i = 0; i < 8; ++i) squares += (s[j][i] - mean) * (s[j][i] - mean);
+    }
+  }
+  const float rstd = rsqrtf(row_sum<kLanes>(squares) / static_cast<float>(H) + eps);
+  if (!active) return;
+#pragma unroll
+  for (int j = 0; j < kChunks; ++j) {
+    const int64_t g = chunk_of<kLanes>(lane, j);
+    if (g < drop.groups) {
+      float w[8], b[8], o[8];
+      load8(weight + 8 * g, w);
+      load8(bias + 8 * g, b);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) o[i] = (s[j][i] - mean) * rstd * w[i] + b[i];
+      store8(out + row * H + 8 * g, o);
+    }
+  }
+  if (lane == 0) {
+    mean_out[row] = mean;
+    rstd_out[row] = rstd;
+  }
+}
+
+template <typename x_t, typename r_t, int kLanes, int kChunks>
+__global__ void __launch_bounds__(kRowThreads)
+    backward_row_kernel(const r_t* __restrict__ grad_out, const x_t* __restrict__ x,
+                        const r_t* __restrict__ residual, const float* __restrict__ weight,
+                        const float* __restrict__ mean, const float* __restrict__ rstd,
+                        const int64_t* __restrict__ seed, ResidualDropout drop, int64_t M,
+                        int64_t H, x_t* __restrict__ grad_x, r_t* __restrict__ grad_residual,
+                        float* __restrict__ partial) {
+  constexpr int kSlots = kRowThreads / kLanes;  // rows the block works on at once
+  extern __shared__ float sums[];  // per row slot: H weight-gradient sums, then H bias ones
+  const int lane = threadIdx.x % kLanes, slot = threadIdx.x / kLanes;
+  if (drop.threshold != 0) drop.seed = static_cast<uint64_t>(*seed);
+  float dw[kChunks][8] = {}, db[kChunks][8] = {};
+  const int64_t first = blockIdx.x * kRowsPerBlock;
+  const int64_t last = first + kRowsPerBlock < M ? first + kRowsPerBlock : M;
+  // Every lane takes the same number of turns (the shuffles need the whole warp); a turn past
+  // the block's rows loads and stores nothing.
+  for (int64_t turn = first; turn < last; turn += kSlots) {
+    const int64_t row = turn + slot;
+    const bool active = row < last;
+    const float m = active ? mean[row] : 0.0f, inv = active ? rstd[row] : 0.0f;
+    float xhat[kChunks][8], gw[kChunks][8];  // gw: the output's gradient times the weight
+    uint32_t bits[kChunks];
+    float sum_g = 0.0f, sum_gx = 0.0f;
+#pragma unroll
+    for (int j = 0; j < kChunks; ++j) {
+      const int64_t g = chunk_of<kLanes>(lane, j);
+      if (active && g < drop.groups) {
+        float dy[8], w[8];
+        bits[j] = load_chunk_sum(x, residual, row, g, H, drop, xhat[j]);
+        load8(grad_out + row * H + 8 * g, dy);
+        load8(weight + 8 * g, w);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          xhat[j][i] = (xhat[j][i] - m) * inv;
+          gw[j][i] = dy[i] * w[i];
+          sum_g += gw[j][i];
+          sum_gx += gw[j][i] * xhat[j][i];
+          dw[j][i] += dy[i] * xhat[j][i];
+          db[j][i] += dy[i];
+        }
+      }
+    }
+    const float mean_g = row_sum<kLanes>(sum_g) / static_cast<float>(H);
+    const float mean_gx = row_sum<kLanes>(sum_gx) / static_cast<float>(H);
+#pragma unroll
+    for (int j = 0; j < kChunks; ++j) {
+      const int64_t g = chunk_of<kLanes>(lane, j);
+      if (active && g < drop.groups) {
+        float dr[8], dx[8];
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          dr[i] = inv * (gw[j][i] - mean_g - xhat[j][i] * mean_gx);
+          dx[i] = (bits[j] >> i) & 1u ? dr[i] * drop.scale : 0.0f;
+        }
+        store8(grad_residual + row * H + 8 * g, dr);
+        store8(grad_x + row * H + 8 * g, dx);
+      }
+    }
+  }
+  // The slots' sums, then the block's per column in slot order (partial is [2, blocks, H]).
+  float* own = sums + slot * 2 * H;
+#pragma unroll
+  for (int j = 0; j < kChunks; ++j) {
+    const int64_t g = chunk_of<kLanes>(lane, j);
+    if (g < drop.groups) {
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        own[8 * g + i] = dw[j][i];
+        own[H + 8 * g + i] = db[j][i];
+      }
+    }
+  }
+  __syncthreads();
+  const int64_t blocks = gridDim.x;
+  for (int64_t c = threadIdx.x; c < 2 * H; c += kRowThreads) {
+    float total = 0.0f;
+    for (int k = 0; k < kSlots; ++k) total += sums[k * 2 * H + c];
+    partial[(c / H) * blocks * H + static_cast<int64_t>(blockIdx.x) * H + c % H] = total;
+  }
+}
+
+// How the row kernels lay out rows of `groups` chunks: lanes per row and chunks per lane; lanes
+// 0 when the loop kernels must take them.
+struct RowShape {
+  int lanes = 0, chunks = 0;
+};
+
+RowShape row_shape(int64_t groups, std::initializer_list<const at::Tensor*> tensors) {
+  for (const at::Tensor* t : tensors) {
+    if (reinterpret_cast<uintptr_t>(t->const_data_ptr()) % 16 != 0) return {};
+  }
+  if (groups > 32 * kMaxRowChunks) return {};
+  const int lanes = groups <= 8 ? 8 : groups <= 16 ? 16 : 32;
+  return {lanes, static_cast<int>((groups + lanes - 1) / lanes)};
+}
+
+// Calls f(integral_constant<lanes>, integral_constant<chunks>) for a shape row_shape returns.
+template <typename F>
+void dispatch_row_shape(RowShape shape, F&& f) {
+  using std::integral_constant;
+  if (shape.lanes == 8) return f(integral_constant<int, 8>{}, integral_constant<int, 1>{});
+  if (shape.lanes == 16) return f(integral_constant<int, 16>{}, integral_constant<int, 1>{});
+  switch (shape.chunks) {
+    case 1:
+      return f(integral_constant<int, 32>{}, integral_constant<int, 1>{});
+    case 2:
+      return f(integral_constant<int, 32>{}, integral_constant<int, 2>{});
+    case 3:
+      return f(integral_constant<int, 32>{}, integral_constant<int, 3>{});
+    default:
+      return f(integral_constant<int, 32>{}, integral_constant<int, kMaxRowChunks>{});
+  }
+}
+
 void check_cuda_hidden(int64_t H) {
   TORCH_CHECK_VALUE(H % 8 == 0 && H <= kMaxHidden,
                     "x: the CUDA kernel of dropout_add_layer_norm takes a last dimension that is a "
@@ -164,16 +402,36 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dropout_add_layer_norm_cuda(
   auto [out, mean, rstd] = new_dropout_add_layer_norm_outputs(x, residual);
   if (M == 0) return {out, mean, rstd};
   const int64_t* seed_ptr = drop.threshold != 0 ? seed->const_data_ptr<int64_t>() : nullptr;
-  const auto blocks = static_cast<unsigned>((M + kForwardWarps - 1) / kForwardWarps);
+  const RowShape shape = row_shape(drop.groups, {&x, &residual, &weight, &bias, &out});
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   dispatch_dtypes(x.scalar_type(), residual.scalar_type(), [&](auto* x_type, auto* r_type) {
     using x_t = std::remove_pointer_t<decltype(x_type)>;
     using r_t = std::remove_pointer_t<decltype(r_type)>;
-    forward_kernel<x_t, r_t><<<blocks, kForwardWarps * 32, 0, stream>>>(
-        x.const_data_ptr<x_t>(), residual.const_data_ptr<r_t>(), weight.const_data_ptr<float>(),
-        bias.const_data_ptr<float>(), seed_ptr, drop, M, H, static_cast<float>(eps),
-        out.mutable_data_ptr<r_t>(), mean.mutable_data_ptr<float>(),
-        rstd.mutable_data_ptr<float>());
+    const auto args =
+        std::make_tuple(x.const_data_ptr<x_t>(), residual.const_data_ptr<r_t>(),
+                        weight.const_data_ptr<float>(), bias.const_data_ptr<float>(), seed_ptr,
+                        drop, M, H, static_cast<float>(eps), out.mutable_data_ptr<r_t>(),
+                        mean.mutable_data_ptr<float>(), rstd.mutable_data_ptr<float>());
+    if (shape.lanes == 0) {
+      const auto blocks = static_cast<unsigned>((M + kForwardWarps - 1) / kForwardWarps);
+      std::apply(
+          [&](auto... a) {
+            forward_loop_kernel<x_t, r_t><<<blocks, kForwardWarps * 32, 0, stream>>>(a...);
+          },
+          args);
+    } else {
+      dispatch_row_shape(shape, [&](auto lanes, auto chunks) {
+        constexpr int kLanes = decltype(lanes)::value, kChunks = decltype(chunks)::value;
+        constexpr int64_t kRows = kRowThreads / kLanes;
+        const auto blocks = static_cast<unsigned>((M + kRows - 1) / kRows);
+        std::apply(
+            [&](auto... a) {
+              forward_row_kernel<x_t, r_t, kLanes, kChunks>
+                  <<<blocks, kRowThreads, 0, stream>>>(a...);
+            },
+            args);
+      });
+    }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {out, mean, rstd};
@@ -193,19 +451,40 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dropout_add_layer_nor
   const int64_t blocks = (M + kRowsPerBlock - 1) / kRowsPerBlock;
   at::Tensor partial = at::empty({2, blocks, H}, weight.options());
   if (M > 0) {
-    const int warps = 2 * H * 4 * static_cast<int64_t>(sizeof(float)) <= 48 * 1024 ? 4 : 1;
-    const size_t shared_bytes = static_cast<size_t>(warps) * 2 * H * sizeof(float);
+    const RowShape shape =
+        row_shape(drop.groups, {&dy, &x, &residual, &weight, &grad_x, &grad_residual});
     const int64_t* seed_ptr = drop.threshold != 0 ? seed->const_data_ptr<int64_t>() : nullptr;
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
     dispatch_dtypes(x.scalar_type(), residual.scalar_type(), [&](auto* x_type, auto* r_type) {
       using x_t = std::remove_pointer_t<decltype(x_type)>;
       using r_t = std::remove_pointer_t<decltype(r_type)>;
-      backward_kernel<x_t, r_t>
-          <<<static_cast<unsigned>(blocks), warps * 32, shared_bytes, stream>>>(
-              dy.const_data_ptr<r_t>(), x.const_data_ptr<x_t>(), residual.const_data_ptr<r_t>(),
-              weight.const_data_ptr<float>(), mean.const_data_ptr<float>(),
-              rstd.const_data_ptr<float>(), seed_ptr, drop, M, H, grad_x.mutable_data_ptr<x_t>(),
-              grad_residual.mutable_data_ptr<r_t>(), partial.mutable_data_ptr<float>());
+      const auto args = std::make_tuple(
+          dy.const_data_ptr<r_t>(), x.const_data_ptr<x_t>(), residual.const_data_ptr<r_t>(),
+          weight.const_data_ptr<float>(), mean.const_data_ptr<float>(),
+          rstd.const_data_ptr<float>(), seed_ptr, drop, M, H, grad_x.mutable_data_ptr<x_t>(),
+          grad_residual.mutable_data_ptr<r_t>(), partial.mutable_data_ptr<float>());
+      const auto grid = static_cast<unsigned>(blocks);
+      if (shape.lanes == 0) {
+        const int warps = 2 * H * 4 * static_cast<int64_t>(sizeof(float)) <= 48 * 1024 ? 4 : 1;
+        const size_t shared_bytes = static_cast<size_t>(warps) * 2 * H * sizeof(float);
+        std::apply(
+            [&](auto... a) {
+              backward_loop_kernel<x_t, r_t><<<grid, warps * 32, shared_bytes, stream>>>(a...);
+            },
+            args);
+      } else {
+        dispatch_row_shape(shape, [&](auto lanes, auto chunks) {
+          constexpr int kLanes = decltype(lanes)::value, kChunks = decltype(chunks)::value;
+          // At most 4 slots of 1024 columns or 16 of 64: 32 KiB of shared memory.
+          const size_t shared_bytes = (kRowThreads / kLanes) * 2 * H * sizeof(float);
+          std::apply(
+              [&](auto... a) {
+                backward_row_kernel<x_t, r_t, kLanes, kChunks>
+                    <<<grid, kRowThreads, shared_bytes, stream>>>(a...);
+              },
+              args);
+        });
+      }
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
