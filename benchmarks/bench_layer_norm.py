@@ -2,8 +2,8 @@
 under torch.compile, forward and forward + backward, at the end of an ELECTRA block (16,384
 tokens of ELECTRA-small's 256 and ELECTRA-base's 768 on a GPU; 1,024 tokens of 256 on the CPU).
 On a GPU, x is bfloat16 and the residual float32, as under autocast; on the CPU both float32.
-`electra_fast_loop` (GPU only) gives our op views that start one element off 16-byte alignment, which
-the row kernels refuse: it times the loop kernels, which wider rows take, on the same rows.
+`electra_fast_loop` (GPU only) gives our op views that start one element off 16-byte alignment,
+which the row kernels refuse: it times the loop kernels, which wider rows take, on the same rows.
 
 GB/s counts the bytes the op must move at least: forward reads x and residual and writes the
 output; the backward also reads the output's gradient and x and residual again and writes the
