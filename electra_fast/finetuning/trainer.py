@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import sys
 import time
 from contextlib import nullcontext
@@ -36,11 +35,12 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from electra_fast import amp, distributed, tokenization
+from electra_fast._files import replace_directory, write_atomically
 from electra_fast.finetuning.hparams import FinetuneHparams
 from electra_fast.finetuning.metrics import summarize_trials
 from electra_fast.finetuning.optimization import layerwise_groups
 from electra_fast.finetuning.tasks import task_for
-from electra_fast.model.config import ElectraConfig, write_atomically
+from electra_fast.model.config import ElectraConfig
 from electra_fast.pretraining.optimization import AdamWeightDecay, clip_divisor, learning_rate
 
 
@@ -241,18 +241,13 @@ def _write_json(path: Path, value) -> None:
 
 
 def _save_model(net, tok, directory: Path) -> None:
-    """Writes the model and its tokenizer beside `directory`, then swaps it in, so that an
-    interrupted save leaves the previous model whole."""
-    staging = directory.with_name(f".{directory.name}.tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    net.save_pretrained(staging)
-    tok.save(staging)
-    old = directory.with_name(f".{directory.name}.old")
-    if directory.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(directory, old)
-    os.replace(staging, directory)
-    shutil.rmtree(old, ignore_errors=True)
+    """Writes the model and its tokenizer; an interrupted save leaves the previous model whole."""
+
+    def fill(staging: Path) -> None:
+        net.save_pretrained(staging)
+        tok.save(staging)
+
+    replace_directory(directory, fill)
 
 
 __all__ = ["finetune"]

@@ -8,6 +8,8 @@ import json
 import os
 from pathlib import Path
 
+from electra_fast._files import write_atomically
+
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
 # Fields of a Hugging Face ElectraConfig that we read and write; the rest are ours.
 HF_FIELDS = (
@@ -171,11 +173,3 @@ class ElectraConfig:
         if not path.is_file():
             raise FileNotFoundError(f"no config file at {path}")
         return cls.from_hf_dict(json.loads(path.read_text()))
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Writes through a temporary file and a rename, so that an interrupted write leaves the
-    previous file whole."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)

@@ -19,7 +19,8 @@ def plot_run(run: str | Path) -> Path:
     path = run / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"no metrics.jsonl in {run}: is it a pretraining run?")
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = path.read_text().split("\n")[:-1]  # a last line without "\n" is still being written
+    records = [json.loads(line) for line in lines if line.strip()]
     if not records:
         raise ValueError(f"{path} is empty: nothing to plot yet")
     records = list({r["step"]: r for r in records}.values())  # a resumed run logs steps again

@@ -2,10 +2,12 @@
 interrupted and resumed run ends with the parameters of an uninterrupted one, hparams are
 validated, checkpoints are atomic, the run exports Hugging Face models."""
 
+import importlib.util
 import json
 import re
 import shutil
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -243,6 +245,48 @@ def test_cli_pretrain_and_export(dataset, tmp_path):
     code = main(["pretrain", "--data", str(dataset), "--out", str(tmp_path / "run"),
                  "--hparams", settings, "--no-resume"])  # fmt: skip
     assert code == 2
+
+
+def test_a_record_cut_short_is_left_out(dataset, tmp_path):
+    """A process killed while writing metrics.jsonl leaves a line without its end: the plot
+    reads the records before it, and a resumed run cuts it and logs on from the next line."""
+    run = tmp_path / "run"
+    settings = hparams(num_train_steps=6, save_checkpoints_steps=2, iterations_per_loop=2)
+    pretrain(dataset, run, settings, progress=False, stop_at_step=4)
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 6, "loss": 1.2')
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert main(["plot", str(run)]) == 0
+    pretrain(dataset, run, settings, progress=False)
+    assert [r["step"] for r in metrics(run)] == [1, 2, 4, 6]
+
+
+def test_an_interrupted_export_keeps_the_previous_one(dataset, tmp_path, monkeypatch):
+    """Both models and their tokenizers are written before either replaces the old export."""
+    from electra_fast.model import ElectraForPretraining
+    from electra_fast.pretraining.trainer import export
+
+    run = tmp_path / "run"
+    pretrain(dataset, run, hparams(num_train_steps=2, save_checkpoints_steps=1), progress=False)
+    files = sorted(p.relative_to(run) for p in (run / "export").rglob("*") if p.is_file())
+    assert {f.parts[1] for f in files} == {"discriminator", "generator"}
+    before = {f: (run / f).read_bytes() for f in files}
+    save = ElectraForPretraining.save_pretrained
+
+    def disk_full(self, directory):
+        save(self, directory)  # both models written into the staging directory, then a failure
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ElectraForPretraining, "save_pretrained", disk_full)
+    with pytest.raises(OSError, match="space"):
+        export(run, run / "checkpoints" / "step-00000001.pt")
+    assert {f: (run / f).read_bytes() for f in files} == before
+    monkeypatch.undo()
+    export(run, run / "checkpoints" / "step-00000001.pt")
+    after = {f: (run / f).read_bytes() for f in files}
+    assert after.keys() == before.keys()
+    weights = Path("discriminator") / "model.safetensors"
+    assert after[Path("export") / weights] != before[Path("export") / weights]
 
 
 def test_non_finite_steps_are_skipped_then_stop_the_run(dataset, tmp_path, monkeypatch):
