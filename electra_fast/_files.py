@@ -1,5 +1,6 @@
 """Writes that an interruption cannot leave half done: the previous file or directory stays
-whole until the new one is complete, and only then takes its place."""
+whole until the new one is complete, and only then takes its place; logs that a killed writer
+cannot leave unreadable."""
 
 from __future__ import annotations
 
@@ -31,3 +32,30 @@ def replace_directory(directory: Path, fill: Callable[[Path], None]) -> None:
         os.replace(directory, old)
     os.replace(staging, directory)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def open_log(path: Path):
+    """A JSON-lines log opened for appending (UTF-8). A process killed while writing a record
+    can leave its line unfinished; that part is cut first, so that the next record starts a
+    line of its own (an append would glue the two into one line that no reader can parse)."""
+    if path.is_file():
+        with open(path, "rb+") as f:
+            end = f.seek(0, os.SEEK_END)
+            if end > 0:
+                f.seek(end - 1)
+                if f.read(1) != b"\n":
+                    f.truncate(_after_last_newline(f, end))
+    return open(path, "a", encoding="utf-8")  # noqa: SIM115 (the caller closes it)
+
+
+def _after_last_newline(f, end: int, chunk: int = 1 << 16) -> int:
+    """The offset just past the last newline before `end` in binary file `f` (0 if none),
+    read backwards a chunk at a time rather than reading a long log whole."""
+    while end > 0:
+        start = max(0, end - chunk)
+        f.seek(start)
+        found = f.read(end - start).rfind(b"\n")
+        if found >= 0:
+            return start + found + 1
+        end = start
+    return 0

@@ -35,7 +35,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from electra_fast import amp, distributed, tokenization
-from electra_fast._files import replace_directory, write_atomically
+from electra_fast._files import open_log, replace_directory, write_atomically
 from electra_fast.finetuning.hparams import FinetuneHparams
 from electra_fast.finetuning.metrics import summarize_trials
 from electra_fast.finetuning.optimization import layerwise_groups
@@ -90,7 +90,7 @@ def finetune(
         _write_json(out / "hparams.json", hparams.to_dict())
     autocast = amp.autocast(hparams.precision, device)
     scores = {}
-    with open(out / "metrics.jsonl", "a", encoding="utf-8") if main else nullcontext() as log:
+    with open_log(out / "metrics.jsonl") if main else nullcontext() as log:
         if train is not None:
             features = task.features(train, tok, hparams, training=True)
             if main:

@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 
 from electra_fast import amp, distributed, tokenization
-from electra_fast._files import replace_directory, write_atomically
+from electra_fast._files import open_log, replace_directory, write_atomically
 from electra_fast.data import PaddedBatches, PretrainingDataset, ResumableSampler
 from electra_fast.model import ElectraForPretraining
 from electra_fast.model.modeling import check_encoder_inputs
@@ -231,7 +231,7 @@ def pretrain(
         }
         save_checkpoint(out / "checkpoints", step, state, hparams.keep_checkpoint_max)
 
-    log = _open_metrics(out / "metrics.jsonl") if rank == 0 else None
+    log = open_log(out / "metrics.jsonl") if rank == 0 else None
     board = _tensorboard(out / "tensorboard", step) if rank == 0 else None
     started, window_tokens, window_start = time.time(), 0, time.time()
     last_stop = stop_at_step if stop_at_step is not None else hparams.num_train_steps
@@ -421,30 +421,3 @@ def _export(model: ElectraForPretraining, run: Path) -> Path:
 
     replace_directory(run / "export", fill)
     return run / "export"
-
-
-def _open_metrics(path: Path):
-    """RUN/metrics.jsonl for appending. A process killed while writing a record can leave its
-    line unfinished; that part is cut first, so that the next record starts a line of its own
-    (an append would glue the two into one line that no reader can parse)."""
-    if path.is_file():
-        with open(path, "rb+") as f:
-            end = f.seek(0, os.SEEK_END)
-            if end > 0:
-                f.seek(end - 1)
-                if f.read(1) != b"\n":
-                    f.truncate(_after_last_newline(f, end))
-    return open(path, "a")  # noqa: SIM115 (closed by the loop's finally)
-
-
-def _after_last_newline(f, end: int, chunk: int = 1 << 16) -> int:
-    """The offset just past the last newline before `end` in binary file `f` (0 if none),
-    read backwards a chunk at a time rather than reading a long log whole."""
-    while end > 0:
-        start = max(0, end - chunk)
-        f.seek(start)
-        found = f.read(end - start).rfind(b"\n")
-        if found >= 0:
-            return start + found + 1
-        end = start
-    return 0

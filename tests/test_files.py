@@ -1,0 +1,57 @@
+"""electra_fast._files: a log a killed writer left with an unfinished line is cut back to its
+last whole line before anything is appended; a failed directory fill keeps the old one."""
+
+import io
+
+import pytest
+
+from electra_fast._files import _after_last_newline, open_log, replace_directory
+
+WHOLE = b'{"step": 1}\n{"step": 2}\n'
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        (b"", b""),
+        (WHOLE, WHOLE),
+        (WHOLE + b'{"step": 3, "lo', WHOLE),
+        (b'{"step": 1, "lo', b""),
+        (WHOLE + b"x" * 200_000, WHOLE),  # an unfinished line longer than a read chunk
+    ],
+)
+def test_open_log_cuts_an_unfinished_last_line(tmp_path, before, after):
+    path = tmp_path / "metrics.jsonl"
+    path.write_bytes(before)
+    with open_log(path) as log:
+        log.write('{"step": 9}\n')
+    assert path.read_bytes() == after + b'{"step": 9}\n'
+
+
+def test_open_log_creates_a_missing_log(tmp_path):
+    with open_log(tmp_path / "new.jsonl") as log:
+        log.write("{}\n")
+    assert (tmp_path / "new.jsonl").read_text() == "{}\n"
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 5, 64])
+@pytest.mark.parametrize("data", [b"", b"abc", b"\n", b"a\nb", b"ab\ncd\nef", b"\n\nxyz"])
+def test_after_last_newline_reading_backwards_equals_rfind(data, chunk):
+    assert _after_last_newline(io.BytesIO(data), len(data), chunk) == data.rfind(b"\n") + 1
+
+
+def test_a_failed_fill_keeps_the_directory(tmp_path):
+    target = tmp_path / "export"
+    replace_directory(target, lambda d: (d / "a.txt").write_text("old"))
+
+    def fail(staging):
+        (staging / "a.txt").write_text("new")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        replace_directory(target, fail)
+    assert [p.name for p in target.iterdir()] == ["a.txt"]
+    assert (target / "a.txt").read_text() == "old"
+    replace_directory(target, lambda d: (d / "b.txt").write_text("new"))
+    assert [p.name for p in target.iterdir()] == ["b.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
