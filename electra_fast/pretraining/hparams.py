@@ -110,7 +110,7 @@ class Hparams:
     iterations_per_loop: int = 100  # log every this many steps
     precision: str = "auto"  # fp32, bf16, fp16; auto: electra_fast.amp.resolve
     compile: bool = False
-    # Each step replayed from CUDA graphs (pretraining/step.py): one GPU, bf16 or fp32.
+    # Each step replayed from CUDA graphs (pretraining/step.py): one GPU, not with compile.
     cuda_graphs: bool = False
     seed: int = 0
     max_consecutive_nonfinite: int = 10
@@ -144,10 +144,6 @@ class Hparams:
         amp.check(self.precision)
         if self.cuda_graphs and self.compile:
             raise ValueError("cuda_graphs and compile exclude each other: choose one")
-        if self.cuda_graphs and self.precision == "fp16":
-            raise ValueError(
-                "cuda_graphs needs precision bf16 or fp32: fp16's loss scaler decides on the host"
-            )
         self._check_overrides()
 
     def _check_overrides(self) -> None:

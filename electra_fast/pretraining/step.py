@@ -132,17 +132,18 @@ class GraphedStep:
     totals, the parameters) was allocated outside the pool, so none of them can overwrite
     another's results, and they may replay in any order.
 
-    The batch must keep its shape (PaddedBatches pads every batch to the dataset's length).
-    Not for fp16 (the loss scaler decides on the host), DistributedDataParallel or
-    torch.compile: the loop refuses those with cuda_graphs."""
+    fp16's loss scaler is recorded with the rest: torch's GradScaler scales, unscales (finding
+    overflows) and grows or backs off its scale in kernels on the device, and the update obeys
+    the overflow through the skip flag; its `step`, which would read the overflow on the host,
+    is not used. The batch must keep its shape (PaddedBatches pads every batch to the dataset's
+    length). Not for DistributedDataParallel or torch.compile: the loop refuses those with
+    cuda_graphs."""
 
     WARMUP = 3
 
     def __init__(self, step: TrainStep):
         if step.device.type != "cuda":
             raise ValueError(f"CUDA graphs need a CUDA device, the step's is {step.device}")
-        if step.scaler is not None:
-            raise ValueError("CUDA graphs do not take fp16's loss scaler: use bf16 or fp32")
         self._attach(step)
         self.pool = torch.cuda.graph_pool_handle()
         self.side = torch.cuda.Stream(step.device)

@@ -1,5 +1,5 @@
 """The pretraining loop on a GPU (skipped without one): bf16 autocast, fp16 with loss scaling,
-and bf16 replayed from CUDA graphs run every step on our CUDA kernels (masking, the generator
+and both replayed from CUDA graphs run every step on our CUDA kernels (masking, the generator
 step, attention forward and backward, seen in the profiler), the loss falls and the run
 exports; the step never makes the host wait; a replayed step trains as the eager one."""
 
@@ -18,7 +18,7 @@ pytestmark = [
 
 
 @pytest.mark.parametrize(("precision", "cuda_graphs"), [("bf16", False), ("fp16", False),
-                                                       ("bf16", True)])  # fmt: skip
+                                                       ("bf16", True), ("fp16", True)])  # fmt: skip
 def test_the_loss_falls_on_our_kernels(dataset, tmp_path, precision, cuda_graphs):  # noqa: F811
     settings = hparams(precision=precision, cuda_graphs=cuda_graphs)
     with profile(activities=[ProfilerActivity.CPU]) as trace:

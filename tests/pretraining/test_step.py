@@ -150,15 +150,18 @@ class HostTransfers(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+@pytest.mark.parametrize("scaled", [False, True], ids=["unscaled", "loss-scaler"])
 @pytest.mark.parametrize("reference", [False, True])
-def test_the_parts_a_graph_records_neither_read_nor_copy_values(monkeypatch, reference):
+def test_the_parts_a_graph_records_neither_read_nor_copy_values(monkeypatch, reference, scaled):
     """Both micro-steps (with and without metrics) and the update, on our kernels and on the
-    torch references, call no op that reads a device value on the host or copies one there."""
+    torch references, with and without fp16's loss scaler, call no op that reads a device value
+    on the host or copies one there."""
     if not reference and not _extension.has_kernel("generator_step", "cpu"):
         pytest.skip("no CPU kernels built")
     monkeypatch.setattr(_extension, "FORCE_REFERENCE", reference)
     torch.manual_seed(0)
-    step = train_step(ElectraForPretraining(tiny()), 1.0)
+    options = {"scaler": torch.amp.GradScaler("cpu")} if scaled else {}
+    step = train_step(ElectraForPretraining(tiny()), 1.0, **options)
     step.keep_gradients = True
     inputs, keys = micro_batches(1)[0]
     step.micro(inputs, keys, metrics=True)  # as GraphedStep: eager runs before the recording
@@ -187,7 +190,7 @@ def test_a_non_finite_loss_leaves_the_parameters_and_counts_the_skip():
     assert step.skips.check(1) == 1
 
 
-def test_graphs_need_a_gpu_and_no_loss_scaler():
+def test_graphs_need_a_gpu():
     step = train_step(ElectraForPretraining(tiny()), 1.0)
     with pytest.raises(ValueError, match="CUDA graphs need a CUDA device, the step's is cpu"):
         GraphedStep(step)
