@@ -49,6 +49,8 @@ class FinetuneHparams:
     f1_unit: str = "word"  # "char" for text without spaces (Japanese)
     # running
     precision: str = "auto"  # fp32, bf16, fp16 (loss-scaled); auto: electra_fast.amp.resolve
+    # Each encoder layer's forward run again in the backward: less memory, more compute.
+    gradient_checkpointing: bool = False
     seed: int = 0
     num_trials: int = 1  # finetunings of the same checkpoint, seeds seed, seed + 1, ...
     log_steps: int = 50

@@ -41,6 +41,7 @@ from electra_fast.finetuning.metrics import summarize_trials
 from electra_fast.finetuning.optimization import layerwise_groups
 from electra_fast.finetuning.tasks import task_for
 from electra_fast.model.config import ElectraConfig
+from electra_fast.model.modeling import set_gradient_checkpointing
 from electra_fast.pretraining.optimization import AdamWeightDecay, clip_divisor, learning_rate
 
 
@@ -84,6 +85,7 @@ def finetune(
     hparams = hparams.resolved(ElectraConfig.load(model_dir).hidden_size)
     net = task.build(model_dir, hparams, train, train_file is None)
     net.to(device)
+    set_gradient_checkpointing(net, hparams.gradient_checkpointing)
     main = rank == 0
     if main:
         out.mkdir(parents=True, exist_ok=True)

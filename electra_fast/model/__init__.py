@@ -6,6 +6,7 @@ from electra_fast.model.finetuning import (
     ElectraForSequenceClassification,
     ElectraForTokenClassification,
 )
+from electra_fast.model.modeling import set_gradient_checkpointing
 from electra_fast.model.models import ElectraDiscriminator, ElectraGenerator
 from electra_fast.model.pretraining import ElectraForPretraining, PretrainingOutput
 
@@ -18,4 +19,5 @@ __all__ = [
     "ElectraForTokenClassification",
     "ElectraGenerator",
     "PretrainingOutput",
+    "set_gradient_checkpointing",
 ]

@@ -2,7 +2,9 @@
 
 A BERT-style post-LayerNorm encoder whose attention is electra_fast.attention. With padding, the
 encoder either keeps the padded layout (keys past each length are ignored) or, with
-`config.unpad`, packs the real tokens and runs every layer on them alone (cu_seqlens).
+`config.unpad`, packs the real tokens and runs every layer on them alone (cu_seqlens). With
+gradient checkpointing (set_gradient_checkpointing), training keeps each layer's input alone and
+runs the layer's forward again in the backward.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from electra_fast.model.config import ElectraConfig
 from electra_fast.ops import attention, dropout_add_layer_norm
@@ -100,6 +103,7 @@ class Encoder(nn.Module):
         E, H = config.embedding_size, config.hidden_size
         self.embeddings_project = nn.Linear(E, H) if E != H else None
         self.layers = nn.ModuleList(Layer(config) for _ in range(config.num_hidden_layers))
+        self.gradient_checkpointing = False  # set_gradient_checkpointing
 
     def forward(
         self, input_ids, attention_mask=None, token_type_ids=None, check_values=True
@@ -132,9 +136,27 @@ class Encoder(nn.Module):
         dropout = c.attention_probs_dropout_prob > 0 or c.hidden_dropout_prob > 0
         if self.training and dropout and seeds:
             seeds = [row.unbind() for row in draw_philox_keys(x.device, None, (len(seeds), 3))]
+        recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for layer, layer_seeds in zip(self.layers, seeds, strict=True):
-            x = layer(x, layout, layer_seeds)
+            if recompute:
+                # A layer's randomness is its seeds, inputs like x: the second forward draws
+                # nothing and repeats the first exactly, so no generator state is kept (saving
+                # it would read the CUDA generator, which a CUDA graph cannot record).
+                x = checkpoint(layer, x, layout, layer_seeds, use_reentrant=False,
+                               preserve_rng_state=False)  # fmt: skip
+            else:
+                x = layer(x, layout, layer_seeds)
         return x
+
+
+def set_gradient_checkpointing(model: nn.Module, enabled: bool = True) -> None:
+    """Gradient (activation) checkpointing in every encoder of `model`: in training, each layer
+    keeps only its input for the backward, where its forward runs again. Activations then take
+    the memory of one layer's instead of all layers', for one more forward of the encoder
+    (about a third more compute). The gradients are the ones without it."""
+    for module in model.modules():
+        if isinstance(module, Encoder):
+            module.gradient_checkpointing = enabled
 
 
 def check_encoder_inputs(config, input_ids, attention_mask, token_type_ids, check_values=True):

@@ -112,6 +112,9 @@ class Hparams:
     compile: bool = False
     # Each step replayed from CUDA graphs (pretraining/step.py): one GPU, not with compile.
     cuda_graphs: bool = False
+    # Keep each encoder layer's input alone and run its forward again in the backward: less
+    # activation memory (a larger batch per device) for about a third more compute.
+    gradient_checkpointing: bool = False
     seed: int = 0
     max_consecutive_nonfinite: int = 10
     # A directory with discriminator/ and generator/ (a run's export, or convert-tf's output)

@@ -31,7 +31,7 @@ from electra_fast import amp, distributed, tokenization
 from electra_fast._files import open_log, replace_directory, write_atomically
 from electra_fast.data import PaddedBatches, PretrainingDataset, ResumableSampler
 from electra_fast.model import ElectraForPretraining
-from electra_fast.model.modeling import check_encoder_inputs
+from electra_fast.model.modeling import check_encoder_inputs, set_gradient_checkpointing
 from electra_fast.model.pretraining import draw_keys
 from electra_fast.pretraining.checkpoint import load_latest, save_checkpoint
 from electra_fast.pretraining.hparams import Hparams
@@ -101,6 +101,7 @@ def pretrain(
 
     torch.manual_seed(hparams.seed)
     model = ElectraForPretraining(config).to(device)
+    set_gradient_checkpointing(model, hparams.gradient_checkpointing)
     optimizer = AdamWeightDecay(
         parameter_groups(model, hparams.weight_decay_rate),
         lr=hparams.learning_rate,

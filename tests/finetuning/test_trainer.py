@@ -14,6 +14,7 @@ from electra_fast.finetuning import FinetuneHparams, finetune, squad
 from electra_fast.finetuning.metrics import squad_scores
 from electra_fast.model import ElectraForQuestionAnswering
 from tests.finetuning.cases import pretrained_discriminator
+from tests.model.test_modeling import count_recomputed_layers
 
 pytest.importorskip("tokenizers")
 
@@ -402,3 +403,23 @@ def test_tagging_words_as_plain_classes_through_the_command_line(pretrained, tmp
     config = json.loads((tmp_path / "out" / "model" / "config.json").read_text())
     assert config["id2label"] == {"0": "high", "1": "low"}
     assert config["electra_fast_span_tags"] is False
+
+
+def test_gradient_checkpointing_finetunes_as_without(pretrained, tmp_path, monkeypatch):
+    """The SQuAD head on a recomputed encoder: the same finetuned weights as without."""
+    from safetensors.torch import load_file
+
+    model, tokenizer = pretrained
+    train = squad_file(tmp_path / "train.json", 40, seed=1)
+    settings = {**QA, "num_train_epochs": 1}
+    recomputed_layers = count_recomputed_layers(monkeypatch)
+    for name, recompute in (("plain", False), ("recomputed", True)):
+        hparams = FinetuneHparams(**settings, gradient_checkpointing=recompute)
+        finetune(model, train, None, tmp_path / name, hparams, tokenizer=tokenizer,
+                 progress=False)  # fmt: skip
+        assert bool(recomputed_layers) == recompute
+    plain = load_file(tmp_path / "plain" / "model" / "model.safetensors")
+    recomputed = load_file(tmp_path / "recomputed" / "model" / "model.safetensors")
+    assert plain.keys() == recomputed.keys()
+    for name, tensor in plain.items():
+        torch.testing.assert_close(recomputed[name], tensor, rtol=1e-6, atol=1e-7, msg=name)

@@ -106,3 +106,68 @@ def test_bad_batch_names_the_argument(kwargs, error, words):
     args.update(kwargs)
     with pytest.raises(error, match=words):
         model(**args)
+
+
+class SavedBytes(torch.autograd.graph.saved_tensors_hooks):
+    """Counts the bytes autograd saves for the backward while active. Inside a checkpointed
+    layer, the checkpoint's own hooks take the place of these (and keep nothing)."""
+
+    def __init__(self):
+        self.bytes = 0
+
+        def pack(t):
+            self.bytes += t.numel() * t.element_size()
+            return t
+
+        super().__init__(pack, lambda t: t)
+
+
+def count_recomputed_layers(monkeypatch) -> list:
+    """A list that grows by one at each layer an encoder checkpoints."""
+    from electra_fast.model import modeling
+
+    calls, checkpoint = [], modeling.checkpoint
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return checkpoint(*args, **kwargs)
+
+    monkeypatch.setattr(modeling, "checkpoint", counting)
+    return calls
+
+
+@pytest.mark.parametrize("unpad", [False, True])
+def test_gradient_checkpointing_gives_the_same_gradients_from_less_saved(unpad, monkeypatch):
+    """With dropout on, a checkpointed encoder's second forward must draw the masks of the
+    first: loss and every gradient equal those of the same model without checkpointing, while
+    autograd keeps a fraction of the activations."""
+    from electra_fast.model import set_gradient_checkpointing
+
+    config = ElectraConfig(**{**TINY.__dict__, "num_hidden_layers": 4, "unpad": unpad})
+    torch.manual_seed(0)
+    plain = ElectraDiscriminator(config).train()
+    checkpointed = ElectraDiscriminator(config).train()
+    checkpointed.load_state_dict(plain.state_dict())
+    set_gradient_checkpointing(checkpointed)
+    recomputed = count_recomputed_layers(monkeypatch)
+    ids = torch.randint(0, 50, (3, 16))
+    mask = (torch.arange(16) < torch.tensor([[16], [9], [4]])).long()
+
+    def run(model):
+        torch.manual_seed(5)  # the same dropout keys for both
+        saved = SavedBytes()
+        with saved:
+            loss = model(ids, mask)[mask.bool()].square().mean()
+        loss.backward()
+        return loss, {n: p.grad for n, p in model.named_parameters()}, saved.bytes
+
+    loss, grads, kept = run(plain)
+    loss_again, grads_again, kept_again = run(checkpointed)
+    assert loss_again == loss
+    for name, grad in grads.items():
+        torch.testing.assert_close(grads_again[name], grad, rtol=1e-6, atol=1e-7, msg=name)
+    assert kept_again < kept / 4, (kept_again, kept)
+    assert len(recomputed) == 4
+    # Off again, or in eval, the model saves what it saved before.
+    set_gradient_checkpointing(checkpointed, False)
+    assert run(checkpointed)[2] == kept

@@ -1,7 +1,8 @@
 """The pretraining loop on a GPU (skipped without one): bf16 autocast, fp16 with loss scaling,
-and both replayed from CUDA graphs run every step on our CUDA kernels (masking, the generator
-step, attention forward and backward, seen in the profiler), the loss falls and the run
-exports; the step never makes the host wait; a replayed step trains as the eager one."""
+and both replayed from CUDA graphs (also with gradient checkpointing) run every step on our CUDA
+kernels (masking, the generator step, attention forward and backward, seen in the profiler), the
+loss falls and the run exports; the step never makes the host wait; a replayed step trains as
+the eager one; gradient checkpointing lowers the peak memory of a step."""
 
 import pytest
 import torch
@@ -17,10 +18,14 @@ pytestmark = [
 ]
 
 
-@pytest.mark.parametrize(("precision", "cuda_graphs"), [("bf16", False), ("fp16", False),
-                                                       ("bf16", True), ("fp16", True)])  # fmt: skip
-def test_the_loss_falls_on_our_kernels(dataset, tmp_path, precision, cuda_graphs):  # noqa: F811
-    settings = hparams(precision=precision, cuda_graphs=cuda_graphs)
+@pytest.mark.parametrize(
+    ("precision", "cuda_graphs", "recompute"),
+    [("bf16", False, False), ("fp16", False, False), ("bf16", True, False), ("fp16", True, False),
+     ("bf16", True, True)],
+)  # fmt: skip
+def test_the_loss_falls_on_our_kernels(dataset, tmp_path, precision, cuda_graphs, recompute):  # noqa: F811
+    settings = hparams(precision=precision, cuda_graphs=cuda_graphs,
+                       gradient_checkpointing=recompute)  # fmt: skip
     with profile(activities=[ProfilerActivity.CPU]) as trace:
         summary = pretrain(dataset, tmp_path / "run", settings, progress=False, device="cuda")
     # fp16's loss scale starts high and halves at each overflow, which counts as a skipped step.
@@ -138,3 +143,31 @@ def test_the_loop_waits_for_the_device_no_more_often_for_more_steps(dataset, tmp
 
     waits(4)  # warm-up: first-time loads and allocations
     assert waits(8) == waits(16)
+
+
+def test_gradient_checkpointing_lowers_the_peak_memory():
+    """One bf16 forward and backward of ELECTRA-small at 32 x 128: keeping only the layers'
+    inputs must take well under the memory of keeping all their activations."""
+    from electra_fast.model import ElectraConfig, ElectraForPretraining, set_gradient_checkpointing
+
+    config = ElectraConfig.preset("small", vocab_size=30522)
+    torch.manual_seed(0)
+    model = ElectraForPretraining(config).cuda()
+    ids = torch.randint(1000, 30522, (32, 128), device="cuda")
+    ids[:, 0] = 101
+    mask = torch.ones_like(ids)
+
+    def peak(recompute: bool) -> int:
+        set_gradient_checkpointing(model, recompute)
+        model.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        with amp.autocast("bf16", torch.device("cuda"))():
+            loss = model(ids, mask, torch.zeros_like(ids)).loss
+        loss.backward()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated()
+
+    peak(False)  # first allocations (cuBLAS workspaces, the gradients) out of the comparison
+    plain, recomputed = peak(False), peak(True)
+    assert recomputed < 0.7 * plain, (recomputed, plain)

@@ -18,6 +18,7 @@ from electra_fast.data import PretrainingDataset
 from electra_fast.pretraining import checkpoint as checkpoints
 from electra_fast.pretraining.hparams import Hparams
 from electra_fast.pretraining.trainer import pretrain
+from tests.model.test_modeling import count_recomputed_layers
 from tests.samples import prepare_en_sample
 
 TINY = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
@@ -97,11 +98,13 @@ def test_without_tensorboard_a_run_logs_to_metrics_alone(dataset, tmp_path, monk
     assert not (tmp_path / "run" / "tensorboard").exists()
 
 
-def test_a_compiled_run_trains_like_an_eager_one(dataset, tmp_path, monkeypatch):
+@pytest.mark.parametrize("recompute", [False, True], ids=["plain", "gradient-checkpointing"])
+def test_a_compiled_run_trains_like_an_eager_one(dataset, tmp_path, monkeypatch, recompute):
     """`compile: true` runs the step under torch.compile. The masking and sampling keys are
     drawn outside the model, so the compiled run draws what the eager one draws; under
     aot_eager (the same aten ops, so the same numbers, dropout included) the two end equal,
-    and fullgraph shows the trainer's call compiles without a graph break."""
+    and fullgraph shows the trainer's call compiles without a graph break, with gradient
+    checkpointing too."""
     compiled, compile = [], torch.compile
 
     def whole_graph(module, **_):
@@ -109,7 +112,7 @@ def test_a_compiled_run_trains_like_an_eager_one(dataset, tmp_path, monkeypatch)
         return compile(module, backend="aot_eager", fullgraph=True)
 
     monkeypatch.setattr(torch, "compile", whole_graph)
-    settings = dict(num_train_steps=6, iterations_per_loop=3)
+    settings = dict(num_train_steps=6, iterations_per_loop=3, gradient_checkpointing=recompute)
     pretrain(dataset, tmp_path / "eager", hparams(**settings), progress=False)
     assert not compiled
     pretrain(dataset, tmp_path / "compiled", hparams(compile=True, **settings), progress=False)
@@ -120,6 +123,26 @@ def test_a_compiled_run_trains_like_an_eager_one(dataset, tmp_path, monkeypatch)
     b = torch.load(tmp_path / "compiled/checkpoints/step-00000006.pt", weights_only=False)
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
+
+
+def test_gradient_checkpointing_trains_as_without(dataset, tmp_path, monkeypatch):
+    """`gradient_checkpointing: true` changes where the activations come from in the
+    backward, not the numbers: the two runs end with the same parameters."""
+    recomputed_layers = count_recomputed_layers(monkeypatch)
+    settings = dict(num_train_steps=4, save_checkpoints_steps=4, iterations_per_loop=2)
+    pretrain(dataset, tmp_path / "plain", hparams(**settings), progress=False)
+    assert not recomputed_layers
+    pretrain(dataset, tmp_path / "recomputed", hparams(gradient_checkpointing=True, **settings),
+             progress=False)  # fmt: skip
+    # Both encoders' layers (2 each, TINY), at each of the 4 steps.
+    assert len(recomputed_layers) == 4 * 2 * 2
+    a = torch.load(tmp_path / "plain/checkpoints/step-00000004.pt", weights_only=False)
+    b = torch.load(tmp_path / "recomputed/checkpoints/step-00000004.pt", weights_only=False)
+    for name, tensor in a["model"].items():
+        torch.testing.assert_close(b["model"][name], tensor, rtol=1e-6, atol=1e-7, msg=name)
+    assert [r["loss"] for r in metrics(tmp_path / "recomputed")] == [
+        r["loss"] for r in metrics(tmp_path / "plain")
+    ]
 
 
 def test_resumed_run_ends_like_an_uninterrupted_one(dataset, tmp_path):
