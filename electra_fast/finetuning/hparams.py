@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 from electra_fast import amp
+from electra_fast._checks import check_range
 from electra_fast.pretraining.hparams import check_keys, check_types, read_json_object
 
 TASKS = ("classification", "regression", "squad", "tagging")
@@ -78,40 +79,30 @@ class FinetuneHparams:
         if self.f1_unit not in ("word", "char"):
             raise ValueError(f"f1_unit must be 'word' or 'char', got {self.f1_unit!r}")
         amp.check(self.precision)
-        for name in ("train_batch_size", "eval_batch_size", "max_query_length", "doc_stride",
-                     "n_best_size", "max_answer_length", "log_steps", "beam_size",
-                     "num_trials"):  # fmt: skip
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        check_range(self, "positive", "train_batch_size", "eval_batch_size", "max_query_length",
+                    "doc_stride", "n_best_size", "max_answer_length", "log_steps", "beam_size",
+                    "num_trials", "num_train_steps", "max_seq_length", "max_grad_norm")  # fmt: skip
+        check_range(self, "positive and finite", "learning_rate", "num_train_epochs")
+        check_range(self, ">= 0", "weight_decay_rate", "answerable_weight")
+        check_range(self, "in [0, 1]", "warmup_proportion", "layerwise_lr_decay")
         if self.v2 and self.joint_prediction and not self.answerable_classifier:
             raise ValueError("v2 with joint_prediction needs answerable_classifier: the joint head "
                              "has no [CLS] score to tell unanswerable questions by")  # fmt: skip
-        if not 0 <= self.warmup_proportion <= 1:
-            raise ValueError(f"warmup_proportion must be in [0, 1], got {self.warmup_proportion}")
-        if not self.max_grad_norm > 0:  # inf: no clipping
-            raise ValueError(f"max_grad_norm must be positive, got {self.max_grad_norm}")
 
     def resolved(self, hidden_size: int) -> FinetuneHparams:
         """These settings with the defaults that depend on the model and the task filled in."""
         size = self.model_size or {256: "small", 768: "base", 1024: "large"}.get(hidden_size)
         large = size == "large"
         squad = self.task == "squad"
-        filled = dataclasses.replace(
-            self,
-            model_size=size,
-            learning_rate=self.learning_rate or (5e-5 if large else 1e-4),
-            layerwise_lr_decay=(0.9 if large else 0.8)
-            if self.layerwise_lr_decay is None
-            else self.layerwise_lr_decay,
-            num_train_epochs=self.num_train_epochs or (2.0 if squad else 3.0),
-            max_seq_length=self.max_seq_length
-            or {"squad": 512, "tagging": 256}.get(self.task, 128),
-        )
-        if filled.learning_rate <= 0 or filled.num_train_epochs <= 0:
-            raise ValueError("learning_rate and num_train_epochs must be positive")
-        if not 0 <= filled.layerwise_lr_decay <= 1:
-            raise ValueError(f"layerwise_lr_decay must be in [0, 1], got {self.layerwise_lr_decay}")
-        return filled
+        defaults = {
+            "learning_rate": 5e-5 if large else 1e-4,
+            "layerwise_lr_decay": 0.9 if large else 0.8,
+            "num_train_epochs": 2.0 if squad else 3.0,
+            "max_seq_length": {"squad": 512, "tagging": 256}.get(self.task, 128),
+        }
+        given = {name: getattr(self, name) for name in defaults}
+        filled = {name: defaults[name] if value is None else value for name, value in given.items()}
+        return dataclasses.replace(self, model_size=size, **filled)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -8,6 +8,7 @@ import json
 import os
 from pathlib import Path
 
+from electra_fast._checks import check_range
 from electra_fast._files import write_atomically
 
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
@@ -68,11 +69,18 @@ class ElectraConfig:
 
     def __post_init__(self):
         self.special_token_ids = tuple(int(i) for i in self.special_token_ids)
-        positive = ("vocab_size", "embedding_size", "hidden_size", "num_hidden_layers")
-        positive += ("num_attention_heads", "intermediate_size", "max_position_embeddings")
-        for name in positive:
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        check_range(
+            self,
+            "positive",
+            "vocab_size",
+            "embedding_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+            "max_position_embeddings",
+            "type_vocab_size",
+        )
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size={self.hidden_size} must be a multiple of "
@@ -80,14 +88,11 @@ class ElectraConfig:
             )
         if self.hidden_act not in ACTIVATIONS:
             raise ValueError(f"hidden_act must be one of {ACTIVATIONS}, got {self.hidden_act!r}")
-        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if not 0 < self.generator_hidden_size <= 1 or not 0 < self.generator_layers <= 1:
-            raise ValueError(
-                "generator_hidden_size and generator_layers must be in (0, 1], got "
-                f"{self.generator_hidden_size} and {self.generator_layers}"
-            )
+        check_range(self, "in [0, 1)", "hidden_dropout_prob", "attention_probs_dropout_prob")
+        check_range(self, "positive and finite", "layer_norm_eps", "temperature")
+        check_range(self, ">= 0", "initializer_range", "gen_weight", "disc_weight")
+        # Fractions of this encoder's width and depth, as officially.
+        check_range(self, "in (0, 1]", "generator_hidden_size", "generator_layers", "mask_prob")
 
     @classmethod
     def preset(cls, size: str, **overrides) -> ElectraConfig:

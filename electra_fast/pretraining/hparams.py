@@ -9,6 +9,7 @@ import typing
 from pathlib import Path
 
 from electra_fast import amp
+from electra_fast._checks import check_range
 
 PRESETS = {  # configure_pretraining.py and the paper's table 6
     "small": dict(learning_rate=5e-4, train_batch_size=128, max_seq_length=128,
@@ -135,15 +136,14 @@ class Hparams:
 
     def __post_init__(self):
         check_types(self)
-        for name in ("train_batch_size", "num_train_steps", "gradient_accumulation_steps",
-                     "max_seq_length", "save_checkpoints_steps", "keep_checkpoint_max",
-                     "iterations_per_loop"):  # fmt: skip
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.num_warmup_steps < 0 or self.learning_rate <= 0:
-            raise ValueError("num_warmup_steps must be >= 0 and learning_rate > 0")
-        if not self.max_grad_norm > 0:  # inf: no clipping
-            raise ValueError(f"max_grad_norm must be positive, got {self.max_grad_norm}")
+        check_range(self, "positive", "train_batch_size", "num_train_steps",
+                    "gradient_accumulation_steps", "max_seq_length", "save_checkpoints_steps",
+                    "keep_checkpoint_max", "iterations_per_loop", "max_consecutive_nonfinite",
+                    "embedding_size", "max_grad_norm")  # fmt: skip
+        check_range(self, "positive and finite", "learning_rate", "adam_epsilon", "temperature")
+        check_range(self, ">= 0", "num_warmup_steps", "weight_decay_rate", "gen_weight",
+                    "disc_weight")  # fmt: skip
+        check_range(self, "in (0, 1]", "mask_prob", "generator_hidden_size", "generator_layers")
         amp.check(self.precision)
         if self.cuda_graphs and self.compile:
             raise ValueError("cuda_graphs and compile exclude each other: choose one")

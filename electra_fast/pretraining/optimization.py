@@ -43,10 +43,14 @@ class AdamWeightDecay(torch.optim.Optimizer):
     def __init__(self, params, lr=5e-4, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01):
         if isinstance(lr, torch.Tensor) and (lr.dim() != 0 or lr.dtype != torch.float32):
             raise ValueError(f"a tensor lr must be 0-d float32, got {lr.dtype} {tuple(lr.shape)}")
-        if lr < 0 or eps <= 0 or not all(0 <= b < 1 for b in betas) or weight_decay < 0:
-            raise ValueError(
-                f"bad Adam settings: lr={lr}, betas={betas}, eps={eps}, weight_decay={weight_decay}"
-            )
+        if not lr >= 0:
+            raise ValueError(f"lr must be >= 0, got {lr}")
+        if not eps > 0:
+            raise ValueError(f"eps must be positive, got {eps}")
+        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {betas}")
+        if not weight_decay >= 0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
         self._infinite_steps: dict[torch.device, torch.Tensor] = {}
         self._cached_buckets = None

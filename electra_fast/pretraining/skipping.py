@@ -25,6 +25,8 @@ class SkipCounter:
     the device; more than `limit - 1` in a row stop the run (`NonFiniteLoss`)."""
 
     def __init__(self, device: torch.device, limit: int, skipped: int = 0, where: str = ""):
+        if limit < 1:
+            raise ValueError(f"limit (max_consecutive_nonfinite) must be positive, got {limit}")
         self.limit, self.where = limit, where
         self._lazy = device.type == "cuda"  # elsewhere reading a value costs no wait
         # [skipped in all, skipped in a row now, the longest run in a row]

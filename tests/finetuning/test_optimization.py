@@ -50,6 +50,18 @@ def test_defaults_by_model_size_and_task():
         FinetuneHparams.from_json('{"train_batch_size": 0}')
     with pytest.raises(ValueError, match="max_grad_norm must be positive, got -1"):
         FinetuneHparams.from_json('{"max_grad_norm": -1}')
+    with pytest.raises(ValueError, match="weight_decay_rate must be >= 0, got -0.01"):
+        FinetuneHparams.from_json('{"weight_decay_rate": -0.01}')
+    with pytest.raises(ValueError, match=r"layerwise_lr_decay must be in \[0, 1\], got 1.5"):
+        FinetuneHparams(layerwise_lr_decay=1.5)
+    # A setting given as 0 is an error, not taken for "unset" and replaced by the default.
+    for name in ("learning_rate", "num_train_epochs", "max_seq_length", "num_train_steps"):
+        with pytest.raises(ValueError, match=f"^{name} must be positive.*, got 0"):
+            FinetuneHparams.from_json(f'{{"{name}": 0}}')
+    given = FinetuneHparams(learning_rate=3e-4, num_train_epochs=10, max_seq_length=64)
+    assert given.resolved(1024).learning_rate == 3e-4
+    assert given.resolved(1024).num_train_epochs == 10.0
+    assert given.resolved(1024).max_seq_length == 64
     assert FinetuneHparams(task="tagging").resolved(256).max_seq_length == 256  # as for chunk
     qa = FinetuneHparams(task="squad")  # configure_finetuning.py's QA defaults
     assert (qa.joint_prediction, qa.beam_size, qa.qa_na_threshold) == (True, 20, -2.75)

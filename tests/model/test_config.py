@@ -55,7 +55,13 @@ def test_hf_config_round_trip(tmp_path):
         (dict(hidden_act="swish"), "hidden_act"),
         (dict(hidden_dropout_prob=1.0), "hidden_dropout_prob"),
         (dict(vocab_size=0), "vocab_size"),
-        (dict(generator_hidden_size=0.0), "generator_hidden_size"),
+        (dict(generator_hidden_size=0.0), "generator_hidden_size must be in \\(0, 1\\], got 0.0"),
+        (dict(generator_layers=1.5), "generator_layers must be in \\(0, 1\\], got 1.5"),
+        (dict(mask_prob=0.0), "mask_prob must be in \\(0, 1\\], got 0.0"),
+        (dict(temperature=float("inf")), "temperature must be positive and finite, got inf"),
+        (dict(disc_weight=-50.0), "disc_weight must be >= 0, got -50.0"),
+        (dict(layer_norm_eps=float("nan")), "layer_norm_eps must be positive and finite, got nan"),
+        (dict(type_vocab_size=0), "type_vocab_size must be positive, got 0"),
     ],
 )
 def test_bad_config_names_the_field(fields, words):

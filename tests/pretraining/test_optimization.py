@@ -104,9 +104,18 @@ def test_no_decay_for_layer_norms_and_biases():
     assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
 
 
-def test_bad_settings():
-    with pytest.raises(ValueError, match="eps"):
-        AdamWeightDecay([nn.Parameter(torch.zeros(1))], eps=0.0)
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (dict(eps=0.0), "eps must be positive, got 0.0"),
+        (dict(lr=-1e-3), "lr must be >= 0, got -0.001"),
+        (dict(betas=(0.9, 1.0)), r"betas must be two numbers in \[0, 1\), got \(0.9, 1.0\)"),
+        (dict(weight_decay=-0.01), "weight_decay must be >= 0, got -0.01"),
+    ],
+)
+def test_a_bad_setting_is_named(settings, message):
+    with pytest.raises(ValueError, match=message):
+        AdamWeightDecay([nn.Parameter(torch.zeros(1))], **settings)
 
 
 def test_parameters_of_several_dtypes_each_get_the_official_update():

@@ -28,6 +28,12 @@ def test_flags_and_counts_follow_a_hand_kept_tally():
     assert counter.check(step=7) == total == 7
 
 
+def test_a_limit_below_one_is_refused():
+    # A limit of 0 would stop a run at its first check, finite losses and all.
+    with pytest.raises(ValueError, match="max_consecutive_nonfinite\\) must be positive, got 0"):
+        SkipCounter(torch.device("cpu"), limit=0)
+
+
 def test_too_many_in_a_row_stop_at_the_step_that_reaches_the_limit():
     counter = SkipCounter(torch.device("cpu"), limit=3, where="Checkpoints in /run.")
     for step, loss in enumerate([NAN, NAN, 1.0, NAN, NAN], start=1):

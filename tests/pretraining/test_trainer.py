@@ -215,6 +215,28 @@ def test_mistyped_hparams_are_named(given, message):
         Hparams.from_json(given)
 
 
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ('{"learning_rate": 0}', "learning_rate must be positive and finite, got 0.0"),
+        ('{"learning_rate": NaN}', "learning_rate must be positive and finite, got nan"),
+        ('{"num_warmup_steps": -1}', "num_warmup_steps must be >= 0, got -1"),
+        ('{"weight_decay_rate": -0.01}', "weight_decay_rate must be >= 0, got -0.01"),
+        ('{"adam_epsilon": 0}', "adam_epsilon must be positive and finite, got 0.0"),
+        ('{"mask_prob": 1.5}', "mask_prob must be in (0, 1], got 1.5"),
+        ('{"temperature": 0}', "temperature must be positive and finite, got 0.0"),
+        ('{"generator_layers": 0}', "generator_layers must be in (0, 1], got 0.0"),
+        ('{"gen_weight": -1}', "gen_weight must be >= 0, got -1.0"),
+        # 0 once stopped a run at its first step, however finite its loss
+        ('{"max_consecutive_nonfinite": 0}', "max_consecutive_nonfinite must be positive, got 0"),
+        ('{"embedding_size": 0}', "embedding_size must be positive, got 0"),
+    ],  # fmt: skip
+)
+def test_out_of_range_hparams_are_named(given, message):
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        Hparams.from_json(given)
+
+
 def test_unknown_model_overrides_are_named():
     with pytest.raises(ValueError, match=r"unknown model_hparam_overrides \['hiden_size'\]"):
         Hparams.from_json('{"model_hparam_overrides": {"hiden_size": 64}}')
