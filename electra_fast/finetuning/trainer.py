@@ -63,6 +63,10 @@ def finetune(
     $ELECTRA_FAST_DEVICE, else the GPU when there is one)."""
     if train_file is None and eval_file is None and predict_file is None:
         raise ValueError("give --train, --eval, --predict or several")
+    given = {"--train": train_file, "--eval": eval_file, "--predict": predict_file}
+    for flag, path in given.items():
+        if path is not None and not Path(path).is_file():
+            raise FileNotFoundError(f"{flag} {path} is not a file")
     if hparams.num_trials > 1:
         return _trials(model, train_file, eval_file, out, hparams, tokenizer=tokenizer,
                        progress=progress, device=device, predict_file=predict_file)  # fmt: skip

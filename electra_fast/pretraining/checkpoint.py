@@ -42,13 +42,27 @@ def save_checkpoint(directory: Path, step: int, state: dict, keep: int) -> Path:
     return path
 
 
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """One checkpoint file; a missing, damaged or foreign file is an error that names it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} is not a file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # noqa: BLE001 - damage shows as many kinds of error
+        raise ValueError(f"{path} is not a readable checkpoint: {error}") from error
+    if not isinstance(state, dict) or not {"model", "config"} <= state.keys():
+        raise ValueError(f"{path} is not a pretraining checkpoint (it holds no model and config)")
+    return state
+
+
 def load_latest(directory: Path) -> tuple[dict, Path] | None:
     """The newest checkpoint that loads (a damaged newest one is skipped, with a warning)."""
     import warnings
 
     for _, path in reversed(checkpoints(directory)):
         try:
-            return torch.load(path, map_location="cpu", weights_only=False), path
-        except Exception as error:  # noqa: BLE001 - any damage means: try the previous one
+            return load_checkpoint(path), path
+        except (ValueError, OSError) as error:  # try the previous one
             warnings.warn(f"skipping unreadable checkpoint {path}: {error}", stacklevel=2)
     return None

@@ -33,7 +33,7 @@ from electra_fast.data import PaddedBatches, PretrainingDataset, ResumableSample
 from electra_fast.model import ElectraForPretraining
 from electra_fast.model.modeling import check_encoder_inputs, set_gradient_checkpointing
 from electra_fast.model.pretraining import draw_keys
-from electra_fast.pretraining.checkpoint import load_latest, save_checkpoint
+from electra_fast.pretraining.checkpoint import load_checkpoint, load_latest, save_checkpoint
 from electra_fast.pretraining.hparams import Hparams
 from electra_fast.pretraining.optimization import AdamWeightDecay, learning_rate, parameter_groups
 from electra_fast.pretraining.skipping import NonFiniteLoss, SkipCounter
@@ -380,7 +380,7 @@ def export(run: str | os.PathLike, checkpoint: str | os.PathLike | None = None) 
             raise FileNotFoundError(f"no checkpoint in {run / 'checkpoints'}")
         state = saved[0]
     else:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        state = load_checkpoint(checkpoint)
     model = ElectraForPretraining(ElectraConfig(**state["config"]))
     model.load_state_dict(state["model"])
     return _export(model, run)

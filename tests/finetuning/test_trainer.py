@@ -214,6 +214,12 @@ def test_bad_input_is_named(pretrained, tmp_path, capsys):
         finetune(tmp_path / "missing", train, None, tmp_path / "o", FinetuneHparams())
     with pytest.raises(ValueError, match="give --train, --eval, --predict or several"):
         finetune(model, None, None, tmp_path / "o", FinetuneHparams())
+    for position, flag in enumerate(("--train", "--eval", "--predict")):
+        files = [train, None, None]
+        files[position] = tmp_path / "gone.jsonl"
+        with pytest.raises(FileNotFoundError, match=f"^{flag} .*gone.jsonl is not a file$"):
+            finetune(model, files[0], files[1], tmp_path / "o", FinetuneHparams(),
+                     predict_file=files[2])  # fmt: skip
     with pytest.raises(ValueError, match="num_trials=3 needs --train"):
         finetune(model, None, train, tmp_path / "o", FinetuneHparams(num_trials=3))
     with pytest.raises(ValueError, match="num_trials must be positive, got 0"):

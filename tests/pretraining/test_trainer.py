@@ -17,7 +17,7 @@ from electra_fast.cli import main
 from electra_fast.data import PretrainingDataset
 from electra_fast.pretraining import checkpoint as checkpoints
 from electra_fast.pretraining.hparams import Hparams
-from electra_fast.pretraining.trainer import pretrain
+from electra_fast.pretraining.trainer import export, pretrain
 from tests.model.test_modeling import count_recomputed_layers
 from tests.samples import prepare_en_sample
 
@@ -256,9 +256,14 @@ def test_resuming_with_other_model_sizes_is_refused(dataset, tmp_path):
         pretrain(dataset, tmp_path / "run", wider, progress=False)
 
 
+def saved(step: int) -> dict:
+    """A checkpoint's state as small as load_checkpoint takes."""
+    return {"step": step, "model": {}, "config": {}}
+
+
 def test_failed_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
     directory = tmp_path / "checkpoints"
-    checkpoints.save_checkpoint(directory, 1, {"step": 1}, keep=3)
+    checkpoints.save_checkpoint(directory, 1, saved(1), keep=3)
 
     def full_disk(state, f):
         f.write(b"partial")
@@ -266,14 +271,44 @@ def test_failed_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(checkpoints.torch, "save", full_disk)
     with pytest.raises(OSError, match="space"):
-        checkpoints.save_checkpoint(directory, 2, {"step": 2}, keep=3)
+        checkpoints.save_checkpoint(directory, 2, saved(2), keep=3)
     monkeypatch.undo()
     assert [p.name for p in directory.iterdir()] == ["step-00000001.pt"]
     state, path = checkpoints.load_latest(directory)
-    assert state == {"step": 1}
+    assert state == saved(1)
     for step in range(2, 7):
-        checkpoints.save_checkpoint(directory, step, {"step": step}, keep=3)
+        checkpoints.save_checkpoint(directory, step, saved(step), keep=3)
     assert [s for s, _ in checkpoints.checkpoints(directory)] == [4, 5, 6]
+
+
+def test_the_newest_readable_checkpoint_is_the_one_loaded(tmp_path):
+    directory = tmp_path / "checkpoints"
+    for step in (1, 2, 3):
+        checkpoints.save_checkpoint(directory, step, saved(step), keep=5)
+    (directory / "step-00000003.pt").write_bytes(b"cut short")
+    checkpoints.save_checkpoint(directory, 4, {"step": 4}, keep=5)  # no model: not ours
+    with pytest.warns(UserWarning, match="skipping unreadable checkpoint"):
+        state, path = checkpoints.load_latest(directory)
+    assert state == saved(2) and path.name == "step-00000002.pt"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "checkpoint .*missing.pt is not a file"),
+        (b"garbage", "bad.pt is not a readable checkpoint"),
+        ({"weights": 1}, "bad.pt is not a pretraining checkpoint"),
+    ],
+)
+def test_export_of_a_bad_checkpoint_names_it(tmp_path, content, message):
+    path = tmp_path / ("missing.pt" if content is None else "bad.pt")
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        torch.save(content, path)
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        export(tmp_path / "run", path)
+    assert not (tmp_path / "run").exists()
 
 
 def test_cli_pretrain_and_export(dataset, tmp_path):
@@ -308,7 +343,6 @@ def test_a_record_cut_short_is_left_out(dataset, tmp_path):
 def test_an_interrupted_export_keeps_the_previous_one(dataset, tmp_path, monkeypatch):
     """Both models and their tokenizers are written before either replaces the old export."""
     from electra_fast.model import ElectraForPretraining
-    from electra_fast.pretraining.trainer import export
 
     run = tmp_path / "run"
     pretrain(dataset, run, hparams(num_train_steps=2, save_checkpoints_steps=1), progress=False)
