@@ -105,6 +105,10 @@ def prepare(
         if pool is not None:
             pool.shutdown(cancel_futures=True)
     manifest = _manifest(shards, units, settings)
+    if manifest["counts"]["examples"] == 0:  # a dataset no run could take a batch from
+        if progress:
+            print(file=sys.stderr)  # the error on a line of its own, not after the bar
+        raise ValueError(f"no examples: the {len(files)} input file(s) hold no text")
     write_json(out_dir / MANIFEST, manifest)
     if progress:
         elapsed = max(time.time() - started, 1e-9)

@@ -5,6 +5,7 @@ predictions for a file, labelled or not (predict), and their scores against its 
 
 from __future__ import annotations
 
+import math
 import sys
 
 import torch
@@ -73,7 +74,14 @@ class ClassificationTask:
         if example.label is None:
             raise ValueError(f"an example has no {hparams.label_field!r}: {example.text[:50]!r}")
         if hparams.task == "regression":
-            return float(example.label)
+            try:
+                target = float(example.label)
+            except (TypeError, ValueError):
+                target = math.nan
+            if not math.isfinite(target):
+                raise ValueError(f"regression needs a finite number as {hparams.label_field!r}, "
+                                 f"got {example.label!r} for {example.text[:50]!r}")  # fmt: skip
+            return target
         if str(example.label) not in self.labels:
             raise ValueError(f"label {example.label!r} is not one of the model's {self.labels}")
         return self.labels.index(str(example.label))

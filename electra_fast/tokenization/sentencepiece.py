@@ -3,6 +3,7 @@ Japanese ELECTRA recipe does) and encoding through the `sentencepiece` library."
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 from collections.abc import Iterable
@@ -117,12 +118,16 @@ def train_sentencepiece(
         from electra_fast.tokenization.segmented import make_segmenter
 
         segment = make_segmenter(pre_segmenter)
+    text = _segmented(sentences, segment)
+    first = next(text, None)
+    if first is None:  # else SentencePiece's own "[!sentences_.empty()]"
+        raise ValueError("no text to train a vocabulary on: the input holds only blank lines")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     spm.set_random_generator_seed(seed)
     prefix = out / ".spm-training"
     options = dict(
-        sentence_iterator=_segmented(sentences, segment),
+        sentence_iterator=itertools.chain([first], text),
         model_prefix=str(prefix),
         vocab_size=vocab_size,
         model_type=model_type,

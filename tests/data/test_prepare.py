@@ -140,6 +140,10 @@ def test_bad_input_is_named(tmp_path, corpus):
         run([str(tmp_path / "*.nothing")], tokenizer, tmp_path / "out")
     with pytest.raises(ValueError, match="max_seq_length"):
         run([corpus], tokenizer, tmp_path / "out", max_seq_length=4)
+    (tmp_path / "blank.txt").write_text("\n \n\t\n")
+    with pytest.raises(ValueError, match="no examples: the 1 input file"):
+        run([tmp_path / "blank.txt"], tokenizer, tmp_path / "blank")
+    assert not (tmp_path / "blank" / "manifest.json").exists()
     run([corpus], tokenizer, tmp_path / "out")
     with pytest.raises(ValueError, match="other settings"):
         run([corpus], tokenizer, tmp_path / "out", max_seq_length=64)

@@ -203,6 +203,11 @@ def test_regression(pretrained, tmp_path):
     scores = finetune(model, tmp_path / "train.tsv", tmp_path / "dev.tsv", tmp_path / "out",
                       hparams, tokenizer=tokenizer, progress=False)  # fmt: skip
     assert scores["pearson"] >= 0.8, scores
+    for score in ("high", "nan"):
+        (tmp_path / "bad.tsv").write_text(f"a\tb\tscore\nw1\tw2\t{score}\n")
+        with pytest.raises(ValueError, match=f"finite number as 'score', got '{score}'"):
+            finetune(model, tmp_path / "bad.tsv", None, tmp_path / "bad", hparams,
+                     tokenizer=tokenizer, progress=False)  # fmt: skip
 
 
 def test_bad_input_is_named(pretrained, tmp_path, capsys):

@@ -36,6 +36,9 @@ def test_sentencepiece_vocab_too_large_or_too_small(tmp_path):
         train_sentencepiece(["abcdef ghijkl"] * 10, tmp_path, vocab_size=10)
     with pytest.raises(ValueError, match="model_type"):
         train_sentencepiece(["a"], tmp_path, model_type="word")
+    with pytest.raises(ValueError, match="no text to train a vocabulary on"):
+        train_sentencepiece(["", "  ", "\t"], tmp_path / "blank")
+    assert not (tmp_path / "blank").exists()
 
 
 def test_wordpiece_keeps_vietnamese_diacritics_unless_asked(tmp_path):
