@@ -252,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         args.handler(args)
-    except (ValueError, FileNotFoundError, ImportError, RuntimeError) as error:
+    # OSError: a path that is a file where a directory must be, no permission, a full disk.
+    except (ValueError, OSError, ImportError, RuntimeError) as error:
         print(f"electra-fast {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0

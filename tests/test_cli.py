@@ -66,6 +66,20 @@ def test_errors_exit_with_a_message(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_an_out_path_that_is_a_file_exits_with_a_message(tmp_path, capsys):
+    (tmp_path / "corpus.txt").write_text(corpus_text(documents(20)))
+    (tmp_path / "taken").write_text("a file, not a directory")
+    main(["train-tokenizer", "--input", str(tmp_path / "corpus.txt"), "--vocab-size", "60",
+          "--out", str(tmp_path / "tok")])  # fmt: skip
+    capsys.readouterr()
+    code = main(["prepare", "--input", str(tmp_path / "corpus.txt"), "--tokenizer",
+                 str(tmp_path / "tok"), "--out", str(tmp_path / "taken")])  # fmt: skip
+    error = capsys.readouterr().err
+    assert code == 2 and "electra-fast prepare: error:" in error and "taken" in error
+    assert "Traceback" not in error
+    assert (tmp_path / "taken").read_text() == "a file, not a directory"
+
+
 def test_the_help_names_every_command():
     root = parser()
     (commands,) = [a for a in root._actions if isinstance(a, argparse._SubParsersAction)]

@@ -128,27 +128,42 @@ def iterate_articles(
     dump's header gives its file and category namespaces are added to `dropped`."""
     opener = bz2.open if str(dump).endswith(".bz2") else open
     with opener(dump, "rb") as stream:
-        title = namespace = text = None
-        redirect = False
+        yield from _articles(_elements(stream, dump), dropped)
+
+
+def _elements(stream, dump) -> Iterator:
+    """The dump's elements as they end; a stream that is not XML, or is cut short or damaged
+    (as a bz2 file or as XML), is an error that names the dump."""
+    try:
         for _, element in ET.iterparse(stream, events=("end",)):
-            tag = _local(element.tag)
-            if tag == "namespace" and dropped is not None:
-                if element.get("key") in _DROPPED_KEYS and element.text:
-                    dropped.add(element.text.strip().lower())
-            elif tag == "title":
-                title = element.text or ""
-            elif tag == "ns":
-                namespace = (element.text or "").strip()
-            elif tag == "redirect":
-                redirect = True
-            elif tag == "text":
-                text = element.text or ""
-            elif tag == "page":
-                if namespace == "0" and not redirect and text is not None:
-                    yield title, text
-                title = namespace = text = None
-                redirect = False
-                element.clear()  # keep memory flat over a whole dump
+            yield element
+    except (ET.ParseError, EOFError, OSError) as error:
+        raise ValueError(f"{dump} is not a whole MediaWiki XML dump: {error}") from error
+
+
+def _articles(elements: Iterator, dropped: set[str] | None) -> Iterator[tuple[str, str]]:
+    """The pages' (title, wikitext) that iterate_articles keeps, from the dump's elements."""
+    title = namespace = text = None
+    redirect = False
+    for element in elements:
+        tag = _local(element.tag)
+        if tag == "namespace" and dropped is not None:
+            if element.get("key") in _DROPPED_KEYS and element.text:
+                dropped.add(element.text.strip().lower())
+        elif tag == "title":
+            title = element.text or ""
+        elif tag == "ns":
+            namespace = (element.text or "").strip()
+        elif tag == "redirect":
+            redirect = True
+        elif tag == "text":
+            text = element.text or ""
+        elif tag == "page":
+            if namespace == "0" and not redirect and text is not None:
+                yield title, text
+            title = namespace = text = None
+            redirect = False
+            element.clear()  # keep memory flat over a whole dump
 
 
 def extract_wiki(dump: str | Path, out: str | Path, *, language: str | None = None) -> dict:
@@ -158,15 +173,18 @@ def extract_wiki(dump: str | Path, out: str | Path, *, language: str | None = No
     temporary = out.with_name(f".{out.name}.tmp")
     articles = paragraphs = 0
     dropped = set(DROPPED_LINKS)
-    with open(temporary, "w", encoding="utf-8") as f:
-        for _, wikitext in iterate_articles(dump, dropped):
-            lines = clean_wikitext(wikitext, dropped)
-            if language is not None:
-                lines = [s for p in lines for s in split_sentences(p, language)]
-            if not lines:
-                continue
-            f.write("\n".join(lines) + "\n\n")
-            articles += 1
-            paragraphs += len(lines)
-    temporary.replace(out)
+    try:
+        with open(temporary, "w", encoding="utf-8") as f:
+            for _, wikitext in iterate_articles(dump, dropped):
+                lines = clean_wikitext(wikitext, dropped)
+                if language is not None:
+                    lines = [s for p in lines for s in split_sentences(p, language)]
+                if not lines:
+                    continue
+                f.write("\n".join(lines) + "\n\n")
+                articles += 1
+                paragraphs += len(lines)
+        temporary.replace(out)
+    finally:  # a failed extraction leaves `out` as it was and nothing beside it
+        temporary.unlink(missing_ok=True)
     return {"articles": articles, "lines": paragraphs}

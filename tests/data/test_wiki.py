@@ -73,3 +73,25 @@ def test_dump(tmp_path):
     )
     assert main(["extract-wiki", str(dump), str(tmp_path / "cli.txt")]) == 0
     assert (tmp_path / "cli.txt").read_text() == (tmp_path / "out.txt").read_text()
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "words"),
+    [
+        ("not.xml", b"hello", "syntax error"),
+        ("cut.xml", b"<mediawiki><page><title>x</title>", "no element found"),
+        ("damaged.xml.bz2", b"BZh9" + bytes(range(200)), "Invalid data stream"),
+        (
+            "cut.xml.bz2",
+            bz2.compress(b"<mediawiki>" + b"<page/>" * 500 + b"</mediawiki>")[:40],
+            "end-of-stream marker",
+        ),
+    ],  # fmt: skip
+)
+def test_a_bad_dump_is_named_and_the_previous_output_kept(tmp_path, name, content, words):
+    (tmp_path / name).write_bytes(content)
+    (tmp_path / "out.txt").write_text("an earlier extraction\n")
+    with pytest.raises(ValueError, match=f"{name} is not a whole MediaWiki XML dump: .*{words}"):
+        extract_wiki(tmp_path / name, tmp_path / "out.txt")
+    assert (tmp_path / "out.txt").read_text() == "an earlier extraction\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, "out.txt"])
