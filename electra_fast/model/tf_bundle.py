@@ -62,9 +62,14 @@ def read_checkpoint(
     """Every variable of the checkpoint at `path` (see checkpoint_prefix) whose name `skip`
     does not reject, as numpy arrays (bfloat16 ones as float32). With `verify`, each one's
     bytes are checked against the CRC-32C that TensorFlow stored for them, as TensorFlow's
-    own reader does: a damaged or truncated download is an error naming the variable."""
+    own reader does, and so is each block of the index: a damaged or truncated download is an
+    error naming the variable or the index."""
     prefix = checkpoint_prefix(path)
-    entries = dict(_table_entries(prefix.with_name(prefix.name + ".index").read_bytes()))
+    index = prefix.with_name(prefix.name + ".index")
+    try:
+        entries = dict(_table_entries(index.read_bytes(), verify))
+    except (ValueError, IndexError) as error:  # IndexError: a field that runs off the end
+        raise ValueError(f"{index} is damaged: {error or 'cut short'}") from error
     header = _fields(entries.pop(b"", b""))
     if header.get(2, 0) != 0:
         raise ValueError(f"{prefix}: a big-endian checkpoint is not supported")
@@ -114,8 +119,10 @@ def _array(name: str, entry: dict, data: np.ndarray, verify: bool) -> np.ndarray
     return np.array(array.reshape(shape))
 
 
-def _table_entries(table: bytes):
-    """(key, value) of every entry of a LevelDB-format table (uncompressed blocks)."""
+def _table_entries(table: bytes, verify: bool = True):
+    """(key, value) of every entry of a LevelDB-format table (uncompressed blocks). With
+    `verify`, each block's bytes are checked against the CRC-32C of its trailer, as
+    TensorFlow's reader always does."""
     if len(table) < _FOOTER or int.from_bytes(table[-8:], "little") != _MAGIC:
         raise ValueError("not a TensorFlow checkpoint index (no table footer)")
     footer = table[-_FOOTER:]
@@ -123,14 +130,20 @@ def _table_entries(table: bytes):
     _, at = _varint(footer, at)
     index_offset, at = _varint(footer, at)
     index_size, _ = _varint(footer, at)
-    for _, handle in _block_entries(table, index_offset, index_size):
+    for _, handle in _block_entries(table, index_offset, index_size, verify):
         offset, at = _varint(handle, 0)
         size, _ = _varint(handle, at)
-        yield from _block_entries(table, offset, size)
+        yield from _block_entries(table, offset, size, verify)
 
 
-def _block_entries(table: bytes, offset: int, size: int):
+def _block_entries(table: bytes, offset: int, size: int, verify: bool):
+    if offset + size + _TRAILER > len(table):
+        raise ValueError(f"a block of {size} bytes at {offset} runs past the end of the file")
     block = table[offset : offset + size]
+    if verify:  # the checksum covers the block and its type byte
+        stored = int.from_bytes(table[offset + size + 1 : offset + size + _TRAILER], "little")
+        if unmask(stored) != crc32c(table[offset : offset + size + 1]):
+            raise ValueError(f"the block of {size} bytes at {offset} fails its checksum")
     if table[offset + size] != 0:
         raise ValueError("a compressed checkpoint index block is not supported")
     restarts = int.from_bytes(block[-4:], "little")

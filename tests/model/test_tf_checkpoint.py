@@ -156,3 +156,22 @@ def test_a_damaged_data_file_is_an_error_naming_the_variable(tmp_path):
     unchecked = read_checkpoint(damaged, verify=False)
     assert not np.array_equal(unchecked[name], intact[name])
     assert sum(not np.array_equal(unchecked[n], intact[n]) for n in intact) == 1
+
+
+@pytest.mark.parametrize(
+    ("damage", "words"),
+    [
+        (lambda raw: raw[: len(raw) // 2], r"no table footer"),
+        # A shape or an offset that changed: TensorFlow's reader catches it by the checksum
+        # every block of the index carries, as ours must (the intact index, written by
+        # TensorFlow, passes the same check in every test above).
+        (lambda raw: raw[:100] + bytes([raw[100] ^ 0x01]) + raw[101:], r"fails its checksum"),
+    ],
+)
+def test_a_damaged_index_is_an_error_naming_it(tmp_path, damage, words):
+    damaged = tmp_path / "damaged"
+    shutil.copytree(CHECKPOINT, damaged)
+    index = damaged / "model.ckpt-7.index"
+    index.write_bytes(damage(index.read_bytes()))
+    with pytest.raises(ValueError, match=rf"model\.ckpt-7\.index is damaged: .*{words}"):
+        read_checkpoint(damaged)
