@@ -56,8 +56,21 @@ def shard_done(directory: Path, name: str) -> bool:
 
 
 def open_shard(directory: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, index), memory-mapped."""
-    return (
-        np.load(directory / f"{name}.ids.npy", mmap_mode="r"),
-        np.load(directory / f"{name}.index.npy", mmap_mode="r"),
-    )
+    """(ids, index), memory-mapped; a shard that is missing, cut short or whose two arrays
+    disagree is an error that names it (its examples would otherwise be read wrong)."""
+    try:
+        ids = np.load(directory / f"{name}.ids.npy", mmap_mode="r")
+        index = np.load(directory / f"{name}.index.npy", mmap_mode="r")
+    except (ValueError, OSError) as error:  # numpy: "mmap length is greater than file size"
+        raise ValueError(
+            f"shard {directory / name} is damaged ({error}): delete {name}.json beside it and "
+            "run prepare again, which redoes that shard"
+        ) from error
+    if index.ndim != 2 or index.shape[1:] != (2,) or len(index) < 1:
+        raise ValueError(f"shard {directory / name}: its index has shape {index.shape}")
+    if ids.ndim != 1 or int(index[-1, 0]) != len(ids):
+        raise ValueError(
+            f"shard {directory / name}: the index ends at token {int(index[-1, 0])} but the "
+            f"shard holds {len(ids)} tokens"
+        )
+    return ids, index

@@ -171,6 +171,34 @@ def test_rerun_skips_whole_shards_and_redoes_half_written_ones(tmp_path, corpus)
     assert len(dataset) == manifest["counts"]["examples"]
 
 
+@pytest.mark.parametrize("part", ["ids", "index"])
+def test_a_damaged_shard_is_named_and_its_redo_is_the_one_it_says(tmp_path, corpus, part):
+    tokenizer = wordpiece(tmp_path / "tok")
+    run([corpus], tokenizer, tmp_path / "out")
+    whole = PretrainingDataset(tmp_path / "out")
+    # Copies: the dataset maps the files, and the one cut below is cut under it too.
+    examples = [whole[i]["input_ids"].tolist() for i in range(len(whole))]
+    name = whole.manifest["shards"][1]["name"]
+    array = tmp_path / "out" / "shards" / f"{name}.{part}.npy"
+    array.write_bytes(array.read_bytes()[:-40])  # cut short, as by a full disk or a bad copy
+    with pytest.raises(ValueError, match=f"shard .*{name} is damaged") as error:
+        PretrainingDataset(tmp_path / "out")
+    assert f"delete {name}.json" in str(error.value)
+    (tmp_path / "out" / "shards" / f"{name}.json").unlink()
+    run([corpus], tokenizer, tmp_path / "out")
+    redone = PretrainingDataset(tmp_path / "out")
+    assert [redone[i]["input_ids"].tolist() for i in range(len(redone))] == examples
+
+
+def test_shard_arrays_that_disagree_are_named(tmp_path, corpus):
+    run([corpus], wordpiece(tmp_path / "tok"), tmp_path / "out")
+    name = PretrainingDataset(tmp_path / "out").manifest["shards"][0]["name"]
+    ids = tmp_path / "out" / "shards" / f"{name}.ids.npy"
+    np.save(ids, np.load(ids)[:-1])  # a whole .npy file, one token short of its index
+    with pytest.raises(ValueError, match=f"{name}: the index ends at token \\d+ but the shard"):
+        PretrainingDataset(tmp_path / "out")
+
+
 def test_batches(tmp_path, corpus):
     run([corpus], wordpiece(tmp_path / "tok"), tmp_path / "out")
     dataset = PretrainingDataset(tmp_path / "out")
