@@ -74,8 +74,15 @@ def finetune(
     model_dir = Path(model)
     if not model_dir.is_dir():
         raise FileNotFoundError(f"--model {model_dir} is not a directory")
-    if (model_dir / "discriminator").is_dir():
-        model_dir = model_dir / "discriminator"
+    for inside in ("discriminator", "export/discriminator"):  # an export, or its run
+        if (model_dir / inside).is_dir():
+            model_dir = model_dir / inside
+            break
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(
+            f"--model {model_dir} holds no model (config.json): give a discriminator's "
+            "directory, a pretraining run's export/ or the run itself"
+        )
     tok = _tokenizer(tokenizer, model_dir)
     kind = distributed.device_type(device)
     rank, world = distributed.init(kind)

@@ -5,11 +5,12 @@ Hugging Face loading of the result, and bad input."""
 import dataclasses
 import json
 import random
+import shutil
 
 import pytest
 import torch
 
-from electra_fast import cli
+from electra_fast import cli, tokenization
 from electra_fast.finetuning import FinetuneHparams, finetune, squad
 from electra_fast.finetuning.metrics import squad_scores
 from electra_fast.model import ElectraForQuestionAnswering
@@ -208,6 +209,26 @@ def test_regression(pretrained, tmp_path):
         with pytest.raises(ValueError, match=f"finite number as 'score', got '{score}'"):
             finetune(model, tmp_path / "bad.tsv", None, tmp_path / "bad", hparams,
                      tokenizer=tokenizer, progress=False)  # fmt: skip
+
+
+def test_a_pretraining_run_directory_stands_for_its_export(pretrained, tmp_path):
+    from safetensors.torch import load_file
+
+    model, tokenizer = pretrained
+    exported = tmp_path / "run" / "export" / "discriminator"
+    shutil.copytree(model, exported)
+    tokenization.load(tokenizer).save(exported)  # an export carries its tokenizer
+    train = classification_file(tmp_path / "train.jsonl", 40, seed=9)
+    settings = FinetuneHparams(text_field="sentence", label_field="y", num_train_steps=3,
+                               train_batch_size=8, max_seq_length=16)  # fmt: skip
+    for given in (tmp_path / "run", exported):
+        finetune(given, train, None, tmp_path / given.name, settings, progress=False)
+    from_run = load_file(tmp_path / "run" / "model" / "model.safetensors")
+    from_export = load_file(tmp_path / "discriminator" / "model" / "model.safetensors")
+    assert from_run.keys() == from_export.keys()
+    assert all(torch.equal(from_run[k], from_export[k]) for k in from_run)
+    with pytest.raises(FileNotFoundError, match="--model .*tok.* holds no model \\(config.json\\)"):
+        finetune(tokenizer, train, None, tmp_path / "o", settings)
 
 
 def test_bad_input_is_named(pretrained, tmp_path, capsys):
