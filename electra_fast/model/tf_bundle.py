@@ -68,8 +68,10 @@ def read_checkpoint(
     index = prefix.with_name(prefix.name + ".index")
     try:
         entries = dict(_table_entries(index.read_bytes(), verify))
-    except (ValueError, IndexError) as error:  # IndexError: a field that runs off the end
-        raise ValueError(f"{index} is damaged: {error or 'cut short'}") from error
+    except ValueError as error:
+        raise ValueError(f"{index} is damaged: {error}") from error
+    except IndexError as error:  # a varint that runs past its block
+        raise ValueError(f"{index} is damaged: a field runs past the end of its block") from error
     header = _fields(entries.pop(b"", b""))
     if header.get(2, 0) != 0:
         raise ValueError(f"{prefix}: a big-endian checkpoint is not supported")

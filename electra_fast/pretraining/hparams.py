@@ -139,15 +139,17 @@ class Hparams:
         check_range(self, "positive", "train_batch_size", "num_train_steps",
                     "gradient_accumulation_steps", "max_seq_length", "save_checkpoints_steps",
                     "keep_checkpoint_max", "iterations_per_loop", "max_consecutive_nonfinite",
-                    "embedding_size", "max_grad_norm")  # fmt: skip
-        check_range(self, "positive and finite", "learning_rate", "adam_epsilon", "temperature")
-        check_range(self, ">= 0", "num_warmup_steps", "weight_decay_rate", "gen_weight",
-                    "disc_weight")  # fmt: skip
-        check_range(self, "in (0, 1]", "mask_prob", "generator_hidden_size", "generator_layers")
+                    "max_grad_norm")  # fmt: skip
+        check_range(self, "positive and finite", "learning_rate", "adam_epsilon")
+        check_range(self, ">= 0", "num_warmup_steps", "weight_decay_rate")
         amp.check(self.precision)
         if self.cuda_graphs and self.compile:
             raise ValueError("cuda_graphs and compile exclude each other: choose one")
         self._check_overrides()
+        # The model's settings (mask_prob, temperature, the generator's fractions, the loss
+        # weights, embedding_size, the overrides) are checked by the config they make, now
+        # rather than when a run starts; the dataset decides the vocabulary, 1 stands in.
+        self.model_config(self.vocab_size or 1, {})
 
     def _check_overrides(self) -> None:
         """model_hparam_overrides names ElectraConfig fields, with their types."""
