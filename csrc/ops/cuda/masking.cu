@@ -22,14 +22,20 @@ constexpr int kWarps = kThreads / 32;
 constexpr int64_t kMaxSeqLen = 6016;
 constexpr uint64_t kNotCandidate = ~0ull;
 
+__host__ __device__ constexpr int64_t padded_len(int64_t seq_len) { return (seq_len + 3) / 4 * 4; }
+static_assert(padded_len(kMaxSeqLen) == kMaxSeqLen, "the shared-memory bound holds padded");
+
 template <typename id_t>
 __global__ void __launch_bounds__(kThreads)
     mask_tokens_kernel(const MaskingParams p, const int64_t* __restrict__ seed_ptr,
                        const id_t* __restrict__ ids, const id_t* __restrict__ attention,
                        id_t* __restrict__ masked, int64_t* __restrict__ positions,
                        int64_t* __restrict__ labels, float* __restrict__ weights) {
-  extern __shared__ uint64_t keys[];  // (key << 32 | position), kNotCandidate otherwise
-  __shared__ int counts[2];           // tokens, candidates
+  // (key << 32 | position), kNotCandidate otherwise; padded_len(L) long, so that the count of
+  // smaller keys reads whole groups of four and has no tail for the compiler to over-read (nvcc
+  // 13 loaded 16 bytes for a tail of one, past the end, which memcheck caught).
+  extern __shared__ uint64_t keys[];
+  __shared__ int counts[2];  // tokens, candidates
   __shared__ int warp_chosen[kWarps];
 
   const int64_t b = blockIdx.x, L = p.seq_len, N = p.max_predictions;
@@ -57,6 +63,8 @@ __global__ void __launch_bounds__(kThreads)
     keys[i] = packed;
     masked_row[i] = id;  // the same thread overwrites it below if the position is chosen
   }
+  const int64_t padded = padded_len(L);
+  for (int64_t i = L + tid; i < padded; i += kThreads) keys[i] = kNotCandidate;
   tokens = __reduce_add_sync(0xffffffffu, tokens);
   candidates = __reduce_add_sync(0xffffffffu, candidates);
   if (lane == 0) {
@@ -78,7 +86,11 @@ __global__ void __launch_bounds__(kThreads)
       } else {
         const uint64_t mine = keys[i];
         int64_t smaller = 0;
-        for (int64_t j = 0; j < L; ++j) smaller += keys[j] < mine;
+        // Padding is kNotCandidate, never smaller than a candidate's key.
+        for (int64_t j = 0; j < padded; j += 4) {
+          smaller +=
+              (keys[j] < mine) + (keys[j + 1] < mine) + (keys[j + 2] < mine) + (keys[j + 3] < mine);
+        }
         chosen = smaller < k;
       }
     }
@@ -126,7 +138,7 @@ MaskingOutputs mask_tokens_cuda(const at::Tensor& input_ids, const at::Tensor& a
   auto outputs = empty_masking_outputs(input_ids, max_predictions);
   auto& [masked, positions, labels, weights] = outputs;
   if (B == 0) return outputs;
-  const size_t shared_bytes = static_cast<size_t>(p.seq_len) * sizeof(uint64_t);
+  const size_t shared_bytes = static_cast<size_t>(padded_len(p.seq_len)) * sizeof(uint64_t);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_INDEX_TYPES(input_ids.scalar_type(), "mask_tokens_cuda", [&] {
     mask_tokens_kernel<index_t><<<static_cast<unsigned>(B), kThreads, shared_bytes, stream>>>(
