@@ -9,6 +9,12 @@ and give d weight and d bias for the tile's columns (each written once) and a te
 (accumulated in fp32). Peak extra memory is one tile, not [M, V], the way Liger-Kernel's fused
 linear cross-entropy and Apple's Cut Cross-Entropy avoid the logits tensor.
 
+Under autocast the matmuls of both passes run in autocast's dtype, as F.linear's would: hidden,
+weight and bias are cast once and the casts kept for backward. (Backward runs outside autocast,
+so it cannot rely on it: it used to recompute the logits in fp32, which on a GPU without TF32
+took three fp32 matmuls per tile and made its gradient disagree with the bf16 logits that
+forward had sampled from.)
+
 Samples equal generator_step's on `hidden @ weight.T + bias` for the same seed: the tiles use
 the same Philox words, and ties between tiles go to the earlier (smaller) column.
 """
@@ -111,6 +117,15 @@ def vocab_tiles(V: int, tile: int) -> list[tuple[int, int]]:
     return [(start, min(V, start + tile)) for start in range(0, V, tile)]
 
 
+def matmul_dtype(hidden: torch.Tensor) -> torch.dtype:
+    """The dtype F.linear would multiply a floating-point `hidden` in: autocast's for hidden's
+    device when autocast is on there, else hidden's own."""
+    device = hidden.device.type
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return hidden.dtype
+
+
 def tile_logits(hidden, weight, bias, start, end):
     """hidden @ weight[start:end].T + bias[start:end]: one tile of the logits."""
     if bias is None:
@@ -125,13 +140,17 @@ class _GeneratorStepLinear(torch.autograd.Function):
     ):
         V = weight.shape[0]
         ops = step_ops(hidden)
-        tiles = [
-            ops.generator_step_tile(
-                tile_logits(hidden, weight, bias, start, end),
-                labels, key, temperature, disallow, ignore_index, start, V, offset,
-            )
-            for start, end in vocab_tiles(V, tile)
-        ]  # fmt: skip
+        ctx.grad_dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
+        dtype = matmul_dtype(hidden)
+        hidden, weight, bias = (None if t is None else t.to(dtype) for t in (hidden, weight, bias))
+        with torch.autocast(hidden.device.type, enabled=False):
+            tiles = [
+                ops.generator_step_tile(
+                    tile_logits(hidden, weight, bias, start, end),
+                    labels, key, temperature, disallow, ignore_index, start, V, offset,
+                )
+                for start, end in vocab_tiles(V, tile)
+            ]  # fmt: skip
         lse, label_logit, best, samples = (torch.stack(t) for t in zip(*tiles, strict=True))
         # The tiles merged with a few ops over all of them, not a few per tile: on a GPU each is
         # a launch. A tile's best score is never NaN, so argmax's first maximum is the earliest
@@ -150,19 +169,24 @@ class _GeneratorStepLinear(torch.autograd.Function):
     def backward(ctx, grad_loss, grad_samples):
         hidden, weight, bias, labels, lse = ctx.saved_tensors
         need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
+        hidden_dtype, weight_dtype, bias_dtype = ctx.grad_dtypes
         ops = step_ops(hidden)
         grad_loss = grad_loss.to(lse.dtype).contiguous()
         grad_hidden = torch.zeros(hidden.shape, dtype=lse.dtype, device=hidden.device)
         grad_weight = torch.empty_like(weight) if need_weight else None
-        grad_bias = torch.empty_like(bias) if need_bias else None
-        for start, end in vocab_tiles(weight.shape[0], ctx.tile):
-            grad = tile_logits(hidden, weight, bias, start, end)
-            ops.generator_step_backward_(grad_loss, grad, labels, lse, ctx.ignore_index, start)
-            if need_hidden:
-                grad_hidden += grad @ weight[start:end]
-            if need_weight:
-                torch.mm(grad.t(), hidden, out=grad_weight[start:end])
-            if need_bias:
-                grad_bias[start:end] = grad.sum(0, dtype=lse.dtype)
-        grad_hidden = grad_hidden.to(hidden.dtype) if need_hidden else None
+        grad_bias = (
+            torch.empty(bias.shape, dtype=bias_dtype, device=bias.device) if need_bias else None
+        )
+        with torch.autocast(hidden.device.type, enabled=False):
+            for start, end in vocab_tiles(weight.shape[0], ctx.tile):
+                grad = tile_logits(hidden, weight, bias, start, end)
+                ops.generator_step_backward_(grad_loss, grad, labels, lse, ctx.ignore_index, start)
+                if need_hidden:
+                    grad_hidden += grad @ weight[start:end]
+                if need_weight:
+                    torch.mm(grad.t(), hidden, out=grad_weight[start:end])
+                if need_bias:
+                    grad_bias[start:end] = grad.sum(0, dtype=lse.dtype)
+        grad_hidden = grad_hidden.to(hidden_dtype) if need_hidden else None
+        grad_weight = grad_weight.to(weight_dtype) if need_weight else None
         return grad_hidden, grad_weight, grad_bias, None, None, None, None, None, None, None

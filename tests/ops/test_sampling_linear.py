@@ -187,3 +187,55 @@ def test_compile_fullgraph(backend):
     assert torch.equal(got[1], want[1])
     for a, b_ in zip(got[2], want[2], strict=True):
         torch.testing.assert_close(a, b_)
+
+
+class MatmulDtypes(TorchDispatchMode):
+    """Records the operand dtypes of every matmul an aten op runs."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm):
+            self.seen.add(tuple(a.dtype for a in args if isinstance(a, torch.Tensor)))
+        return func(*args, **(kwargs or {}))
+
+
+def test_autocast_runs_both_passes_in_its_dtype():
+    """As F.linear under autocast: forward and backward multiply in bf16 (backward runs outside
+    autocast and once recomputed the logits in fp32), and the gradients come back in the
+    parameters' fp32, equal to linear + generator_step's under the same autocast."""
+    hidden, weight, b, labels = linear_inputs(32, 300, 8)
+    weights = torch.rand(32)
+    with MatmulDtypes() as matmuls, torch.autocast("cpu", torch.bfloat16):
+        (loss, samples, grads), (want_loss, want_samples, want_grads) = run_both(
+            dict(seed=5), hidden, weight, b, labels, 64, weights
+        )
+    assert matmuls.seen == {(torch.bfloat16,) * 2, (torch.bfloat16,) * 3}, matmuls.seen
+    torch.testing.assert_close(loss, want_loss)
+    assert torch.equal(samples, want_samples)
+    for got, want in zip(grads, want_grads, strict=True):
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
+
+
+def test_compiles_under_autocast():
+    """torch.compile traces backward with forward's autocast state: with fp32 parameters it once
+    failed there ('Expected out tensor to have dtype torch.bfloat16 but got torch.float32')."""
+    hidden, weight, b, labels = linear_inputs(16, 100, 8)
+
+    def forward(h, w, bias):
+        with torch.autocast("cpu", torch.bfloat16):
+            return electra_fast.generator_step_linear(h, w, bias, labels, seed=1, vocab_tile=32)
+
+    params = [t.clone().requires_grad_() for t in (hidden, weight, b)]
+    got = torch.compile(forward, fullgraph=True, backend="aot_eager")(*params)
+    got.loss.sum().backward()
+    want_params = [t.clone().requires_grad_() for t in (hidden, weight, b)]
+    want = forward(*want_params)
+    want.loss.sum().backward()
+    torch.testing.assert_close(got.loss, want.loss)
+    assert torch.equal(got.samples, want.samples)
+    for p, q in zip(params, want_params, strict=True):
+        torch.testing.assert_close(p.grad, q.grad)
