@@ -55,7 +55,7 @@ def test_dropout_add_layer_norm(benchmark, device, provider, mode, size_index):
     g = torch.Generator().manual_seed(0)
     place = misaligned if provider == "electra_fast_loop" else (lambda t: t)
     x = place(torch.randn(rows, H, generator=g).to(device, x_dtype)).requires_grad_()
-    residual = place(torch.randn(rows, H, generator=g, device=device)).requires_grad_()
+    residual = place(torch.randn(rows, H, generator=g).to(device)).requires_grad_()
     weight = torch.ones(H, device=device, requires_grad=True)
     bias = torch.zeros(H, device=device, requires_grad=True)
     fn = {"torch": torch_path, "torch_compile": torch.compile(torch_path)}.get(provider, ours)
