@@ -4,6 +4,7 @@ a replay that trains as the eager step shows that everything that changes betwee
 the graph through tensors it reads. The GPU tests (test_cuda.py) replay real graphs."""
 
 import math
+from collections import Counter
 
 import pytest
 import torch
@@ -83,16 +84,17 @@ def state_of(model, step):
     return tensors
 
 
-def train(runner, steps, first=0, device="cpu"):
-    """Steps `first` to `first + steps` with new batches, keys, dropout seeds and rates each
-    time, and metrics at every third: whatever a replay took from its recording instead of from
-    the step would show. Returns what each step reports."""
+def train(runner, steps, first=0, device="cpu", micros=1):
+    """Steps `first` to `first + steps` of `micros` micro-batches each, with new batches, keys,
+    dropout seeds and rates each time, and metrics at every third: whatever a replay took from
+    its recording instead of from the step would show. Returns what each step reports."""
     losses = []
     data = micro_batches(4, device)
     for number in range(first, first + steps):
-        inputs, keys = data[number % len(data)]
         torch.manual_seed(100 + number)
-        runner.micro(inputs, keys, metrics=number % 3 == 0)
+        for micro in range(micros):
+            inputs, keys = data[(number * micros + micro) % len(data)]
+            runner.micro(inputs, keys, metrics=number % 3 == 0, last=micro == micros - 1)
         runner.set_learning_rate(1e-3 * (1 + number % 4))
         runner.update()
         losses.append(runner.read())
@@ -111,18 +113,29 @@ def overflowing_scaler():
     )  # fmt: skip
 
 
+# One micro-batch per step: each step one graph, its gradients made inside it. Two: the
+# micro-steps' graphs add to kept gradients, which the update's graph reads and zeroes.
+PARTS = {
+    1: {("step", True), ("step", False)},
+    2: {("update",), ("micro", True), ("micro", False)},
+}
+
+
+@pytest.mark.parametrize("micros", [1, 2], ids=["one-micro-batch", "accumulation"])
 @pytest.mark.parametrize("scaled", [False, True], ids=["unscaled", "loss-scaler"])
-def test_a_replayed_step_trains_as_the_eager_one(scaled):
+def test_a_replayed_step_trains_as_the_eager_one(scaled, micros):
     torch.manual_seed(0)
     eager_model = ElectraForPretraining(tiny())
     graphed_model = ElectraForPretraining(tiny())
     graphed_model.load_state_dict(eager_model.state_dict())
-    eager = train_step(eager_model, 1.0, scaler=overflowing_scaler() if scaled else None)
-    step = train_step(graphed_model, 1.0, scaler=overflowing_scaler() if scaled else None)
+    eager, step = (
+        train_step(model, 1.0, share=1 / micros, scaler=overflowing_scaler() if scaled else None)
+        for model in (eager_model, graphed_model)
+    )
     graphed = EmulatedGraphedStep(step, state_of(graphed_model, step))
     steps = 3 * GraphedStep.WARMUP + 6
-    want, got = train(eager, steps), train(graphed, steps)
-    assert set(graphed.graphs) == {("update",), ("micro", True), ("micro", False)}
+    want, got = train(eager, steps, micros=micros), train(graphed, steps, micros=micros)
+    assert set(graphed.graphs) == PARTS[micros]
     assert sum(graphed.eager_runs.values()) < 3 * steps  # most parts ran from their graphs
     for number, (a, b) in enumerate(zip(got, want, strict=True)):
         for key in ("loss", "gen_loss", "disc_loss", "grad_norm"):  # an overflow's norm: nan
@@ -152,3 +165,46 @@ def test_a_batch_of_another_shape_is_refused():
     shorter = {name: value[:, :8] for name, value in inputs.items()}
     with pytest.raises(ValueError, match=r"input_ids was \(3, 16\), now \(3, 8\)"):
         graphed.micro(shorter, keys, metrics=False)
+
+
+def writes_into(ops, tensors) -> Counter:
+    """(op, index in `tensors`): how often each in-place op of a recorded graph writes into
+    each of `tensors`."""
+    index = {t.data_ptr(): i for i, t in enumerate(tensors)}
+    found = Counter()
+    for func, args, _, _ in ops:
+        if not func._schema.is_mutable or not args:
+            continue
+        first = args[0] if isinstance(args[0], (list, tuple)) else [args[0]]
+        for t in first:
+            if isinstance(t, torch.Tensor) and t.data_ptr() in index:
+                found[func.__name__, index[t.data_ptr()]] += 1
+    return found
+
+
+@pytest.mark.parametrize("micros", [1, 2], ids=["one-micro-batch", "accumulation"])
+def test_gradients_are_added_and_zeroed_only_with_accumulation(micros):
+    """With one micro-batch a step's graph writes each gradient once, as backward makes it (a
+    copy where autograd clones rather than keeps the tensor: here the recording's references
+    make it clone), and nothing outside the graph keeps it; with accumulation the micro-steps
+    add to kept gradients, which the update zeroes. (The fused update's own reads are the
+    oracle for which tensors the gradients are.)"""
+    torch.manual_seed(0)
+    model = ElectraForPretraining(tiny())
+    step = train_step(model, 1.0, share=1 / micros)
+    graphed = EmulatedGraphedStep(step, state_of(model, step))
+    train(graphed, 3 * GraphedStep.WARMUP + 2, micros=micros)
+    update = graphed.graphs[("step", False) if micros == 1 else ("update",)].ops
+    (adam,) = [args for func, args, _, _ in update if func.__name__.startswith("_fused_adamw_")]
+    grads = adam[1]
+    assert len(grads) == len(list(model.parameters()))
+    writes = writes_into(update, grads)
+    if micros == 1:
+        assert {name for name, _ in writes} <= {"copy_.default"}, writes
+        assert max(writes.values(), default=1) == 1, writes
+        assert all(p.grad is None for p in model.parameters())
+    else:
+        adds = writes_into(graphed.graphs[("micro", False)].ops, grads)
+        assert {i for (name, i) in adds if name == "add_.Tensor"} == set(range(len(grads)))
+        assert {i for name, i in writes} == set(range(len(grads))), "zeroed by the update"
+        assert all(p.grad is not None for p in model.parameters())
