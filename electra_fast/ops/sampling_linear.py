@@ -140,7 +140,7 @@ class _GeneratorStepLinear(torch.autograd.Function):
     ):
         V = weight.shape[0]
         ops = step_ops(hidden)
-        ctx.grad_dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
+        ctx.input_dtype = hidden.dtype  # weight's and bias's too (_check_linear_inputs)
         dtype = matmul_dtype(hidden)
         hidden, weight, bias = (None if t is None else t.to(dtype) for t in (hidden, weight, bias))
         with torch.autocast(hidden.device.type, enabled=False):
@@ -169,14 +169,11 @@ class _GeneratorStepLinear(torch.autograd.Function):
     def backward(ctx, grad_loss, grad_samples):
         hidden, weight, bias, labels, lse = ctx.saved_tensors
         need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
-        hidden_dtype, weight_dtype, bias_dtype = ctx.grad_dtypes
         ops = step_ops(hidden)
         grad_loss = grad_loss.to(lse.dtype).contiguous()
         grad_hidden = torch.zeros(hidden.shape, dtype=lse.dtype, device=hidden.device)
         grad_weight = torch.empty_like(weight) if need_weight else None
-        grad_bias = (
-            torch.empty(bias.shape, dtype=bias_dtype, device=bias.device) if need_bias else None
-        )
+        grad_bias = torch.empty_like(bias, dtype=ctx.input_dtype) if need_bias else None
         with torch.autocast(hidden.device.type, enabled=False):
             for start, end in vocab_tiles(weight.shape[0], ctx.tile):
                 grad = tile_logits(hidden, weight, bias, start, end)
@@ -187,6 +184,6 @@ class _GeneratorStepLinear(torch.autograd.Function):
                     torch.mm(grad.t(), hidden, out=grad_weight[start:end])
                 if need_bias:
                     grad_bias[start:end] = grad.sum(0, dtype=lse.dtype)
-        grad_hidden = grad_hidden.to(hidden_dtype) if need_hidden else None
-        grad_weight = grad_weight.to(weight_dtype) if need_weight else None
+        grad_hidden = grad_hidden.to(ctx.input_dtype) if need_hidden else None
+        grad_weight = grad_weight.to(ctx.input_dtype) if need_weight else None
         return grad_hidden, grad_weight, grad_bias, None, None, None, None, None, None, None

@@ -161,6 +161,10 @@ class GraphedStep:
         self.step = step
         self.whole = step.share == 1.0  # one graph per step
         step.keep_gradients = not self.whole
+        if self.whole:
+            self.parts = (("step", True), ("step", False))
+        else:
+            self.parts = (("update",), ("micro", True), ("micro", False))
         self.inputs: dict[str, torch.Tensor] = {}
         self.keys: torch.Tensor | None = None
         self.graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
@@ -217,11 +221,7 @@ class GraphedStep:
         return self.step.read()
 
     def _warm(self) -> bool:
-        if self.whole:
-            parts = (("step", True), ("step", False))
-        else:
-            parts = (("update",), ("micro", True), ("micro", False))
-        return all(self.eager_runs[part] >= self.WARMUP for part in parts)
+        return all(self.eager_runs[part] >= self.WARMUP for part in self.parts)
 
     def _run(self, part: tuple, run: Callable[[], None]) -> None:
         graph = self.graphs.get(part)
