@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <vector>
 
 #include "checks.h"
 
@@ -64,34 +65,133 @@ void check_generator_step_backward_args(const at::Tensor& grad_loss, const at::T
 
 namespace {
 
-// Scratch rows of one thread, float32: a row's logits, its uniforms and its Gumbel noise. The
-// transcendental passes (log, exp) run as ATen's in-place ops on them: vectorised (Sleef) for the
-// CPU that torch runs on, and the very functions the torch reference calls.
+// Scratch of one thread, float32 rows: a row's logits, its uniforms, its Gumbel noise (or its
+// weights), and the uniforms and noise of the columns whose exact noise is needed. The
+// transcendental passes (log, exp) run as ATen's in-place ops on them: vectorised (Sleef) for
+// the CPU that torch runs on, and the very functions the torch reference calls.
 struct Scratch {
-  at::Tensor logits, uniform, noise;
+  at::Tensor logits, uniform, noise, picked, picked_noise;
+  std::vector<int64_t> columns;  // the picked columns
   explicit Scratch(int64_t n)
       : logits(at::empty(std::array<int64_t, 1>{n}, at::TensorOptions().dtype(at::kFloat))),
         uniform(at::empty_like(logits)),
-        noise(at::empty_like(logits)) {}
+        noise(at::empty_like(logits)),
+        picked(at::empty_like(logits)),
+        picked_noise(at::empty_like(logits)) {}
 };
 
-// The row's Gumbel noise (gumbel_noise in sampling.h), one pass per step so that the logs run
-// vectorised.
-void fill_gumbel_noise(Scratch& scratch, int64_t n, int64_t row, int64_t vocab_start,
-                       int64_t vocab_size, uint64_t seed) {
+// The row's uniforms t (gumbel_uniform in sampling.h) into scratch.uniform.
+void fill_uniforms(Scratch& scratch, int64_t n, int64_t row, int64_t vocab_start,
+                   int64_t vocab_size, uint64_t seed) {
   float* t = scratch.uniform.mutable_data_ptr<float>();
-  float* g = scratch.noise.mutable_data_ptr<float>();
   for (int64_t c = 0; c < n;) {
     const int64_t v = vocab_start + c;
     const Philox4 words = sampling_randoms(seed, row, v >> 2, vocab_size);
-    for (int64_t w = v & 3; w < 4 && c < n; ++w, ++c) {
-      t[c] = gumbel_uniform(words.x[w]);
-      g[c] = 1.0f - t[c];
+    for (int64_t w = v & 3; w < 4 && c < n; ++w, ++c) t[c] = gumbel_uniform(words.x[w]);
+  }
+}
+
+// The exact noise (gumbel_noise_of_uniform) of the first k uniforms of `uniform`, into the first
+// k entries of `noise`, one pass per step so that the logs run vectorised.
+void exact_noise(const at::Tensor& uniform, const at::Tensor& noise, int64_t k) {
+  const float* t = uniform.const_data_ptr<float>();
+  float* g = noise.mutable_data_ptr<float>();
+  at::Tensor head = noise.narrow(0, 0, k);
+  for (int64_t c = 0; c < k; ++c) g[c] = 1.0f - t[c];
+  head.log_();
+  for (int64_t c = 0; c < k; ++c) g[c] = gumbel_exponential(t[c], 1.0f - t[c], g[c]);
+  head.log_().neg_();
+}
+
+// Scores the picked columns exactly (their uniforms gathered into scratch.picked).
+template <typename scalar_t>
+void score_picked(RowState& state, const scalar_t* x, int64_t vocab_start,
+                  float inverse_temperature, Scratch& scratch) {
+  const int64_t k = static_cast<int64_t>(scratch.columns.size());
+  const float* t = scratch.uniform.const_data_ptr<float>();
+  float* picked = scratch.picked.mutable_data_ptr<float>();
+  for (int64_t i = 0; i < k; ++i) picked[i] = t[scratch.columns[i]];
+  exact_noise(scratch.picked, scratch.picked_noise, k);
+  const float* g = scratch.picked_noise.const_data_ptr<float>();
+  for (int64_t i = 0; i < k; ++i) {
+    const int64_t c = scratch.columns[i];
+    add_candidate(state, gumbel_score(static_cast<float>(x[c]), inverse_temperature, g[i]),
+                  vocab_start + c);
+  }
+}
+
+// The Gumbel argmax over the columns whose weight w = exp(a - a_max) (a = x / T) is in `w`, for
+// a row with finite logits or -inf (sampling.h: gumbel_skip_margin). A probe first: the column
+// of the largest w / t, whose bound a - log(t) on its score is the row's largest, is usually
+// the winner or close to it; its exact score is the bound. Then the test t > w * exp(a_max -
+// bound + margin) = exp(a - bound + margin) drops all but about one column in V. The product
+// adds to the margin's list two roundings of exp, one of the product and one of a - a_max. A
+// column the test could drop wrongly has exp(a - bound + margin) >= t >= 2^-33, so a >= bound
+// - 23 and |a - a_max| <= |a_max| + |bound| + 23: the margin for a magnitude of 2 |a_max|
+// covers that rounding too.
+template <typename scalar_t>
+void sample_row(RowState& state, const scalar_t* x, const float* w, int64_t n, float a_max,
+                int64_t vocab_start, float inverse_temperature, int64_t disallowed,
+                Scratch& scratch) {
+  const float* t = scratch.uniform.const_data_ptr<float>();
+  const int64_t skipped = disallowed - vocab_start;  // outside [0, n) when not in the tile
+  int64_t probe = skipped == 0 ? 1 : 0;
+  if (probe >= n) return;  // the only column is disallowed
+  float probe_w = w[probe], probe_t = t[probe];
+  for (int64_t c = probe + 1; c < n; ++c) {
+    if (w[c] * probe_t > probe_w * t[c] && c != skipped) {  // w / t larger, without dividing
+      probe = c;
+      probe_w = w[c];
+      probe_t = t[c];
     }
   }
-  scratch.noise.log_();
-  for (int64_t c = 0; c < n; ++c) g[c] = gumbel_exponential(t[c], 1.0f - t[c], g[c]);
-  scratch.noise.log_().neg_();
+  scratch.columns.assign(1, probe);
+  score_picked(state, x, vocab_start, inverse_temperature, scratch);
+  const float bound = state.best_score;
+  const float factor = std::exp(a_max - bound + gumbel_skip_margin(2.0f * std::fabs(a_max), bound));
+  scratch.columns.clear();
+  for (int64_t c = 0; c < n; ++c) {
+    if (!(t[c] > w[c] * factor) && c != probe && c != skipped) scratch.columns.push_back(c);
+  }
+  score_picked(state, x, vocab_start, inverse_temperature, scratch);
+}
+
+// Copies a row to float32; returns its max (NaN never is) and sets `any_nan`. Eight running
+// maxima, not one, so that the comparisons need not wait for each other.
+template <typename scalar_t>
+float load_row(const scalar_t* x, int64_t n, float* out, bool& any_nan) {
+  constexpr float kLowest = -std::numeric_limits<float>::infinity();
+  float max[8] = {kLowest, kLowest, kLowest, kLowest, kLowest, kLowest, kLowest, kLowest};
+  int nan = 0;
+  int64_t c = 0;
+  for (; c + 8 <= n; c += 8) {
+    for (int j = 0; j < 8; ++j) {
+      const float v = static_cast<float>(x[c + j]);
+      out[c + j] = v;
+      max[j] = v > max[j] ? v : max[j];
+      nan |= v != v;
+    }
+  }
+  for (; c < n; ++c) {
+    const float v = static_cast<float>(x[c]);
+    out[c] = v;
+    max[0] = v > max[0] ? v : max[0];
+    nan |= v != v;
+  }
+  any_nan = nan != 0;
+  for (int j = 1; j < 8; ++j) max[0] = max[j] > max[0] ? max[j] : max[0];
+  return max[0];
+}
+
+// Four running sums, not one: a sum's additions wait for each other (4 cycles each).
+double sum_in_double(const float* x, int64_t n) {
+  double partial[4] = {0.0, 0.0, 0.0, 0.0};
+  int64_t c = 0;
+  for (; c + 4 <= n; c += 4) {
+    for (int j = 0; j < 4; ++j) partial[j] += x[c + j];
+  }
+  for (; c < n; ++c) partial[0] += x[c];
+  return (partial[0] + partial[1]) + (partial[2] + partial[3]);
 }
 
 // The state of one row over its columns [vocab_start, vocab_start + n). `disallowed` is a
@@ -105,29 +205,37 @@ RowState scan_row(const scalar_t* x, int64_t n, int64_t row, int64_t vocab_start
   RowState state = empty_row_state();
   float* logits = scratch.logits.mutable_data_ptr<float>();
   bool any_nan = false;
-  for (int64_t c = 0; c < n; ++c) {
-    logits[c] = static_cast<float>(x[c]);
-    state.max = logits[c] > state.max ? logits[c] : state.max;  // NaN never becomes the max
-    any_nan |= logits[c] != logits[c];
-  }
-  fill_gumbel_noise(scratch, n, row, vocab_start, vocab_size, seed);
-  const float* g = scratch.noise.const_data_ptr<float>();
-  for (int64_t c = 0; c < n; ++c) {
-    const int64_t v = vocab_start + c;
-    if (v != disallowed)
-      add_candidate(state, gumbel_score(logits[c], inverse_temperature, g[c]), v);
-  }
-  if (state.max == -std::numeric_limits<float>::infinity()) {
+  state.max = load_row(x, n, logits, any_nan);
+  fill_uniforms(scratch, n, row, vocab_start, vocab_size, seed);
+  // a = x * (1 / T) as gumbel_score rounds it; x -> a is increasing, so a_max = a(max).
+  const float a_max = state.max * inverse_temperature;
+  const float* weights = logits;  // exp(a - a_max), with T = 1 the logsumexp's terms
+  const bool every_column = any_nan || !std::isfinite(state.max);
+  if (every_column) {
+    // A NaN or infinite logit: every column's exact noise, without the shortcut's reasoning.
+    exact_noise(scratch.uniform, scratch.noise, n);
+    const float* g = scratch.noise.const_data_ptr<float>();
+    for (int64_t c = 0; c < n; ++c) {
+      const int64_t v = vocab_start + c;
+      if (v != disallowed)
+        add_candidate(state, gumbel_score(logits[c], inverse_temperature, g[c]), v);
+    }
     // Every logit -inf: the sum is 0 and the lse -inf. Every logit NaN or -inf, at least one
     // NaN: the lse is NaN, as the CUDA kernel's and the reference's (a tile of NaN logits must
-    // not vanish from the row's logsumexp).
-    if (any_nan) state.sum = std::numeric_limits<float>::quiet_NaN();
-    return state;
+    // not vanish from the row's logsumexp). Else a +inf or NaN makes the sum below NaN.
+    if (state.max == -std::numeric_limits<float>::infinity()) {
+      if (any_nan) state.sum = std::numeric_limits<float>::quiet_NaN();
+      return state;
+    }
+  } else if (inverse_temperature != 1.0f) {
+    scratch.noise.copy_(scratch.logits).mul_(inverse_temperature).sub_(a_max).exp_();
+    weights = scratch.noise.const_data_ptr<float>();
   }
   scratch.logits.sub_(state.max).exp_();  // exp(x - max): 0 from -inf, NaN from NaN or inf - inf
-  double sum = 0.0;
-  for (int64_t c = 0; c < n; ++c) sum += logits[c];
-  state.sum = static_cast<float>(sum);  // rounding the total once costs 6e-8 in the lse
+  state.sum = static_cast<float>(sum_in_double(logits, n));  // rounded once: 6e-8 in the lse
+  if (!every_column) {
+    sample_row(state, x, weights, n, a_max, vocab_start, inverse_temperature, disallowed, scratch);
+  }
   return state;
 }
 

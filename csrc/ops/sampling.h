@@ -65,10 +65,31 @@ EF_HOST_DEVICE float gumbel_exponential(float t, float u, float log_u) {
 #endif
 }
 
-EF_HOST_DEVICE float gumbel_noise(uint32_t word) {
-  const float t = gumbel_uniform(word);
+// The noise of a uniform t = gumbel_uniform(word).
+EF_HOST_DEVICE float gumbel_noise_of_uniform(float t) {
   const float u = 1.0f - t;
   return -EF_LOGF(gumbel_exponential(t, u, EF_LOGF(u)));
+}
+
+EF_HOST_DEVICE float gumbel_noise(uint32_t word) {
+  return gumbel_noise_of_uniform(gumbel_uniform(word));
+}
+
+// Gumbel-max without the noise of most columns. E = -log(1 - t) >= t, so g = -log(E) <= -log(t):
+// a column with t > exp(a - bound), a = x / T, scores a + g < bound whatever its exact noise.
+// Once some column of the row has scored `bound` (any exact score is a lower bound of the
+// row's best), such a column can neither win nor tie, and the kernels skip its two logs and
+// division. With `bound` near the row's best score, about one column in V survives the test.
+//
+// The test is evaluated with rounded (on the GPU, approximate) exponentials, so it gets a margin
+// that covers, in the log domain: the exponential's error (the GPU's __expf: at most 104 ulps
+// for arguments in [-88, 88], 1.2e-5 relative), the exact noise's own error (a few ulps of
+// log(E) and of g <= 23: under 5e-6), and the roundings of a, bound, a - bound and the score
+// (each at most 2^-24 of |a| + |bound|, four of them). The test never drops a column whose exact
+// score would reach `bound`, so the samples are bit for bit those of scoring every column.
+// `a_magnitude` bounds |a| of the columns tested.
+EF_HOST_DEVICE float gumbel_skip_margin(float a_magnitude, float bound) {
+  return 1e-4f + 9.5367432e-7f * (a_magnitude + fabsf(bound));  // 1e-4 + 2^-20 (|a| + |bound|)
 }
 
 // The Gumbel-max score of one logit: x / T + g, as x * (1 / T) + g rounded twice, never fused,

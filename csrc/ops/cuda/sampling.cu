@@ -59,45 +59,104 @@ __device__ void add_scored_logit(RowState& s, float x, const StepParams& p, uint
     add_candidate(s, gumbel_score(x, p.inverse_temperature, gumbel_noise(word)), v);
 }
 
+// Whether a column with uniform t and a = x / T cannot reach `bound` (sampling.h:
+// gumbel_skip_margin, whose margin allows for __expf's error).
+__device__ bool cannot_win(float t, float a, float bound) {
+  return t > __expf(a - bound + gumbel_skip_margin(fabsf(a), bound));
+}
+
+// f(j) for j = 0 .. n - 1 as compile-time constants, so that the arrays it indexes stay in
+// registers (a plain loop this long is not always unrolled, and then they go to local memory).
+template <int n, typename F>
+__device__ __forceinline__ void for_each_column(F&& f) {
+  [&]<int... J>(std::integer_sequence<int, J...>) {
+    (f(std::integral_constant<int, J>{}), ...);
+  }(std::make_integer_sequence<int, n>{});
+}
+
+__device__ float warp_max(float v) {
+#pragma unroll
+  for (int mask = 16; mask > 0; mask /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, mask));
+  return v;
+}
+
 // One thread's share of the aligned body: vectors tid, tid + kThreads, ... Every vector starts
 // at a column with v % 4 == kPhase (the vector size is a multiple of 4), so the Philox words
 // each element needs are known at compile time.
+//
+// The exact noise (two logs and a division) is computed only for the columns that can still
+// reach `bound`, the best exact score of the warp so far (sampling.h: gumbel_skip_margin). On
+// the first trip each thread scores exactly its column of largest a - log(t) (an upper bound of
+// the score, usually close), and the warp takes the best of those as its bound; after that,
+// about one column in V is scored. All lanes of a warp make the same trips, so that they can
+// exchange their best scores after each.
 template <int kPhase, typename scalar_t>
 __device__ void scan_vectors(RowState& s, const scalar_t* row, int64_t head, int64_t vectors,
                              const StepParams& p, uint64_t seed, int64_t r, int64_t disallowed) {
   constexpr int kSize = Vec<scalar_t>::kSize;
   constexpr int kGroups = (kPhase + kSize + 3) / 4;
   const Vec<scalar_t>* body = reinterpret_cast<const Vec<scalar_t>*>(row + head);
-  for (int64_t k = threadIdx.x; k < vectors; k += kThreads) {
-    const Vec<scalar_t> loaded = body[k];
+  const int lane = threadIdx.x % 32;
+  auto scaled = [&](float x) { return __fmul_rn(x, p.inverse_temperature); };  // a = x / T
+  auto score_exactly = [&](float x, float t, int64_t v) {
+    add_candidate(s, gumbel_score(x, p.inverse_temperature, gumbel_noise_of_uniform(t)), v);
+  };
+  float bound = -INFINITY;
+  bool first = true;
+  for (int64_t k0 = threadIdx.x - lane; k0 < vectors; k0 += kThreads, first = false) {
+    const int64_t k = k0 + lane;
+    const bool active = k < vectors;
     const int64_t v0 = p.vocab_start + head + k * kSize;  // v0 % 4 == kPhase
-    float x[kSize];
-    float vector_max = -INFINITY;
+    float x[kSize], t[kSize];
+    int probe = -1;
+    if (active) {
+      const Vec<scalar_t> loaded = body[k];
+      float vector_max = -INFINITY;
 #pragma unroll
-    for (int j = 0; j < kSize; ++j) {
-      x[j] = static_cast<float>(loaded.v[j]);
-      vector_max = fmaxf(vector_max, x[j]);  // fmaxf skips NaN; the sum below catches it
-    }
-    if (vector_max > s.max) {
-      s.sum *= rescale(s.max, vector_max);
-      s.max = vector_max;
-    }
+      for (int j = 0; j < kSize; ++j) {
+        x[j] = static_cast<float>(loaded.v[j]);
+        vector_max = fmaxf(vector_max, x[j]);  // fmaxf skips NaN; the sum below catches it
+      }
+      if (vector_max > s.max) {
+        s.sum *= rescale(s.max, vector_max);
+        s.max = vector_max;
+      }
 #pragma unroll
-    for (int j = 0; j < kSize; ++j) {
-      if (x[j] != -INFINITY) s.sum += expf(x[j] - s.max);
-    }
-    Philox4 words[kGroups];
+      for (int j = 0; j < kSize; ++j) {
+        if (x[j] != -INFINITY) s.sum += expf(x[j] - s.max);
+      }
+      Philox4 words[kGroups];
 #pragma unroll
-    for (int g = 0; g < kGroups; ++g) {
-      words[g] = sampling_randoms(seed, r, (v0 >> 2) + g, p.vocab_size);
+      for (int g = 0; g < kGroups; ++g) {
+        words[g] = sampling_randoms(seed, r, (v0 >> 2) + g, p.vocab_size);
+      }
+      for_each_column<kSize>(
+          [&](auto j) { t[j] = gumbel_uniform(words[(kPhase + j) / 4].x[(kPhase + j) % 4]); });
+      if (first) {
+        float largest = -INFINITY, probe_x = 0.0f, probe_t = 0.0f;
+        for_each_column<kSize>([&](auto j) {
+          const float above = scaled(x[j]) - __logf(t[j]);  // about an upper bound of the score
+          if (v0 + j != disallowed && above > largest) {
+            largest = above;
+            probe = j;
+            probe_x = x[j];
+            probe_t = t[j];
+          }
+        });
+        if (probe >= 0) score_exactly(probe_x, probe_t, v0 + probe);
+      }
     }
-    // A fold over compile-time j, so that x[] and words[] stay in registers (a plain loop
-    // this long is not always unrolled, and then they go to local memory).
-    [&]<int... J>(std::integer_sequence<int, J...>) {
-      (add_scored_logit(s, x[J], p, words[(kPhase + J) / 4].x[(kPhase + J) % 4], v0 + J,
-                        disallowed),
-       ...);
-    }(std::make_integer_sequence<int, kSize>{});
+    if (first) bound = warp_max(s.best_score);
+    bool scored = false;
+    if (active) {
+      for_each_column<kSize>([&](auto j) {
+        if (j != probe && v0 + j != disallowed && !cannot_win(t[j], scaled(x[j]), bound)) {
+          score_exactly(x[j], t[j], v0 + j);
+          scored = true;
+        }
+      });
+    }
+    if (__any_sync(0xffffffffu, scored)) bound = warp_max(s.best_score);
   }
 }
 
