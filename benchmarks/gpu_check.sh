@@ -3,16 +3,16 @@
 # included), sanitise the kernels, profile a pretraining step, run the GPU benchmarks, and write
 # logs, a JSON report and a markdown table to OUTDIR.
 #   benchmarks/gpu_check.sh OUTDIR [STAGE...]
-# STAGE: build tests sanitize profile bench (default: all). Each stage has its own time limit
+# STAGE: build throws tests sanitize profile bench (default: all). Each stage has its own time limit
 # (TESTS_S, SANITIZE_S, PROFILE_S, BENCH_S seconds), so that a kernel that hangs costs one stage
 # and not the whole lease; within the bench stage each benchmark file has its own (BENCH_FILE_S)
 # and JSON. BENCH_K selects the benchmarks (default: the GPU ones; CPU
 # timings on a lent 16-core machine are not the ones we report), BENCH_FILES the files.
 # Commit OUTDIR/results.md as benchmarks/results/<date>_<gpu>.md.
 set -uo pipefail
-out=${1:?usage: benchmarks/gpu_check.sh OUTDIR [build tests sanitize profile bench]}
+out=${1:?usage: benchmarks/gpu_check.sh OUTDIR [build throws tests sanitize profile bench]}
 shift
-stages=${*:-build tests sanitize profile bench}
+stages=${*:-build throws tests sanitize profile bench}
 mkdir -p "$out"
 python=${PYTHON:-python3}
 status=0
@@ -38,6 +38,21 @@ if has build; then
       | sort | uniq -c > "$out/tensor_core_sass.txt"
     cat "$out/tensor_core_sass.txt"
   fi
+fi
+
+# On the first GPU run, test workers of pytest-xdist crashed whenever our C++ threw, and a fresh
+# process did not. Where does it crash: our throws on threads (throw_check.py), and one file of
+# tests that make our C++ throw with and without xdist's workers.
+if has throws; then
+  timeout 300 "$python" benchmarks/throw_check.py > "$out/throws.json" 2>&1 || status=1
+  grep -E '"(python|exit|said|pytest-xdist|execnet)"' "$out/throws.json" | paste -sd ' ' | head -c 1500
+  echo
+  for runner in "-p no:xdist" "-n 2"; do
+    [[ $runner == "-n 2" && -z $workers ]] && continue
+    timeout 300 "$python" -m pytest -q -p no:cacheprovider $runner tests/ops/test_sampling.py \
+      -k "bad_input or rejects" > "$out/throws_pytest_${runner//[^a-z0-9]/}.log" 2>&1 || status=1
+    echo "throwing tests with $runner: $(tail -1 "$out/throws_pytest_${runner//[^a-z0-9]/}.log")"
+  done
 fi
 
 # The GPU tests first (marked cuda), then the rest: on the first GPU run the whole suite did

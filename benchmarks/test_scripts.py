@@ -1,5 +1,6 @@
 """The benchmark scripts that are not pytest benchmarks run, on the CPU, small."""
 
+import json
 import re
 import subprocess
 import sys
@@ -37,3 +38,12 @@ def test_count_step_ops_counts_the_step():
     parts = dict(re.findall(r"(forward and backward|clip, flag, Adam): (\d+)", text))
     total, not_views = map(int, re.search(r"(\d+) ops in all, (\d+) of them", text).groups())
     assert total == sum(map(int, parts.values())) and 0 < not_views < total
+
+
+def test_throw_check_reports_each_throw_caught():
+    if not (_extension.has_kernel("generator_step", "cpu") and _extension.EXTENSION_LOADED):
+        pytest.skip("no CPU kernels built")
+    report = json.loads(run("throw_check.py"))
+    assert len(report["cases"]) == 6
+    for case, result in report["cases"].items():
+        assert result["exit"] == 0 and result["said"].startswith("caught "), (case, result)
