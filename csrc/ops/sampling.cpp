@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "checks.h"
+#include "philox_cpu.h"
 
 namespace electra_fast {
 
@@ -80,14 +81,29 @@ struct Scratch {
         picked_noise(at::empty_like(logits)) {}
 };
 
-// The row's uniforms t (gumbel_uniform in sampling.h) into scratch.uniform.
+// The row's uniforms t (gumbel_uniform in sampling.h) into scratch.uniform, from Philox blocks
+// computed kPhiloxBatch at a time (philox_cpu.h: AVX2 where the CPU has it).
 void fill_uniforms(Scratch& scratch, int64_t n, int64_t row, int64_t vocab_start,
                    int64_t vocab_size, uint64_t seed) {
   float* t = scratch.uniform.mutable_data_ptr<float>();
-  for (int64_t c = 0; c < n;) {
-    const int64_t v = vocab_start + c;
-    const Philox4 words = sampling_randoms(seed, row, v >> 2, vocab_size);
-    for (int64_t w = v & 3; w < 4 && c < n; ++w, ++c) t[c] = gumbel_uniform(words.x[w]);
+  const uint64_t base = static_cast<uint64_t>(row) * sampling_groups(vocab_size);
+  const int64_t first = vocab_start >> 2, last = (vocab_start + n - 1) >> 2;
+  uint32_t low[kPhiloxBatch], high[kPhiloxBatch];
+  PhiloxBatch words;
+  for (int64_t g0 = first; g0 <= last; g0 += kPhiloxBatch) {
+    for (int j = 0; j < kPhiloxBatch; ++j) {
+      const uint64_t index = base + static_cast<uint64_t>(g0 + j);  // as sampling_randoms
+      low[j] = static_cast<uint32_t>(index);
+      high[j] = static_cast<uint32_t>(index >> 32);
+    }
+    philox_batch(low, high, kStreamSampling, 0u, static_cast<uint32_t>(seed),
+                 static_cast<uint32_t>(seed >> 32), words);
+    for (int j = 0; j < kPhiloxBatch && g0 + j <= last; ++j) {
+      for (int w = 0; w < 4; ++w) {
+        const int64_t c = 4 * (g0 + j) + w - vocab_start;
+        if (c >= 0 && c < n) t[c] = gumbel_uniform(words.x[w][j]);
+      }
+    }
   }
 }
 
