@@ -273,6 +273,7 @@ std::array<int64_t, 1> row_shape(const at::Tensor& logits) { return {logits.size
 std::tuple<at::Tensor, at::Tensor, at::Tensor> generator_step_cpu(
     const at::Tensor& logits, const at::Tensor& labels, const at::Tensor& seed, double temperature,
     bool disallow_labels, int64_t ignore_index, bool /*inplace_backward*/, int64_t row_offset) {
+  EF_CHECK_DIM(logits, 2);  // before size(1), which would throw an IndexError naming no argument
   const int64_t V = logits.size(1);
   check_generator_step_args(logits, labels, seed, temperature, disallow_labels, 0, V, row_offset);
   const auto f32 = logits.options().dtype(at::kFloat);

@@ -276,6 +276,8 @@ def test_kernel_rejects_bad_labels_itself():
         raw_step("electra_fast", logits, torch.tensor([0, 10, 1]))
     with pytest.raises(ValueError, match="temperature"):
         raw_step("electra_fast", logits, torch.tensor([0, 1, 1]), temperature=0.0)
+    with pytest.raises(ValueError, match="logits must have 2 dimensions"):
+        raw_step("electra_fast", logits[0], torch.tensor([0]))
 
 
 def test_a_split_batch_samples_as_the_whole(step, device):
