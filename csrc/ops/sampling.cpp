@@ -66,17 +66,17 @@ void check_generator_step_backward_args(const at::Tensor& grad_loss, const at::T
 
 namespace {
 
-// Scratch of one thread, float32 rows: a row's logits, its uniforms, its Gumbel noise (or its
-// weights), and the uniforms and noise of the columns whose exact noise is needed. The
+// Scratch of one thread, float32 rows: a row's logits, its uniforms, its weights exp(a - a_max)
+// when T != 1, and the uniforms and noise of the columns whose exact noise is needed. The
 // transcendental passes (log, exp) run as ATen's in-place ops on them: vectorised (Sleef) for
 // the CPU that torch runs on, and the very functions the torch reference calls.
 struct Scratch {
-  at::Tensor logits, uniform, noise, picked, picked_noise;
+  at::Tensor logits, uniform, weights, picked, picked_noise;
   std::vector<int64_t> columns;  // the picked columns
   explicit Scratch(int64_t n)
       : logits(at::empty(std::array<int64_t, 1>{n}, at::TensorOptions().dtype(at::kFloat))),
         uniform(at::empty_like(logits)),
-        noise(at::empty_like(logits)),
+        weights(at::empty_like(logits)),
         picked(at::empty_like(logits)),
         picked_noise(at::empty_like(logits)) {}
 };
@@ -86,13 +86,12 @@ struct Scratch {
 void fill_uniforms(Scratch& scratch, int64_t n, int64_t row, int64_t vocab_start,
                    int64_t vocab_size, uint64_t seed) {
   float* t = scratch.uniform.mutable_data_ptr<float>();
-  const uint64_t base = static_cast<uint64_t>(row) * sampling_groups(vocab_size);
   const int64_t first = vocab_start >> 2, last = (vocab_start + n - 1) >> 2;
   uint32_t low[kPhiloxBatch], high[kPhiloxBatch];
   PhiloxBatch words;
   for (int64_t g0 = first; g0 <= last; g0 += kPhiloxBatch) {
     for (int j = 0; j < kPhiloxBatch; ++j) {
-      const uint64_t index = base + static_cast<uint64_t>(g0 + j);  // as sampling_randoms
+      const uint64_t index = sampling_element(row, g0 + j, vocab_size);
       low[j] = static_cast<uint32_t>(index);
       high[j] = static_cast<uint32_t>(index >> 32);
     }
@@ -229,13 +228,11 @@ RowState scan_row(const scalar_t* x, int64_t n, int64_t row, int64_t vocab_start
   const bool every_column = any_nan || !std::isfinite(state.max);
   if (every_column) {
     // A NaN or infinite logit: every column's exact noise, without the shortcut's reasoning.
-    exact_noise(scratch.uniform, scratch.noise, n);
-    const float* g = scratch.noise.const_data_ptr<float>();
+    scratch.columns.clear();
     for (int64_t c = 0; c < n; ++c) {
-      const int64_t v = vocab_start + c;
-      if (v != disallowed)
-        add_candidate(state, gumbel_score(logits[c], inverse_temperature, g[c]), v);
+      if (vocab_start + c != disallowed) scratch.columns.push_back(c);
     }
+    score_picked(state, x, vocab_start, inverse_temperature, scratch);
     // Every logit -inf: the sum is 0 and the lse -inf. Every logit NaN or -inf, at least one
     // NaN: the lse is NaN, as the CUDA kernel's and the reference's (a tile of NaN logits must
     // not vanish from the row's logsumexp). Else a +inf or NaN makes the sum below NaN.
@@ -244,8 +241,8 @@ RowState scan_row(const scalar_t* x, int64_t n, int64_t row, int64_t vocab_start
       return state;
     }
   } else if (inverse_temperature != 1.0f) {
-    scratch.noise.copy_(scratch.logits).mul_(inverse_temperature).sub_(a_max).exp_();
-    weights = scratch.noise.const_data_ptr<float>();
+    scratch.weights.copy_(scratch.logits).mul_(inverse_temperature).sub_(a_max).exp_();
+    weights = scratch.weights.const_data_ptr<float>();
   }
   scratch.logits.sub_(state.max).exp_();  // exp(x - max): 0 from -inf, NaN from NaN or inf - inf
   state.sum = static_cast<float>(sum_in_double(logits, n));  // rounded once: 6e-8 in the lse

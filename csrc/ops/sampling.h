@@ -31,11 +31,14 @@ EF_HOST_DEVICE uint64_t sampling_groups(int64_t vocab_size) {
   return static_cast<uint64_t>((vocab_size + 3) / 4);
 }
 
+// The index in the sampling stream of the Philox element of row `row`, columns 4 group + 0..3.
+EF_HOST_DEVICE uint64_t sampling_element(int64_t row, int64_t group, int64_t vocab_size) {
+  return static_cast<uint64_t>(row) * sampling_groups(vocab_size) + static_cast<uint64_t>(group);
+}
+
 EF_HOST_DEVICE Philox4 sampling_randoms(uint64_t seed, int64_t row, int64_t group,
                                         int64_t vocab_size) {
-  return philox_element(
-      seed, static_cast<uint64_t>(row) * sampling_groups(vocab_size) + static_cast<uint64_t>(group),
-      kStreamSampling);
+  return philox_element(seed, sampling_element(row, group, vocab_size), kStreamSampling);
 }
 
 // Gumbel(0, 1) noise from one 32-bit word, in fp32: t = (w + 1/2) / 2^32 is uniform in (0, 1)
