@@ -5,14 +5,20 @@ fp32 accumulation). In the H100 profile of an ELECTRA-small step (benchmarks/res
 2026-11-24_h100.md) the 100 bf16 bias-gradient reductions took 2.3 ms of the step's 18.4, about
 23 us each for at most 16,384 x 1,024 elements that HBM reads in 11 us: is a GEMV faster?
 
+The second benchmark is what the model does instead for its feed-forward layers: bias_gelu's
+forward and backward, which returns the bias gradient from the fp32 values of its own backward,
+against torch's gelu of the biased input followed by the reduction.
+
 Sizes: the 16,384 tokens of a 128 x 128 batch at ELECTRA-small's widths (256, and 1,024 for the
 feed-forward), bf16 on a GPU; 1,024 tokens in fp32 on the CPU.
 """
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from benchmarks.conftest import describe, smoke_size, synchronised
+from electra_fast import bias_gelu
 
 WIDTHS = [256, 1024]
 
@@ -42,3 +48,35 @@ def test_bias_grad(benchmark, device, provider, N):
     want = dy.double().sum(0)
     # bf16 output: its rounding (2^-8 relative) on sums of M terms of size 1
     torch.testing.assert_close(out.double(), want, rtol=1e-2, atol=1e-2 * M**0.5)
+
+
+@pytest.mark.parametrize("provider", ["torch", "electra_fast"])
+@pytest.mark.parametrize("N", WIDTHS)
+def test_gelu_with_bias(benchmark, device, provider, N):
+    """Forward and backward: gelu(h + b), the gradients of h and b."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    M = smoke_size(benchmark, 16384 if device.type == "cuda" else 1024, 64)
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(M, N, generator=g).to(device, dtype).requires_grad_()
+    b = torch.randn(N, generator=g).to(device).requires_grad_()
+    dy = torch.randn(M, N, generator=g).to(device, dtype)
+
+    biased = (h + b.to(dtype)).detach().requires_grad_()  # nn.Linear adds it in its matmul
+
+    def torch_path():  # what nn.Linear + F.gelu leave to do: gelu, its backward, the reduction
+        (dh,) = torch.autograd.grad(F.gelu(biased), biased, dy)
+        return dh, dh.sum(0)
+
+    def ours():
+        return torch.autograd.grad(bias_gelu(h, b), (h, b), dy)
+
+    fn = torch_path if provider == "torch" else ours
+    fn()
+    describe(benchmark, op="gelu_with_bias", provider=provider, mode="forward+backward",
+             size=f"{M} x {N}, {str(dtype)[6:]}", device=device)  # fmt: skip
+    benchmark.extra_info["bytes"] = 4 * h.numel() * h.element_size()  # h, y, dy, dh
+    dh, db = benchmark(synchronised(fn, device))
+    exact = (h.detach().double() + b.detach().double()).requires_grad_()
+    (want,) = torch.autograd.grad(F.gelu(exact), exact, dy.double())
+    torch.testing.assert_close(dh.double(), want, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(db.double(), want.sum(0), rtol=1e-2, atol=1e-2 * M**0.5)

@@ -28,6 +28,8 @@ OP_NAMES = (
     "attention_backward",
     "dropout_add_layer_norm",
     "dropout_add_layer_norm_backward",
+    "bias_gelu",
+    "bias_gelu_backward",
 )
 # Registrations that the Python side relies on and does not make itself: a build without them
 # is treated as not loaded (after a `git pull` without a rebuild, say).
@@ -35,7 +37,10 @@ EXPECTED_REGISTRATIONS = (
     *((op, "CPU") for op in OP_NAMES),
     ("attention_forward", "Autograd"),  # csrc/ops/autograd.cpp
     ("dropout_add_layer_norm", "Autograd"),
+    ("bias_gelu", "Autograd"),
 )
+# An argument per op whose schema gained it last: a build of older sources lacks it.
+EXPECTED_ARGUMENTS = {"dropout_add_layer_norm": "x_bias"}
 _BUILD_INFO = Path(__file__).with_name("_build_info.json")
 
 
@@ -70,9 +75,19 @@ def _load() -> str | None:
             reason = f"built for torch {built}, running torch {torch.__version__} ({reason})"
         return reason
     missing = [f"{op} ({key})" for op, key in EXPECTED_REGISTRATIONS if not _has(op, key)]
+    missing += [
+        f"{op}'s argument {argument}"
+        for op, argument in EXPECTED_ARGUMENTS.items()
+        if argument not in _arguments(op)
+    ]
     if missing:  # a build of older sources, still importable
         return f"the build predates these sources: it lacks {', '.join(missing)}"
     return None
+
+
+def _arguments(op: str) -> list[str]:
+    schema = getattr(torch.ops, LIBRARY).__getattr__(op).default._schema
+    return [argument.name for argument in schema.arguments]
 
 
 def _has(op: str, dispatch_key: str) -> bool:

@@ -106,6 +106,19 @@ def test_a_build_of_older_sources_is_not_used():
     assert report["finite"]
 
 
+def test_a_build_whose_schema_lacks_an_argument_is_not_used(monkeypatch):
+    """A schema without an argument these sources pass (an op that gained one since the build)
+    is a reason not to load; the reason names the op and the argument."""
+    if not _extension.EXTENSION_LOADED:
+        pytest.skip("no compiled kernels in this build")
+    assert _extension._load() is None
+    monkeypatch.setitem(_extension.EXPECTED_ARGUMENTS, "mask_tokens", "no_such_argument")
+    reason = _extension._load()
+    assert (
+        "predates these sources" in reason and "mask_tokens's argument no_such_argument" in reason
+    )
+
+
 @pytest.mark.parametrize(("value", "forced"), [("1", True), ("0", False), ("", False)])
 def test_reference_switch(value, forced):
     result = python(

@@ -1,8 +1,8 @@
 // Autograd for the ops an encoder calls in every layer (attention_forward,
-// dropout_add_layer_norm), in C++: one node per call whose backward calls the op's backward. A
-// formula registered from Python (torch.library.register_autograd) runs Python at every forward
-// call (the schema's defaults filled in, setup_context) and every backward, and allocates zero
-// gradients for the outputs that need none (the log-sum-exp, the statistics) before each
+// dropout_add_layer_norm, bias_gelu), in C++: one node per call whose backward calls the op's
+// backward. A formula registered from Python (torch.library.register_autograd) runs Python at every
+// forward call (the schema's defaults filled in, setup_context) and every backward, and allocates
+// zero gradients for the outputs that need none (the log-sum-exp, the statistics) before each
 // backward; on a GPU the host is what limits a small model's eager step
 // (benchmarks/bench_step_host.py). A build without this file counts as out of date
 // (electra_fast/_extension.py), so there is no Python formula to fall back on.
@@ -80,22 +80,25 @@ class Attention : public torch::autograd::Function<Attention> {
 
 using NormSchema = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-    const std::optional<at::Tensor>&, double, double);
-using NormBackwardSchema = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
-    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-    const at::Tensor&, const std::optional<at::Tensor>&, double);
+    const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, double, double);
+using NormBackwardSchema = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+    const std::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&,
+    const std::optional<at::Tensor>&, double);
 
 class DropoutAddLayerNorm : public torch::autograd::Function<DropoutAddLayerNorm> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& x,
                                const at::Tensor& residual, const at::Tensor& weight,
-                               const at::Tensor& bias, const std::optional<at::Tensor>& seed,
-                               double dropout_p, double eps) {
+                               const at::Tensor& bias, const std::optional<at::Tensor>& x_bias,
+                               const std::optional<at::Tensor>& seed, double dropout_p,
+                               double eps) {
     static const auto op = handle<NormSchema>("electra_fast::dropout_add_layer_norm");
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [out, mean, rstd] = op.call(x, residual, weight, bias, seed, dropout_p, eps);
+    auto [out, mean, rstd] = op.call(x, residual, weight, bias, x_bias, seed, dropout_p, eps);
     // The sum is recomputed from x and residual in the backward, not stored.
-    ctx->save_for_backward({x, residual, weight, mean, rstd, or_undefined(seed)});
+    ctx->save_for_backward(
+        {x, residual, weight, or_undefined(x_bias), mean, rstd, or_undefined(seed)});
     ctx->saved_data["dropout_p"] = dropout_p;
     ctx->mark_non_differentiable({mean, rstd});
     ctx->set_materialize_grads(false);
@@ -105,25 +108,63 @@ class DropoutAddLayerNorm : public torch::autograd::Function<DropoutAddLayerNorm
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     static const auto op =
         handle<NormBackwardSchema>("electra_fast::dropout_add_layer_norm_backward");
-    variable_list result(7);  // x, residual, weight, bias, then three without a gradient
+    variable_list result(8);  // x, residual, weight, bias, x_bias, then three without a gradient
     if (!grads[0].defined()) return result;
     const variable_list saved = ctx->get_saved_variables();
-    auto [dx, dresidual, dweight, dbias] =
-        op.call(grads[0].contiguous(), saved[0], saved[1], saved[2], saved[3], saved[4],
-                or_none(saved[5]), ctx->saved_data["dropout_p"].toDouble());
+    auto [dx, dresidual, dparameters] =
+        op.call(grads[0].contiguous(), saved[0], saved[1], saved[2], or_none(saved[3]), saved[4],
+                saved[5], or_none(saved[6]), ctx->saved_data["dropout_p"].toDouble());
     result[0] = dx;
     result[1] = dresidual;
-    result[2] = dweight;
-    result[3] = dbias;
+    // Rows of one tensor: each parameter's gradient is a contiguous view, which autograd
+    // accumulates (or keeps) like any other tensor of the parameter's layout.
+    for (int64_t k = 0; k < dparameters.size(0); ++k) result[2 + k] = dparameters[k];
     return result;
   }
 };
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> dropout_add_layer_norm_autograd(
     const at::Tensor& x, const at::Tensor& residual, const at::Tensor& weight,
-    const at::Tensor& bias, const std::optional<at::Tensor>& seed, double dropout_p, double eps) {
-  variable_list out = DropoutAddLayerNorm::apply(x, residual, weight, bias, seed, dropout_p, eps);
+    const at::Tensor& bias, const std::optional<at::Tensor>& x_bias,
+    const std::optional<at::Tensor>& seed, double dropout_p, double eps) {
+  variable_list out =
+      DropoutAddLayerNorm::apply(x, residual, weight, bias, x_bias, seed, dropout_p, eps);
   return {out[0], out[1], out[2]};
+}
+
+using BiasGeluSchema = at::Tensor(const at::Tensor&, const at::Tensor&, bool);
+using BiasGeluBackwardSchema = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&,
+                                                                  const at::Tensor&,
+                                                                  const at::Tensor&, bool);
+
+class BiasGelu : public torch::autograd::Function<BiasGelu> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& bias,
+                               bool approximate) {
+    static const auto op = handle<BiasGeluSchema>("electra_fast::bias_gelu");
+    at::AutoDispatchBelowADInplaceOrView guard;
+    at::Tensor y = op.call(x, bias, approximate);
+    ctx->save_for_backward({x, bias});
+    ctx->saved_data["approximate"] = approximate;
+    ctx->set_materialize_grads(false);
+    return {y};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op = handle<BiasGeluBackwardSchema>("electra_fast::bias_gelu_backward");
+    variable_list result(3);  // x, bias, then approximate
+    if (!grads[0].defined()) return result;
+    const variable_list saved = ctx->get_saved_variables();
+    auto [dx, dbias] =
+        op.call(grads[0].contiguous(), saved[0], saved[1], ctx->saved_data["approximate"].toBool());
+    result[0] = dx;
+    result[1] = dbias;
+    return result;
+  }
+};
+
+at::Tensor bias_gelu_autograd(const at::Tensor& x, const at::Tensor& bias, bool approximate) {
+  return BiasGelu::apply(x, bias, approximate)[0];
 }
 
 std::tuple<at::Tensor, at::Tensor> attention_forward_autograd(
@@ -140,6 +181,7 @@ std::tuple<at::Tensor, at::Tensor> attention_forward_autograd(
 TORCH_LIBRARY_IMPL(electra_fast, Autograd, m) {
   m.impl("attention_forward", &attention_forward_autograd);
   m.impl("dropout_add_layer_norm", &dropout_add_layer_norm_autograd);
+  m.impl("bias_gelu", &bias_gelu_autograd);
 }
 
 }  // namespace electra_fast

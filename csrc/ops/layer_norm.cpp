@@ -13,6 +13,7 @@
 #include <cmath>
 #include <tuple>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "checks.h"
@@ -23,6 +24,7 @@ namespace electra_fast {
 
 ResidualDropout check_dropout_add_layer_norm(const at::Tensor& x, const at::Tensor& residual,
                                              const at::Tensor& weight, const at::Tensor& bias,
+                                             const std::optional<at::Tensor>& x_bias,
                                              const std::optional<at::Tensor>& seed,
                                              double dropout_p, double eps, bool read_seed) {
   TORCH_CHECK_VALUE(x.dim() >= 1 && x.size(-1) >= 1, "x must have a last dimension, got shape ",
@@ -38,12 +40,14 @@ ResidualDropout check_dropout_add_layer_norm(const at::Tensor& x, const at::Tens
   EF_CHECK_DTYPE(x, xt == rt || (rt == at::kFloat && (xt == at::kBFloat16 || xt == at::kHalf)),
                  "residual's dtype, or bfloat16/float16 with a float32 residual");
   const int64_t H = x.size(-1);
-  for (const at::Tensor* t : {&weight, &bias}) {
+  const std::pair<const char*, const at::Tensor*> vectors[] = {
+      {"weight", &weight}, {"bias", &bias}, {"x_bias", x_bias ? &*x_bias : nullptr}};
+  for (const auto& [name, t] : vectors) {
+    if (t == nullptr) continue;
     TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == H && t->scalar_type() == at::kFloat &&
                           t->is_contiguous() && t->device() == x.device(),
-                      t == &weight ? "weight" : "bias", " must be contiguous float32 of shape [", H,
-                      "] on ", x.device(), ", got ", t->scalar_type(), " ", t->sizes(), " on ",
-                      t->device());
+                      name, " must be contiguous float32 of shape [", H, "] on ", x.device(),
+                      ", got ", t->scalar_type(), " ", t->sizes(), " on ", t->device());
   }
   TORCH_CHECK_VALUE(dropout_p >= 0.0 && dropout_p < 1.0, "dropout_p must be in [0, 1), got ",
                     dropout_p);
@@ -63,11 +67,12 @@ ResidualDropout check_dropout_add_layer_norm(const at::Tensor& x, const at::Tens
 
 ResidualDropout check_dropout_add_layer_norm_backward(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& residual,
-    const at::Tensor& weight, const at::Tensor& mean, const at::Tensor& rstd,
-    const std::optional<at::Tensor>& seed, double dropout_p, bool read_seed) {
+    const at::Tensor& weight, const std::optional<at::Tensor>& x_bias, const at::Tensor& mean,
+    const at::Tensor& rstd, const std::optional<at::Tensor>& seed, double dropout_p,
+    bool read_seed) {
   // The forward's checks, the weight standing in for the bias (which the backward does not take).
-  const ResidualDropout drop =
-      check_dropout_add_layer_norm(x, residual, weight, weight, seed, dropout_p, 1.0, read_seed);
+  const ResidualDropout drop = check_dropout_add_layer_norm(x, residual, weight, weight, x_bias,
+                                                            seed, dropout_p, 1.0, read_seed);
   TORCH_CHECK_VALUE(grad_out.sizes() == residual.sizes() &&
                         grad_out.scalar_type() == residual.scalar_type() &&
                         grad_out.device() == residual.device(),
@@ -94,7 +99,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> new_dropout_add_layer_norm_output
 
 namespace {
 
-constexpr int64_t kRowsPerBlock = 32;  // of the weight and bias gradients' partial sums
+constexpr int64_t kRowsPerBlock = 32;  // of the parameter gradients' partial sums
 constexpr int kLanes = 8;              // partial sums of a row's reductions
 
 // keep[c] = 1 where column c of `row` survives the dropout (everywhere without dropout).
@@ -141,22 +146,30 @@ EF_INLINE float total(const float* v, int64_t n) {
          ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
 }
 
-// s = residual + x * keep * scale; a dropped element is 0 even where x is not finite.
+// s = residual + (x + xb) * keep * scale (xb null: no x_bias); a dropped element is 0 even
+// where x is not finite.
 template <typename x_t, typename r_t>
-EF_INLINE void row_sum(const x_t* x, const r_t* r, const uint8_t* keep, float scale, int64_t H,
-                       float* s) {
+EF_INLINE void row_sum(const x_t* x, const float* xb, const r_t* r, const uint8_t* keep,
+                       float scale, int64_t H, float* s) {
+  if (xb == nullptr) {
+    for (int64_t c = 0; c < H; ++c) {
+      s[c] = static_cast<float>(r[c]) + (keep[c] ? static_cast<float>(x[c]) * scale : 0.0f);
+    }
+    return;
+  }
   for (int64_t c = 0; c < H; ++c) {
-    s[c] = static_cast<float>(r[c]) + (keep[c] ? static_cast<float>(x[c]) * scale : 0.0f);
+    const float branch = static_cast<float>(x[c]) + xb[c];
+    s[c] = static_cast<float>(r[c]) + (keep[c] ? branch * scale : 0.0f);
   }
 }
 
 // One row of the forward; `s` and `d` are scratch rows. Returns (mean, rstd).
 template <typename x_t, typename r_t>
-EF_CPU_CLONES std::pair<float, float> forward_row(const x_t* x, const r_t* r, const float* w,
-                                                  const float* b, const uint8_t* keep, float scale,
-                                                  int64_t H, float eps, float* s, float* d,
-                                                  r_t* out) {
-  row_sum(x, r, keep, scale, H, s);
+EF_CPU_CLONES std::pair<float, float> forward_row(const x_t* x, const float* xb, const r_t* r,
+                                                  const float* w, const float* b,
+                                                  const uint8_t* keep, float scale, int64_t H,
+                                                  float eps, float* s, float* d, r_t* out) {
+  row_sum(x, xb, r, keep, scale, H, s);
   const float mean = total(s, H) / static_cast<float>(H);
   for (int64_t c = 0; c < H; ++c) d[c] = (s[c] - mean) * (s[c] - mean);
   const float rstd = 1.0f / std::sqrt(total(d, H) / static_cast<float>(H) + eps);
@@ -164,14 +177,14 @@ EF_CPU_CLONES std::pair<float, float> forward_row(const x_t* x, const r_t* r, co
   return {mean, rstd};
 }
 
-// One row of the backward: writes dx and dresidual and adds to the block's dw and db. `xhat`,
-// `g` and `gx` are scratch rows.
+// One row of the backward: writes dx and dresidual and adds to the block's dw, db and (xb not
+// null) dxb. `xhat`, `g` and `gx` are scratch rows.
 template <typename x_t, typename r_t>
-EF_CPU_CLONES void backward_row(const r_t* dy, const x_t* x, const r_t* r, const float* w,
-                                const uint8_t* keep, float scale, int64_t H, float mean, float rstd,
-                                float* xhat, float* g, float* gx, float* dw, float* db, x_t* dx,
-                                r_t* dr) {
-  row_sum(x, r, keep, scale, H, xhat);
+EF_CPU_CLONES void backward_row(const r_t* dy, const x_t* x, const float* xb, const r_t* r,
+                                const float* w, const uint8_t* keep, float scale, int64_t H,
+                                float mean, float rstd, float* xhat, float* g, float* gx, float* dw,
+                                float* db, float* dxb, x_t* dx, r_t* dr) {
+  row_sum(x, xb, r, keep, scale, H, xhat);
   for (int64_t c = 0; c < H; ++c) {
     xhat[c] = (xhat[c] - mean) * rstd;
     const float dy_c = static_cast<float>(dy[c]);
@@ -185,15 +198,21 @@ EF_CPU_CLONES void backward_row(const r_t* dy, const x_t* x, const r_t* r, const
   for (int64_t c = 0; c < H; ++c) {
     const float ds = rstd * (g[c] - mean_g - xhat[c] * mean_gx);
     dr[c] = static_cast<r_t>(ds);
-    dx[c] = static_cast<x_t>(keep[c] ? ds * scale : 0.0f);
+    gx[c] = keep[c] ? ds * scale : 0.0f;  // gx's last use was mean_gx: now x's gradient
+    dx[c] = static_cast<x_t>(gx[c]);
+  }
+  if (xb != nullptr) {
+    for (int64_t c = 0; c < H; ++c) dxb[c] += gx[c];
   }
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> dropout_add_layer_norm_cpu(
     const at::Tensor& x, const at::Tensor& residual, const at::Tensor& weight,
-    const at::Tensor& bias, const std::optional<at::Tensor>& seed, double dropout_p, double eps) {
+    const at::Tensor& bias, const std::optional<at::Tensor>& x_bias,
+    const std::optional<at::Tensor>& seed, double dropout_p, double eps) {
   const ResidualDropout drop =
-      check_dropout_add_layer_norm(x, residual, weight, bias, seed, dropout_p, eps, true);
+      check_dropout_add_layer_norm(x, residual, weight, bias, x_bias, seed, dropout_p, eps, true);
+  const float* xb = x_bias ? x_bias->const_data_ptr<float>() : nullptr;
   const int64_t H = x.size(-1), M = x.numel() / H;
   auto [out, mean, rstd] = new_dropout_add_layer_norm_outputs(x, residual);
   dispatch_dtypes(x.scalar_type(), residual.scalar_type(), [&](auto* x_type, auto* r_type) {
@@ -210,7 +229,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dropout_add_layer_norm_cpu(
       for (int64_t row = begin; row < end; ++row) {
         keep_mask(drop, row, H, keep.data());
         std::tie(mp[row], sp[row]) =
-            forward_row(xp + row * H, rp + row * H, weight.const_data_ptr<float>(),
+            forward_row(xp + row * H, xb, rp + row * H, weight.const_data_ptr<float>(),
                         bias.const_data_ptr<float>(), keep.data(), drop.scale, H,
                         static_cast<float>(eps), s.data(), d.data(), op + row * H);
       }
@@ -219,18 +238,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dropout_add_layer_norm_cpu(
   return {out, mean, rstd};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dropout_add_layer_norm_backward_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> dropout_add_layer_norm_backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& residual,
-    const at::Tensor& weight, const at::Tensor& mean, const at::Tensor& rstd,
-    const std::optional<at::Tensor>& seed, double dropout_p) {
+    const at::Tensor& weight, const std::optional<at::Tensor>& x_bias, const at::Tensor& mean,
+    const at::Tensor& rstd, const std::optional<at::Tensor>& seed, double dropout_p) {
   const ResidualDropout drop = check_dropout_add_layer_norm_backward(
-      grad_out, x, residual, weight, mean, rstd, seed, dropout_p, true);
+      grad_out, x, residual, weight, x_bias, mean, rstd, seed, dropout_p, true);
   const at::Tensor dy = grad_out.contiguous();
-  const int64_t H = x.size(-1), M = x.numel() / H;
+  const int64_t H = x.size(-1), M = x.numel() / H, P = parameter_gradients(x_bias);
   const int64_t blocks = (M + kRowsPerBlock - 1) / kRowsPerBlock;
+  const float* xb = x_bias ? x_bias->const_data_ptr<float>() : nullptr;
   at::Tensor grad_x = at::empty_like(x), grad_residual = at::empty_like(residual);
-  // Per block of rows: H weight-gradient sums, then H bias-gradient sums.
-  std::vector<float> partial(static_cast<size_t>(blocks) * 2 * H, 0.0f);
+  // Per block of rows: P rows of H sums (weight, bias, x_bias gradients).
+  std::vector<float> partial(static_cast<size_t>(blocks * P * H), 0.0f);
   dispatch_dtypes(x.scalar_type(), residual.scalar_type(), [&](auto* x_type, auto* r_type) {
     using x_t = std::remove_pointer_t<decltype(x_type)>;
     using r_t = std::remove_pointer_t<decltype(r_type)>;
@@ -245,33 +265,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dropout_add_layer_nor
       std::vector<float> xhat(H), g(H), gx(H);
       std::vector<uint8_t> keep(H);
       for (int64_t block = first; block < last; ++block) {
-        float* dw = partial.data() + block * 2 * H;
+        float* dw = partial.data() + block * P * H;
         for (int64_t row = block * kRowsPerBlock; row < std::min(M, (block + 1) * kRowsPerBlock);
              ++row) {
           keep_mask(drop, row, H, keep.data());
-          backward_row(gp + row * H, xp + row * H, rp + row * H, weight.const_data_ptr<float>(),
+          backward_row(gp + row * H, xp + row * H, xb, rp + row * H, weight.const_data_ptr<float>(),
                        keep.data(), drop.scale, H, mp[row], sp[row], xhat.data(), g.data(),
-                       gx.data(), dw, dw + H, dxp + row * H, drp + row * H);
+                       gx.data(), dw, dw + H, dw + 2 * H, dxp + row * H, drp + row * H);
         }
       }
     });
   });
-  at::Tensor grad_weight = at::empty({H}, weight.options());
-  at::Tensor grad_bias = at::empty({H}, weight.options());
-  float* gw = grad_weight.mutable_data_ptr<float>();
-  float* gb = grad_bias.mutable_data_ptr<float>();
-  at::parallel_for(0, H, 256, [&](int64_t begin, int64_t end) {
-    for (int64_t c = begin; c < end; ++c) {
-      double w_sum = 0.0, b_sum = 0.0;
-      for (int64_t block = 0; block < blocks; ++block) {
-        w_sum += partial[block * 2 * H + c];
-        b_sum += partial[block * 2 * H + H + c];
-      }
-      gw[c] = static_cast<float>(w_sum);
-      gb[c] = static_cast<float>(b_sum);
+  at::Tensor grad_parameters = at::empty({P, H}, weight.options());
+  float* gp_out = grad_parameters.mutable_data_ptr<float>();
+  at::parallel_for(0, P * H, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      double sum = 0.0;
+      for (int64_t block = 0; block < blocks; ++block) sum += partial[block * P * H + k];
+      gp_out[k] = static_cast<float>(sum);
     }
   });
-  return {grad_x, grad_residual, grad_weight, grad_bias};
+  return {grad_x, grad_residual, grad_parameters};
 }
 
 }  // namespace

@@ -1,15 +1,20 @@
-// dropout_add_layer_norm: out = LayerNorm(residual + dropout(x)) * weight + bias over the last
-// dimension, the end of each block of a post-LayerNorm encoder, in one pass instead of three ops
-// (dropout, add, layer_norm) that each read and write the activations. What the CPU and CUDA
-// kernels share: the dropout stream and the argument checks.
+// dropout_add_layer_norm: out = LayerNorm(residual + dropout(x + x_bias)) * weight + bias over
+// the last dimension, the end of each block of a post-LayerNorm encoder, in one pass instead of
+// three ops (dropout, add, layer_norm) that each read and write the activations. What the CPU
+// and CUDA kernels share: the dropout stream and the argument checks.
+//
+// x_bias (optional, float32 [H]) is the bias of the linear layer that made x, added here instead
+// of in that layer's matmul: its gradient is then the column sum of x's gradient, which the
+// backward forms from the fp32 values it already holds, instead of a separate reduction over
+// the rounded gradient (torch's linear backward).
 //
 // Dropout: element (row r, column c) of an [M, H] input is kept when the 16-bit half c % 8 of
 // the Philox element r * ceil(H / 8) + c / 8 (stream kStreamResidualDropout) is at least
 // t = round(p * 2^16), and kept values are scaled by 2^16 / (2^16 - t): the rule of the attention
 // dropout (attention.h), so the expectation is exact. The backward regenerates the mask.
 //
-// Arithmetic in fp32 whatever the dtypes: the sum s = residual + x * keep * scale is never
-// rounded, mean and variance are two passes over s, rstd = 1 / sqrt(var + eps).
+// Arithmetic in fp32 whatever the dtypes: the sum s = residual + (x + x_bias) * keep * scale is
+// never rounded, mean and variance are two passes over s, rstd = 1 / sqrt(var + eps).
 #pragma once
 #include <ATen/core/Tensor.h>
 
@@ -56,6 +61,7 @@ void dispatch_dtypes(at::ScalarType x, at::ScalarType residual, F&& f) {
 // which the CPU kernel needs; the CUDA kernel reads it on the device and ignores this one's).
 ResidualDropout check_dropout_add_layer_norm(const at::Tensor& x, const at::Tensor& residual,
                                              const at::Tensor& weight, const at::Tensor& bias,
+                                             const std::optional<at::Tensor>& x_bias,
                                              const std::optional<at::Tensor>& seed,
                                              double dropout_p, double eps, bool read_seed);
 
@@ -63,8 +69,15 @@ ResidualDropout check_dropout_add_layer_norm(const at::Tensor& x, const at::Tens
 // dropout settings as check_dropout_add_layer_norm does.
 ResidualDropout check_dropout_add_layer_norm_backward(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& residual,
-    const at::Tensor& weight, const at::Tensor& mean, const at::Tensor& rstd,
-    const std::optional<at::Tensor>& seed, double dropout_p, bool read_seed);
+    const at::Tensor& weight, const std::optional<at::Tensor>& x_bias, const at::Tensor& mean,
+    const at::Tensor& rstd, const std::optional<at::Tensor>& seed, double dropout_p,
+    bool read_seed);
+
+// The backward's sums over rows come out as one float32 [P, H] tensor: the weight's gradient,
+// the bias's, then (P = 3) x_bias's.
+inline int64_t parameter_gradients(const std::optional<at::Tensor>& x_bias) {
+  return x_bias.has_value() ? 3 : 2;
+}
 
 // The forward's outputs, allocated: out (residual's dtype), mean and rstd (float32, x's shape
 // without its last dimension).

@@ -54,16 +54,24 @@ TORCH_LIBRARY(electra_fast, m) {
       "attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
       "Tensor? lengths, Tensor? cu_seqlens, int max_seqlen, Tensor? seed, float dropout_p, "
       "float softmax_scale) -> (Tensor, Tensor, Tensor)");
-  // LayerNorm(residual + dropout(x)) * weight + bias over the last dimension (layer_norm.h):
-  // returns (out, mean, rstd), the statistics fp32 of x's shape without its last dimension. The
-  // backward recomputes the sum and the dropout mask from x, residual and `seed`.
+  // LayerNorm(residual + dropout(x + x_bias)) * weight + bias over the last dimension
+  // (layer_norm.h): returns (out, mean, rstd), the statistics fp32 of x's shape without its last
+  // dimension. The backward recomputes the sum and the dropout mask from x, residual and `seed`;
+  // it returns the gradients of x and residual, and those of weight, bias and x_bias (when
+  // given) as the rows of one float32 [2 or 3, H] tensor.
   m.def(
       "dropout_add_layer_norm(Tensor x, Tensor residual, Tensor weight, Tensor bias, "
-      "Tensor? seed, float dropout_p, float eps) -> (Tensor, Tensor, Tensor)");
+      "Tensor? x_bias, Tensor? seed, float dropout_p, float eps) -> (Tensor, Tensor, Tensor)");
   m.def(
       "dropout_add_layer_norm_backward(Tensor grad_out, Tensor x, Tensor residual, "
-      "Tensor weight, Tensor mean, Tensor rstd, Tensor? seed, float dropout_p) "
-      "-> (Tensor, Tensor, Tensor, Tensor)");
+      "Tensor weight, Tensor? x_bias, Tensor mean, Tensor rstd, Tensor? seed, float dropout_p) "
+      "-> (Tensor, Tensor, Tensor)");
+  // gelu(x + bias) over the last dimension (bias_gelu.h), the exact form or, with `approximate`,
+  // the tanh one. The backward returns the gradients of x and of bias.
+  m.def("bias_gelu(Tensor x, Tensor bias, bool approximate) -> Tensor");
+  m.def(
+      "bias_gelu_backward(Tensor grad, Tensor x, Tensor bias, bool approximate) "
+      "-> (Tensor, Tensor)");
 }
 
 // Test-only ops (no CPU kernel, no Python wrapper), for tests/ops/test_wgmma.py.

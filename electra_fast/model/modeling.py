@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from electra_fast.model.config import ElectraConfig
-from electra_fast.ops import attention, dropout_add_layer_norm
+from electra_fast.ops import attention, bias_gelu, dropout_add_layer_norm
 from electra_fast.ops._common import draw_philox_keys, may_synchronise
 
 _ACTIVATIONS = {
@@ -26,6 +26,9 @@ _ACTIVATIONS = {
     "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
     "relu": F.relu,
 }
+# The activations bias_gelu computes (its `approximate`): their feed-forward layers add the bias
+# of their first linear layer in that op.
+_BIAS_GELU = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
 
 
 class Embeddings(nn.Module):
@@ -50,7 +53,9 @@ class Embeddings(nn.Module):
 class Layer(nn.Module):
     """Self-attention and feed-forward blocks, each followed by residual + LayerNorm. Query, key
     and value come from one matmul; each block's dropout, residual sum and LayerNorm are one op
-    (dropout_add_layer_norm)."""
+    (dropout_add_layer_norm), which also adds the bias of the block's output projection; a GELU
+    feed-forward block adds its first bias in its activation (bias_gelu). Those biases' gradients
+    then come from the ops' backwards, not from reductions of their own."""
 
     def __init__(self, config: ElectraConfig):
         super().__init__()
@@ -63,6 +68,7 @@ class Layer(nn.Module):
         self.ffn_out = nn.Linear(config.intermediate_size, H)
         self.ffn_norm = nn.LayerNorm(H, eps=config.layer_norm_eps)
         self.activation = _ACTIVATIONS[config.hidden_act]
+        self.gelu_approximate = _BIAS_GELU.get(config.hidden_act)
         self.hidden_dropout = config.hidden_dropout_prob
         self.attention_dropout = config.attention_probs_dropout_prob
 
@@ -79,17 +85,22 @@ class Layer(nn.Module):
         context = attention(
             q, k, v, dropout_p=attention_p, seed=seeds[0], check_values=False, **layout
         )
-        x = self._add_norm(self.attention_out(context.flatten(-2)), x, self.attention_norm,
+        x = self._add_norm(context.flatten(-2), self.attention_out, x, self.attention_norm,
                            hidden_p, seeds[1])  # fmt: skip
-        feed_forward = self.ffn_out(self.activation(self.ffn_in(x)))
-        return self._add_norm(feed_forward, x, self.ffn_norm, hidden_p, seeds[2])
+        if self.gelu_approximate is not None:
+            hidden = bias_gelu(F.linear(x, self.ffn_in.weight), self.ffn_in.bias,
+                               approximate=self.gelu_approximate)  # fmt: skip
+        else:
+            hidden = self.activation(self.ffn_in(x))
+        return self._add_norm(hidden, self.ffn_out, x, self.ffn_norm, hidden_p, seeds[2])
 
     @staticmethod
-    def _add_norm(branch, x, norm: nn.LayerNorm, dropout_p: float, seed) -> torch.Tensor:
-        """norm(x + dropout(branch))."""
+    def _add_norm(h, linear: nn.Linear, x, norm: nn.LayerNorm, dropout_p, seed) -> torch.Tensor:
+        """norm(x + dropout(linear(h)))."""
         return dropout_add_layer_norm(
-            branch, x, norm.weight, norm.bias, dropout_p=dropout_p, eps=norm.eps, seed=seed
-        )
+            F.linear(h, linear.weight), x, norm.weight, norm.bias, x_bias=linear.bias,
+            dropout_p=dropout_p, eps=norm.eps, seed=seed,
+        )  # fmt: skip
 
 
 class Encoder(nn.Module):

@@ -2,6 +2,7 @@
 
 from electra_fast._extension import OP_NAMES
 from electra_fast.ops.attention import attention
+from electra_fast.ops.bias_gelu import bias_gelu
 from electra_fast.ops.layer_norm import dropout_add_layer_norm
 from electra_fast.ops.masking import MaskedTokens, mask_tokens, mask_tokens_reference
 from electra_fast.ops.sampling import (
@@ -16,6 +17,7 @@ from electra_fast.ops.sampling_linear import generator_step_linear
 __all__ = [
     "OP_NAMES",
     "attention",
+    "bias_gelu",
     "DiscriminatorInputs",
     "GeneratorStep",
     "MaskedTokens",

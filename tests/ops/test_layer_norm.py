@@ -1,7 +1,7 @@
 """dropout_add_layer_norm on the compiled kernels (CPU, CUDA) and on the torch reference: against
-torch's own layer_norm given the dropout mask, in float64 for the error budget; the dropout
-stream (rate, the same mask in both passes, reproducible, CPU = CUDA); weight and bias gradients
-that do not depend on the thread count; opcheck, compile and bad input."""
+torch's own layer_norm given the dropout mask, in float64 for the error budget, with and without
+x_bias; the dropout stream (rate, the same mask in both passes, reproducible, CPU = CUDA);
+parameter gradients that do not depend on the thread count; opcheck, compile and bad input."""
 
 import math
 import re
@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from electra_fast import _extension, dropout_add_layer_norm
 from electra_fast.ops.attention import dropout_keep_scale
 from electra_fast.ops.layer_norm import residual_keep_mask
+from tests.ops.views import misaligned
 
 OP = "dropout_add_layer_norm"
 
@@ -23,19 +24,23 @@ def impl(implementation, monkeypatch):
     return implementation
 
 
-def inputs(shape, x_dtype=torch.float32, r_dtype=torch.float32, device="cpu", seed=0):
+def inputs(shape, x_dtype=torch.float32, r_dtype=torch.float32, device="cpu", seed=0,
+           x_bias=False):  # fmt: skip
+    """x, residual, weight, bias and (x_bias) x_bias."""
     g = torch.Generator().manual_seed(seed)
     H = shape[-1]
     x = torch.randn(shape, generator=g).to(x_dtype)
     residual = (torch.randn(shape, generator=g) * 3 + 1).to(r_dtype)
     weight = torch.randn(H, generator=g) * 0.5 + 1
     bias = torch.randn(H, generator=g) * 0.1
-    return [t.to(device) for t in (x, residual, weight, bias)]
+    extra = (torch.randn(H, generator=g) * 2,) if x_bias else ()
+    return [t.to(device) for t in (x, residual, weight, bias, *extra)]
 
 
-def oracle(x, residual, weight, bias, keep, p, eps):
-    """torch's layer_norm in float64 on residual + x * keep * scale."""
-    branch = x.double() if keep is None else x.double() * keep * dropout_keep_scale(p)
+def oracle(x, residual, weight, bias, keep, p, eps, x_bias=None):
+    """torch's layer_norm in float64 on residual + (x + x_bias) * keep * scale."""
+    branch = x.double() if x_bias is None else x.double() + x_bias.double()
+    branch = branch if keep is None else branch * keep * dropout_keep_scale(p)
     total = residual.double() + branch
     return F.layer_norm(total, x.shape[-1:], weight.double(), bias.double(), eps)
 
@@ -58,32 +63,37 @@ DTYPES = [  # x, residual: all float32 (CPU training), autocast's mix, all half
 ]
 
 
+@pytest.mark.parametrize("x_bias", [False, True], ids=["", "x_bias"])
 @pytest.mark.parametrize("p", [0.0, 0.1])
 @pytest.mark.parametrize("dtypes", DTYPES, ids=lambda d: f"{d[0]}-{d[1]}".replace("torch.", ""))
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
-def test_equals_layer_norm_of_the_dropped_sum(impl, device, shape, dtypes, p):
-    """Output and all four gradients against float64 layer_norm with the same mask: fp32 to
-    about 1e-5; a half-precision output to the rounding of its dtype."""
-    x, residual, weight, bias = inputs(shape, *dtypes, device=device)
+def test_equals_layer_norm_of_the_dropped_sum(impl, device, shape, dtypes, p, x_bias):
+    """Output and all gradients against float64 layer_norm with the same mask: fp32 to about
+    1e-5; a half-precision output to the rounding of its dtype. x_bias's gradient is a sum
+    over the rows of fp32 terms, like the weight's and the bias's."""
+    tensors = inputs(shape, *dtypes, device=device, x_bias=x_bias)
     eps, seed = 1e-12, torch.tensor(99, device=device)
-    rows, H = x.numel() // shape[-1], shape[-1]
+    rows, H = tensors[0].numel() // shape[-1], shape[-1]
     keep = residual_keep_mask(seed, rows, H, p, device).view(shape) if p > 0 else None
     grad = torch.randn(shape, generator=torch.Generator().manual_seed(1)).to(device)
 
-    def ours(x, residual, weight, bias):
-        return dropout_add_layer_norm(x, residual, weight, bias, dropout_p=p, eps=eps, seed=seed)
+    def ours(x, residual, weight, bias, x_bias=None):
+        return dropout_add_layer_norm(
+            x, residual, weight, bias, x_bias=x_bias, dropout_p=p, eps=eps, seed=seed
+        )
 
-    def exact(x, residual, weight, bias):
-        return oracle(x, residual, weight, bias, keep, p, eps)
+    def exact(x, residual, weight, bias, x_bias=None):
+        return oracle(x, residual, weight, bias, keep, p, eps, x_bias)
 
-    out, grads = run(ours, (x, residual, weight, bias), grad)
-    want, want_grads = run(exact, (x, residual, weight, bias), grad)
+    out, grads = run(ours, tensors, grad)
+    want, want_grads = run(exact, tensors, grad)
     assert out.dtype == dtypes[1]
     half = dtypes[1] != torch.float32
     tolerance = dict(rtol=1e-2, atol=2e-2) if half else dict(rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out.double(), want, **tolerance)
-    for name, got, wanted in zip(("x", "residual", "weight", "bias"), grads, want_grads,
-                                 strict=True):  # fmt: skip
+    names = ("x", "residual", "weight", "bias", "x_bias")[: len(tensors)]
+    x, residual = tensors[:2]
+    for name, got, wanted in zip(names, grads, want_grads, strict=True):
         # The gradients of half-precision x and residual are rounded to their dtype; the
         # weight and bias gradients are sums over the rows of fp32 terms.
         rounded = half or (name == "x" and dtypes[0] != torch.float32)
@@ -152,21 +162,25 @@ def test_same_seed_same_output_and_the_generator_draws_the_key(impl, device):
     assert torch.equal(drawn, call())
 
 
-def test_weight_and_bias_gradients_do_not_depend_on_the_thread_count():
+def test_parameter_gradients_do_not_depend_on_the_thread_count():
     """A resumed run must repeat an uninterrupted one bit for bit (pretraining's resume test),
     whatever the threads: the kernel sums fixed blocks of rows in a fixed order."""
     if not _extension.has_kernel(OP, "cpu"):
         pytest.skip("no compiled CPU kernel in this build")
-    tensors = inputs((300, 128))
+    tensors = inputs((300, 128), x_bias=True)
     grad = torch.randn(300, 128)
     threads = torch.get_num_threads()
     results = []
+
+    def call(x, residual, weight, bias, x_bias):
+        return dropout_add_layer_norm(
+            x, residual, weight, bias, x_bias=x_bias, dropout_p=0.1, seed=4
+        )
+
     try:
         for n in (1, 2, 3):
             torch.set_num_threads(n)
-            _, grads = run(
-                lambda *t: dropout_add_layer_norm(*t, dropout_p=0.1, seed=4), tensors, grad
-            )
+            _, grads = run(call, tensors, grad)
             results.append(grads)
     finally:
         torch.set_num_threads(threads)
@@ -177,32 +191,36 @@ def test_weight_and_bias_gradients_do_not_depend_on_the_thread_count():
 
 def test_float64_gradcheck():
     """float64 runs the reference; its gradients against finite differences."""
-    tensors = [t.double().requires_grad_() for t in inputs((3, 16))]
-    assert torch.autograd.gradcheck(
-        lambda *t: dropout_add_layer_norm(*t, dropout_p=0.25, seed=7), tensors
-    )
+    tensors = [t.double().requires_grad_() for t in inputs((3, 16), x_bias=True)]
+
+    def call(x, residual, weight, bias, x_bias):
+        return dropout_add_layer_norm(
+            x, residual, weight, bias, x_bias=x_bias, dropout_p=0.25, seed=7
+        )
+
+    assert torch.autograd.gradcheck(call, tensors)
 
 
 def test_opcheck():
     if not _extension.EXTENSION_LOADED:
         pytest.skip("no compiled kernels in this build")
-    x, residual, weight, bias = (t.requires_grad_() for t in inputs((3, 24)))
-    args = (x, residual, weight, bias, torch.tensor(3), 0.2, 1e-5)
-    torch.library.opcheck(torch.ops.electra_fast.dropout_add_layer_norm.default, args)
+    x, residual, weight, bias, x_bias = (t.requires_grad_() for t in inputs((3, 24), x_bias=True))
+    op = torch.ops.electra_fast.dropout_add_layer_norm.default
+    torch.library.opcheck(op, (x, residual, weight, bias, None, torch.tensor(3), 0.2, 1e-5))
+    torch.library.opcheck(op, (x, residual, weight, bias, x_bias, torch.tensor(3), 0.2, 1e-5))
     x16 = x.detach().bfloat16().requires_grad_()
-    torch.library.opcheck(
-        torch.ops.electra_fast.dropout_add_layer_norm.default,
-        (x16,) + args[1:4] + (None, 0.0, 1e-5),
-    )
+    torch.library.opcheck(op, (x16, residual, weight, bias, x_bias, None, 0.0, 1e-5))
 
 
 @pytest.mark.parametrize("p", [0.0, 0.1])
 def test_compile_fullgraph(impl, p):
-    tensors = inputs((2, 9, 32), torch.bfloat16)
+    tensors = inputs((2, 9, 32), torch.bfloat16, x_bias=True)
     seed = torch.tensor(11)
 
-    def forward(x, residual, weight, bias):
-        return dropout_add_layer_norm(x, residual, weight, bias, dropout_p=p, seed=seed)
+    def forward(x, residual, weight, bias, x_bias):
+        return dropout_add_layer_norm(
+            x, residual, weight, bias, x_bias=x_bias, dropout_p=p, seed=seed
+        )
 
     grad = torch.randn(2, 9, 32)
     compiled = torch.compile(forward, fullgraph=True, backend="aot_eager")
@@ -219,6 +237,8 @@ def test_compile_fullgraph(impl, p):
         (dict(residual=torch.zeros(3, 8)), ValueError, "residual must have x's shape"),
         (dict(weight=torch.ones(7)), ValueError, "weight must have shape [8]"),
         (dict(bias=torch.ones(2, 8)), ValueError, "bias must have shape [8]"),
+        (dict(x_bias=torch.ones(9)), ValueError, "x_bias must have shape [8]"),
+        (dict(x_bias=torch.ones(8, dtype=torch.long)), TypeError, "x_bias must be float32"),
         (dict(x=torch.zeros(2, 8, dtype=torch.long)), TypeError, "x must be float32"),
         (dict(dropout_p=1.0), ValueError, "dropout_p must be in [0, 1), got 1.0"),
         (dict(eps=0.0), ValueError, "eps must be positive, got 0.0"),
@@ -238,27 +258,23 @@ def test_the_kernel_op_refuses_a_missing_key():
         pytest.skip("no compiled CPU kernel in this build")
     x, residual, weight, bias = inputs((2, 8))
     with pytest.raises(ValueError, match="seed is required when dropout_p > 0"):
-        torch.ops.electra_fast.dropout_add_layer_norm(x, residual, weight, bias, None, 0.1, 1e-5)
-
-
-def misaligned(t: torch.Tensor) -> torch.Tensor:
-    """t's values in a view that starts one element into its storage: off 16-byte alignment."""
-    storage = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)
-    view = storage[1:].view(t.shape)
-    view.copy_(t)
-    return view
+        torch.ops.electra_fast.dropout_add_layer_norm(
+            x, residual, weight, bias, None, None, 0.1, 1e-5
+        )
 
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("x_bias", [False, True], ids=["", "x_bias"])
 @pytest.mark.parametrize("aligned", [True, False], ids=["aligned", "misaligned"])
-@pytest.mark.parametrize("H", [8, 40, 64, 128, 256, 512, 768, 1024, 2048])
-def test_cuda_equals_cpu(H, aligned):
+@pytest.mark.parametrize("H", [8, 40, 64, 128, 256, 512, 768, 1024, 2048, 4104])
+def test_cuda_equals_cpu(H, aligned, x_bias):
     """The same key drops the same elements on both devices. On the GPU, rows of up to 1024
     columns in aligned tensors take the row kernels (8, 16 or 32 lanes a row, 1 to 4 chunks a
     lane); 2048 and misaligned views the loop kernels (2048 with one warp per block in the
-    backward). 37 rows leave the last block of each kernel part empty."""
-    tensors = inputs((37, H), torch.bfloat16, torch.float32)
+    backward); 4104 with x_bias, the sum made before the kernel. 37 rows leave the last block
+    of each kernel part empty."""
+    tensors = inputs((37, H), torch.bfloat16, torch.float32, x_bias=x_bias)
     grad = torch.randn(37, H)
 
     def place(t):
@@ -266,8 +282,10 @@ def test_cuda_equals_cpu(H, aligned):
         assert (t.data_ptr() % 16 == 0) == aligned
         return t
 
-    def call(*t):
-        return dropout_add_layer_norm(*t, dropout_p=0.1, seed=21)
+    def call(x, residual, weight, bias, x_bias=None):
+        return dropout_add_layer_norm(
+            x, residual, weight, bias, x_bias=x_bias, dropout_p=0.1, seed=21
+        )
 
     out, grads = run(call, tensors, grad)
     cuda_out, cuda_grads = run(call, tensors, place(grad), place)

@@ -5,14 +5,15 @@
 // need, so a warp takes 4 rows of 64), each lane holds its chunks in registers after one
 // 16-byte load per chunk and tensor, and one Philox call gives a chunk's 8 keep decisions for
 // all passes. The backward keeps each lane's weight and bias gradient sums in registers across
-// its rows; they meet in shared memory once, at the end of the block.
+// its rows (and, when the op is given x_bias, x's gradient sums: a template flag, so that rows
+// without it pay no registers); they meet in shared memory once, at the end of the block.
 //
 // Loop kernels, for the rest (wider rows, misaligned views): a warp per row, each lane looping
 // over its chunks; the passes over a row recompute the sum from x and residual, which the first
 // pass left in L1, and the weight and bias gradients are summed per warp in shared memory.
 //
-// Both sum the weight and bias gradients per block of rows in a fixed order and over the blocks
-// by at::sum: no atomics, the same bits on every run.
+// Both sum the parameter gradients per block of rows in a fixed order and over the blocks by
+// one at::sum: no atomics, the same bits on every run.
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -25,6 +26,7 @@
 
 #include <cstdint>
 #include <initializer_list>
+#include <optional>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -35,8 +37,9 @@ namespace electra_fast {
 namespace {
 
 constexpr int kForwardWarps = 4;
-constexpr int64_t kRowsPerBlock = 32;  // of the backward: one partial sum per block
-constexpr int64_t kMaxHidden = 6144;   // 2 * H floats of shared memory per warp fit in 48 KiB
+constexpr int64_t kRowsPerBlock = 32;      // of the backward: one partial sum per block
+constexpr int64_t kMaxHidden = 6144;       // 2 * H floats of shared memory per warp fit in 48 KiB
+constexpr int64_t kMaxHiddenXBias = 4096;  // and 3 * H with x_bias
 
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
@@ -44,15 +47,22 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
-// The sums s = residual + x * keep * scale of columns [8 g, 8 g + 8) of a row, and their keep
-// bits.
+// x + x_bias at column c of a row (xb null: no x_bias).
+template <typename x_t>
+__device__ __forceinline__ float branch_at(const x_t* x, const float* xb, int64_t c) {
+  return xb != nullptr ? static_cast<float>(x[c]) + xb[c] : static_cast<float>(x[c]);
+}
+
+// The sums s = residual + (x + x_bias) * keep * scale of columns [8 g, 8 g + 8) of a row, and
+// their keep bits.
 template <typename x_t, typename r_t>
-__device__ __forceinline__ uint32_t chunk_sum(const x_t* x, const r_t* r, int64_t row, int64_t g,
-                                              const ResidualDropout& drop, float (&s)[8]) {
+__device__ __forceinline__ uint32_t chunk_sum(const x_t* x, const float* xb, const r_t* r,
+                                              int64_t row, int64_t g, const ResidualDropout& drop,
+                                              float (&s)[8]) {
   const uint32_t bits = drop.keep_bits(row, g);
 #pragma unroll
   for (int i = 0; i < 8; ++i) {
-    const float kept = (bits >> i) & 1u ? static_cast<float>(x[8 * g + i]) * drop.scale : 0.0f;
+    const float kept = (bits >> i) & 1u ? branch_at(x, xb, 8 * g + i) * drop.scale : 0.0f;
     s[i] = static_cast<float>(r[8 * g + i]) + kept;
   }
   return bits;
@@ -62,8 +72,9 @@ template <typename x_t, typename r_t>
 __global__ void __launch_bounds__(kForwardWarps * 32)
     forward_loop_kernel(const x_t* __restrict__ x, const r_t* __restrict__ residual,
                         const float* __restrict__ weight, const float* __restrict__ bias,
-                        const int64_t* __restrict__ seed, ResidualDropout drop, int64_t M,
-                        int64_t H, float eps, r_t* __restrict__ out, float* __restrict__ mean_out,
+                        const float* __restrict__ x_bias, const int64_t* __restrict__ seed,
+                        ResidualDropout drop, int64_t M, int64_t H, float eps,
+                        r_t* __restrict__ out, float* __restrict__ mean_out,
                         float* __restrict__ rstd_out) {
   const int lane = threadIdx.x % 32;
   const int64_t row = blockIdx.x * static_cast<int64_t>(kForwardWarps) + threadIdx.x / 32;
@@ -73,20 +84,20 @@ __global__ void __launch_bounds__(kForwardWarps * 32)
   const r_t* rr = residual + row * H;
   float s[8], sum = 0.0f;
   for (int64_t g = lane; g < drop.groups; g += 32) {
-    chunk_sum(xr, rr, row, g, drop, s);
+    chunk_sum(xr, x_bias, rr, row, g, drop, s);
 #pragma unroll
     for (int i = 0; i < 8; ++i) sum += s[i];
   }
   const float mean = warp_sum(sum) / static_cast<float>(H);
   float squares = 0.0f;
   for (int64_t g = lane; g < drop.groups; g += 32) {
-    chunk_sum(xr, rr, row, g, drop, s);
+    chunk_sum(xr, x_bias, rr, row, g, drop, s);
 #pragma unroll
     for (int i = 0; i < 8; ++i) squares += (s[i] - mean) * (s[i] - mean);
   }
   const float rstd = rsqrtf(warp_sum(squares) / static_cast<float>(H) + eps);
   for (int64_t g = lane; g < drop.groups; g += 32) {
-    chunk_sum(xr, rr, row, g, drop, s);
+    chunk_sum(xr, x_bias, rr, row, g, drop, s);
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
       const int64_t c = 8 * g + i;
@@ -103,15 +114,19 @@ template <typename x_t, typename r_t>
 __global__ void backward_loop_kernel(const r_t* __restrict__ grad_out, const x_t* __restrict__ x,
                                      const r_t* __restrict__ residual,
                                      const float* __restrict__ weight,
+                                     const float* __restrict__ x_bias,
                                      const float* __restrict__ mean, const float* __restrict__ rstd,
                                      const int64_t* __restrict__ seed, ResidualDropout drop,
                                      int64_t M, int64_t H, x_t* __restrict__ grad_x,
                                      r_t* __restrict__ grad_residual, float* __restrict__ partial) {
-  extern __shared__ float sums[];  // per warp: H weight-gradient sums, then H bias-gradient sums
+  // Per warp: H weight-gradient sums, H bias-gradient sums, then (x_bias) H of x's gradient.
+  extern __shared__ float sums[];
+  const int P = x_bias != nullptr ? 3 : 2;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
-  float* dw = sums + warp * 2 * H;
+  float* dw = sums + warp * P * H;
   float* db = dw + H;
-  for (int64_t c = lane; c < 2 * H; c += 32) dw[c] = 0.0f;
+  float* dxb = db + H;
+  for (int64_t c = lane; c < P * H; c += 32) dw[c] = 0.0f;
   __syncwarp();
   if (drop.threshold != 0) drop.seed = static_cast<uint64_t>(*seed);
   const int64_t first = blockIdx.x * kRowsPerBlock;
@@ -124,7 +139,7 @@ __global__ void backward_loop_kernel(const r_t* __restrict__ grad_out, const x_t
     float s[8], sum_g = 0.0f, sum_gx = 0.0f;
     // Each lane owns its chunks' columns: its updates of dw and db race with no other lane's.
     for (int64_t g = lane; g < drop.groups; g += 32) {
-      chunk_sum(xr, rr, row, g, drop, s);
+      chunk_sum(xr, x_bias, rr, row, g, drop, s);
 #pragma unroll
       for (int i = 0; i < 8; ++i) {
         const int64_t c = 8 * g + i;
@@ -139,23 +154,25 @@ __global__ void backward_loop_kernel(const r_t* __restrict__ grad_out, const x_t
     const float mean_g = warp_sum(sum_g) / static_cast<float>(H);
     const float mean_gx = warp_sum(sum_gx) / static_cast<float>(H);
     for (int64_t g = lane; g < drop.groups; g += 32) {
-      const uint32_t bits = chunk_sum(xr, rr, row, g, drop, s);
+      const uint32_t bits = chunk_sum(xr, x_bias, rr, row, g, drop, s);
 #pragma unroll
       for (int i = 0; i < 8; ++i) {
         const int64_t c = 8 * g + i;
         const float xhat = (s[i] - m) * inv;
         const float ds = inv * (static_cast<float>(dyr[c]) * weight[c] - mean_g - xhat * mean_gx);
+        const float dx = (bits >> i) & 1u ? ds * drop.scale : 0.0f;
         grad_residual[row * H + c] = static_cast<r_t>(ds);
-        grad_x[row * H + c] = static_cast<x_t>((bits >> i) & 1u ? ds * drop.scale : 0.0f);
+        grad_x[row * H + c] = static_cast<x_t>(dx);
+        if (x_bias != nullptr) dxb[c] += dx;
       }
     }
   }
   __syncthreads();
-  // partial is [2, blocks, H]: the weight gradient's block sums, then the bias gradient's.
+  // partial is [P, blocks, H]: the weight gradient's block sums, the bias gradient's, x_bias's.
   const int64_t blocks = gridDim.x;
-  for (int64_t c = threadIdx.x; c < 2 * H; c += blockDim.x) {
+  for (int64_t c = threadIdx.x; c < P * H; c += blockDim.x) {
     float total = 0.0f;
-    for (int w = 0; w < warps; ++w) total += sums[w * 2 * H + c];
+    for (int w = 0; w < warps; ++w) total += sums[w * P * H + c];
     partial[(c / H) * blocks * H + static_cast<int64_t>(blockIdx.x) * H + c % H] = total;
   }
 }
@@ -203,14 +220,21 @@ __device__ __forceinline__ int64_t chunk_of(int lane, int slot) {
   return lane + static_cast<int64_t>(slot) * kLanes;
 }
 
-// Slot j's sums s = residual + x * keep * scale, loaded; returns the chunk's keep bits.
+// Slot j's sums s = residual + (x + x_bias) * keep * scale, loaded (xb null: no x_bias);
+// returns the chunk's keep bits.
 template <typename x_t, typename r_t>
-__device__ __forceinline__ uint32_t load_chunk_sum(const x_t* x, const r_t* r, int64_t row,
-                                                   int64_t g, int64_t H,
+__device__ __forceinline__ uint32_t load_chunk_sum(const x_t* x, const float* xb, const r_t* r,
+                                                   int64_t row, int64_t g, int64_t H,
                                                    const ResidualDropout& drop, float (&s)[8]) {
   float xv[8];
   load8(x + row * H + 8 * g, xv);
   load8(r + row * H + 8 * g, s);
+  if (xb != nullptr) {
+    float bv[8];
+    load8(xb + 8 * g, bv);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) xv[i] += bv[i];
+  }
   const uint32_t bits = drop.keep_bits(row, g);
 #pragma unroll
   for (int i = 0; i < 8; ++i) s[i] += (bits >> i) & 1u ? xv[i] * drop.scale : 0.0f;
@@ -221,9 +245,9 @@ template <typename x_t, typename r_t, int kLanes, int kChunks>
 __global__ void __launch_bounds__(kRowThreads)
     forward_row_kernel(const x_t* __restrict__ x, const r_t* __restrict__ residual,
                        const float* __restrict__ weight, const float* __restrict__ bias,
-                       const int64_t* __restrict__ seed, ResidualDropout drop, int64_t M, int64_t H,
-                       float eps, r_t* __restrict__ out, float* __restrict__ mean_out,
-                       float* __restrict__ rstd_out) {
+                       const float* __restrict__ x_bias, const int64_t* __restrict__ seed,
+                       ResidualDropout drop, int64_t M, int64_t H, float eps, r_t* __restrict__ out,
+                       float* __restrict__ mean_out, float* __restrict__ rstd_out) {
   const int lane = threadIdx.x % kLanes;
   const int64_t row = (static_cast<int64_t>(blockIdx.x) * kRowThreads + threadIdx.x) / kLanes;
   // Lanes past the last row stay for the shuffles, loading and storing nothing.
@@ -235,7 +259,7 @@ __global__ void __launch_bounds__(kRowThreads)
   for (int j = 0; j < kChunks; ++j) {
     const int64_t g = chunk_of<kLanes>(lane, j);
     if (active && g < drop.groups) {
-      load_chunk_sum(x, residual, row, g, H, drop, s[j]);
+      load_chunk_sum(x, x_bias, residual, row, g, H, drop, s[j]);
 #pragma unroll
       for (int i = 0; i < 8; ++i) sum += s[j][i];
     }
@@ -269,19 +293,23 @@ __global__ void __launch_bounds__(kRowThreads)
   }
 }
 
-template <typename x_t, typename r_t, int kLanes, int kChunks>
+// kXBias: x_bias is given (not null), and x's gradient is summed over the rows too.
+template <typename x_t, typename r_t, int kLanes, int kChunks, bool kXBias>
 __global__ void __launch_bounds__(kRowThreads)
     backward_row_kernel(const r_t* __restrict__ grad_out, const x_t* __restrict__ x,
                         const r_t* __restrict__ residual, const float* __restrict__ weight,
-                        const float* __restrict__ mean, const float* __restrict__ rstd,
-                        const int64_t* __restrict__ seed, ResidualDropout drop, int64_t M,
-                        int64_t H, x_t* __restrict__ grad_x, r_t* __restrict__ grad_residual,
-                        float* __restrict__ partial) {
+                        const float* __restrict__ x_bias, const float* __restrict__ mean,
+                        const float* __restrict__ rstd, const int64_t* __restrict__ seed,
+                        ResidualDropout drop, int64_t M, int64_t H, x_t* __restrict__ grad_x,
+                        r_t* __restrict__ grad_residual, float* __restrict__ partial) {
   constexpr int kSlots = kRowThreads / kLanes;  // rows the block works on at once
-  extern __shared__ float sums[];  // per row slot: H weight-gradient sums, then H bias ones
+  constexpr int P = kXBias ? 3 : 2;             // parameter gradients
+  // Per row slot: H weight-gradient sums, H bias ones, then (kXBias) H of x's gradient.
+  extern __shared__ float sums[];
   const int lane = threadIdx.x % kLanes, slot = threadIdx.x / kLanes;
   if (drop.threshold != 0) drop.seed = static_cast<uint64_t>(*seed);
-  float dw[kChunks][8] = {}, db[kChunks][8] = {};
+  const float* xb = kXBias ? x_bias : nullptr;
+  float dw[kChunks][8] = {}, db[kChunks][8] = {}, dxb[kXBias ? kChunks : 1][8] = {};
   const int64_t first = blockIdx.x * kRowsPerBlock;
   const int64_t last = first + kRowsPerBlock < M ? first + kRowsPerBlock : M;
   // Every lane takes the same number of turns (the shuffles need the whole warp); a turn past
@@ -298,7 +326,7 @@ __global__ void __launch_bounds__(kRowThreads)
       const int64_t g = chunk_of<kLanes>(lane, j);
       if (active && g < drop.groups) {
         float dy[8], w[8];
-        bits[j] = load_chunk_sum(x, residual, row, g, H, drop, xhat[j]);
+        bits[j] = load_chunk_sum(x, xb, residual, row, g, H, drop, xhat[j]);
         load8(grad_out + row * H + 8 * g, dy);
         load8(weight + 8 * g, w);
 #pragma unroll
@@ -323,14 +351,15 @@ __global__ void __launch_bounds__(kRowThreads)
         for (int i = 0; i < 8; ++i) {
           dr[i] = inv * (gw[j][i] - mean_g - xhat[j][i] * mean_gx);
           dx[i] = (bits[j] >> i) & 1u ? dr[i] * drop.scale : 0.0f;
+          if constexpr (kXBias) dxb[j][i] += dx[i];
         }
         store8(grad_residual + row * H + 8 * g, dr);
         store8(grad_x + row * H + 8 * g, dx);
       }
     }
   }
-  // The slots' sums, then the block's per column in slot order (partial is [2, blocks, H]).
-  float* own = sums + slot * 2 * H;
+  // The slots' sums, then the block's per column in slot order (partial is [P, blocks, H]).
+  float* own = sums + slot * P * H;
 #pragma unroll
   for (int j = 0; j < kChunks; ++j) {
     const int64_t g = chunk_of<kLanes>(lane, j);
@@ -339,14 +368,15 @@ __global__ void __launch_bounds__(kRowThreads)
       for (int i = 0; i < 8; ++i) {
         own[8 * g + i] = dw[j][i];
         own[H + 8 * g + i] = db[j][i];
+        if constexpr (kXBias) own[2 * H + 8 * g + i] = dxb[j][i];
       }
     }
   }
   __syncthreads();
   const int64_t blocks = gridDim.x;
-  for (int64_t c = threadIdx.x; c < 2 * H; c += kRowThreads) {
+  for (int64_t c = threadIdx.x; c < P * H; c += kRowThreads) {
     float total = 0.0f;
-    for (int k = 0; k < kSlots; ++k) total += sums[k * 2 * H + c];
+    for (int k = 0; k < kSlots; ++k) total += sums[k * P * H + c];
     partial[(c / H) * blocks * H + static_cast<int64_t>(blockIdx.x) * H + c % H] = total;
   }
 }
@@ -384,34 +414,41 @@ void dispatch_row_shape(RowShape shape, F&& f) {
   }
 }
 
-void check_cuda_hidden(int64_t H) {
-  TORCH_CHECK_VALUE(H % 8 == 0 && H <= kMaxHidden,
+void check_cuda_hidden(int64_t H, const std::optional<at::Tensor>& x_bias) {
+  const int64_t most = x_bias ? kMaxHiddenXBias : kMaxHidden;
+  TORCH_CHECK_VALUE(H % 8 == 0 && H <= most,
                     "x: the CUDA kernel of dropout_add_layer_norm takes a last dimension that is a "
                     "multiple of 8 up to ",
-                    kMaxHidden, ", got ", H);
+                    most, x_bias ? " with x_bias" : "", ", got ", H);
+}
+
+const float* data_or_null(const std::optional<at::Tensor>& t) {
+  return t ? t->const_data_ptr<float>() : nullptr;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> dropout_add_layer_norm_cuda(
     const at::Tensor& x, const at::Tensor& residual, const at::Tensor& weight,
-    const at::Tensor& bias, const std::optional<at::Tensor>& seed, double dropout_p, double eps) {
+    const at::Tensor& bias, const std::optional<at::Tensor>& x_bias,
+    const std::optional<at::Tensor>& seed, double dropout_p, double eps) {
   const ResidualDropout drop =
-      check_dropout_add_layer_norm(x, residual, weight, bias, seed, dropout_p, eps, false);
+      check_dropout_add_layer_norm(x, residual, weight, bias, x_bias, seed, dropout_p, eps, false);
   const int64_t H = x.size(-1), M = x.numel() / H;
-  check_cuda_hidden(H);
+  check_cuda_hidden(H, x_bias);
   const c10::cuda::CUDAGuard guard(x.device());
   auto [out, mean, rstd] = new_dropout_add_layer_norm_outputs(x, residual);
   if (M == 0) return {out, mean, rstd};
   const int64_t* seed_ptr = drop.threshold != 0 ? seed->const_data_ptr<int64_t>() : nullptr;
-  const RowShape shape = row_shape(drop.groups, {&x, &residual, &weight, &bias, &out});
+  const at::Tensor& xb = x_bias ? *x_bias : weight;  // (weight: a stand-in for the alignment)
+  const RowShape shape = row_shape(drop.groups, {&x, &residual, &weight, &bias, &xb, &out});
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   dispatch_dtypes(x.scalar_type(), residual.scalar_type(), [&](auto* x_type, auto* r_type) {
     using x_t = std::remove_pointer_t<decltype(x_type)>;
     using r_t = std::remove_pointer_t<decltype(r_type)>;
-    const auto args =
-        std::make_tuple(x.const_data_ptr<x_t>(), residual.const_data_ptr<r_t>(),
-                        weight.const_data_ptr<float>(), bias.const_data_ptr<float>(), seed_ptr,
-                        drop, M, H, static_cast<float>(eps), out.mutable_data_ptr<r_t>(),
-                        mean.mutable_data_ptr<float>(), rstd.mutable_data_ptr<float>());
+    const auto args = std::make_tuple(
+        x.const_data_ptr<x_t>(), residual.const_data_ptr<r_t>(), weight.const_data_ptr<float>(),
+        bias.const_data_ptr<float>(), data_or_null(x_bias), seed_ptr, drop, M, H,
+        static_cast<float>(eps), out.mutable_data_ptr<r_t>(), mean.mutable_data_ptr<float>(),
+        rstd.mutable_data_ptr<float>());
     if (shape.lanes == 0) {
       const auto blocks = static_cast<unsigned>((M + kForwardWarps - 1) / kForwardWarps);
       std::apply(
@@ -437,22 +474,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dropout_add_layer_norm_cuda(
   return {out, mean, rstd};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dropout_add_layer_norm_backward_cuda(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> dropout_add_layer_norm_backward_cuda(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& residual,
-    const at::Tensor& weight, const at::Tensor& mean, const at::Tensor& rstd,
-    const std::optional<at::Tensor>& seed, double dropout_p) {
+    const at::Tensor& weight, const std::optional<at::Tensor>& x_bias, const at::Tensor& mean,
+    const at::Tensor& rstd, const std::optional<at::Tensor>& seed, double dropout_p) {
   const ResidualDropout drop = check_dropout_add_layer_norm_backward(
-      grad_out, x, residual, weight, mean, rstd, seed, dropout_p, false);
-  const int64_t H = x.size(-1), M = x.numel() / H;
-  check_cuda_hidden(H);
+      grad_out, x, residual, weight, x_bias, mean, rstd, seed, dropout_p, false);
+  const int64_t H = x.size(-1), M = x.numel() / H, P = parameter_gradients(x_bias);
+  check_cuda_hidden(H, x_bias);
   const c10::cuda::CUDAGuard guard(x.device());
   const at::Tensor dy = grad_out.contiguous();
   at::Tensor grad_x = at::empty_like(x), grad_residual = at::empty_like(residual);
   const int64_t blocks = (M + kRowsPerBlock - 1) / kRowsPerBlock;
-  at::Tensor partial = at::empty({2, blocks, H}, weight.options());
+  at::Tensor partial = at::empty({P, blocks, H}, weight.options());
   if (M > 0) {
+    const at::Tensor& xb = x_bias ? *x_bias : weight;  // (a stand-in for the alignment)
     const RowShape shape =
-        row_shape(drop.groups, {&dy, &x, &residual, &weight, &grad_x, &grad_residual});
+        row_shape(drop.groups, {&dy, &x, &residual, &weight, &xb, &grad_x, &grad_residual});
     const int64_t* seed_ptr = drop.threshold != 0 ? seed->const_data_ptr<int64_t>() : nullptr;
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
     dispatch_dtypes(x.scalar_type(), residual.scalar_type(), [&](auto* x_type, auto* r_type) {
@@ -460,13 +498,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dropout_add_layer_nor
       using r_t = std::remove_pointer_t<decltype(r_type)>;
       const auto args = std::make_tuple(
           dy.const_data_ptr<r_t>(), x.const_data_ptr<x_t>(), residual.const_data_ptr<r_t>(),
-          weight.const_data_ptr<float>(), mean.const_data_ptr<float>(),
+          weight.const_data_ptr<float>(), data_or_null(x_bias), mean.const_data_ptr<float>(),
           rstd.const_data_ptr<float>(), seed_ptr, drop, M, H, grad_x.mutable_data_ptr<x_t>(),
           grad_residual.mutable_data_ptr<r_t>(), partial.mutable_data_ptr<float>());
       const auto grid = static_cast<unsigned>(blocks);
       if (shape.lanes == 0) {
-        const int warps = 2 * H * 4 * static_cast<int64_t>(sizeof(float)) <= 48 * 1024 ? 4 : 1;
-        const size_t shared_bytes = static_cast<size_t>(warps) * 2 * H * sizeof(float);
+        const int warps = P * H * 4 * static_cast<int64_t>(sizeof(float)) <= 48 * 1024 ? 4 : 1;
+        const size_t shared_bytes = static_cast<size_t>(warps * P * H) * sizeof(float);
         std::apply(
             [&](auto... a) {
               backward_loop_kernel<x_t, r_t><<<grid, warps * 32, shared_bytes, stream>>>(a...);
@@ -475,12 +513,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dropout_add_layer_nor
       } else {
         dispatch_row_shape(shape, [&](auto lanes, auto chunks) {
           constexpr int kLanes = decltype(lanes)::value, kChunks = decltype(chunks)::value;
-          // At most 4 slots of 1024 columns or 16 of 64: 32 KiB of shared memory.
-          const size_t shared_bytes = (kRowThreads / kLanes) * 2 * H * sizeof(float);
+          // At most 4 slots of 3 x 1024 columns or 16 of 3 x 64: 48 KiB of shared memory.
+          const size_t shared_bytes = (kRowThreads / kLanes) * P * H * sizeof(float);
           std::apply(
               [&](auto... a) {
-                backward_row_kernel<x_t, r_t, kLanes, kChunks>
-                    <<<grid, kRowThreads, shared_bytes, stream>>>(a...);
+                if (x_bias) {
+                  backward_row_kernel<x_t, r_t, kLanes, kChunks, true>
+                      <<<grid, kRowThreads, shared_bytes, stream>>>(a...);
+                } else {
+                  backward_row_kernel<x_t, r_t, kLanes, kChunks, false>
+                      <<<grid, kRowThreads, shared_bytes, stream>>>(a...);
+                }
               },
               args);
         });
@@ -488,8 +531,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dropout_add_layer_nor
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
-  // Two sums, not one of [2, H]: the op's outputs must not alias one another.
-  return {grad_x, grad_residual, at::sum(partial[0], {0}), at::sum(partial[1], {0})};
+  // One reduction over the blocks for all the parameter gradients: [P, H].
+  return {grad_x, grad_residual, at::sum(partial, {1})};
 }
 
 }  // namespace

@@ -1,0 +1,95 @@
+// bias_gelu on the CPU (bias_gelu.h), and the argument checks both devices share. The
+// elementwise parts are ATen's gelu and gelu_backward in float32 (vectorised with SLEEF's erf and
+// tanh, which a plain loop here would not be); the bias gradient is summed over fixed blocks of
+// rows and then over the blocks in order, so that it does not depend on the number of threads.
+#include "bias_gelu.h"
+
+#include <ATen/Parallel.h>
+#include <ATen/ops/add.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/gelu.h>
+#include <ATen/ops/gelu_backward.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <tuple>
+#include <vector>
+
+#include "checks.h"
+
+namespace electra_fast {
+
+void check_bias_gelu(const at::Tensor& x, const at::Tensor& bias) {
+  TORCH_CHECK_VALUE(x.dim() >= 1 && x.size(-1) >= 1, "x must have a last dimension, got shape ",
+                    x.sizes());
+  EF_CHECK_CONTIGUOUS(x);
+  const auto xt = x.scalar_type();
+  EF_CHECK_DTYPE(x, xt == at::kFloat || xt == at::kBFloat16 || xt == at::kHalf,
+                 "float32, bfloat16 or float16");
+  const int64_t N = x.size(-1);
+  TORCH_CHECK_VALUE(bias.dim() == 1 && bias.size(0) == N && bias.scalar_type() == at::kFloat &&
+                        bias.is_contiguous() && bias.device() == x.device(),
+                    "bias must be contiguous float32 of shape [", N, "] on ", x.device(), ", got ",
+                    bias.scalar_type(), " ", bias.sizes(), " on ", bias.device());
+}
+
+void check_bias_gelu_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& bias) {
+  check_bias_gelu(x, bias);
+  TORCH_CHECK_VALUE(grad.sizes() == x.sizes() && grad.scalar_type() == x.scalar_type() &&
+                        grad.device() == x.device(),
+                    "grad must have x's shape ", x.sizes(), ", dtype ", x.scalar_type(),
+                    " and device, got ", grad.sizes(), " ", grad.scalar_type(), " on ",
+                    grad.device());
+}
+
+namespace {
+
+constexpr int64_t kRowsPerBlock = 32;  // of the bias gradient's partial sums
+
+const char* gelu_kind(bool approximate) { return approximate ? "tanh" : "none"; }
+
+at::Tensor bias_gelu_cpu(const at::Tensor& x, const at::Tensor& bias, bool approximate) {
+  check_bias_gelu(x, bias);
+  return at::gelu(at::add(x.to(at::kFloat), bias), gelu_kind(approximate)).to(x.scalar_type());
+}
+
+std::tuple<at::Tensor, at::Tensor> bias_gelu_backward_cpu(const at::Tensor& grad,
+                                                          const at::Tensor& x,
+                                                          const at::Tensor& bias,
+                                                          bool approximate) {
+  check_bias_gelu_backward(grad, x, bias);
+  const at::Tensor dx = at::gelu_backward(grad.to(at::kFloat).contiguous(),
+                                          at::add(x.to(at::kFloat), bias), gelu_kind(approximate));
+  const int64_t N = x.size(-1), M = x.numel() / N;
+  const int64_t blocks = (M + kRowsPerBlock - 1) / kRowsPerBlock;
+  const float* d = dx.const_data_ptr<float>();
+  std::vector<float> partial(static_cast<size_t>(blocks * N), 0.0f);
+  at::parallel_for(0, blocks, 1, [&](int64_t first, int64_t last) {
+    for (int64_t block = first; block < last; ++block) {
+      float* sums = partial.data() + block * N;
+      for (int64_t row = block * kRowsPerBlock; row < std::min(M, (block + 1) * kRowsPerBlock);
+           ++row) {
+        for (int64_t c = 0; c < N; ++c) sums[c] += d[row * N + c];
+      }
+    }
+  });
+  at::Tensor grad_bias = at::empty({N}, bias.options());
+  float* gb = grad_bias.mutable_data_ptr<float>();
+  at::parallel_for(0, N, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      double sum = 0.0;
+      for (int64_t block = 0; block < blocks; ++block) sum += partial[block * N + c];
+      gb[c] = static_cast<float>(sum);
+    }
+  });
+  return {dx.to(x.scalar_type()), grad_bias};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(electra_fast, CPU, m) {
+  m.impl("bias_gelu", &bias_gelu_cpu);
+  m.impl("bias_gelu_backward", &bias_gelu_backward_cpu);
+}
+
+}  // namespace electra_fast
