@@ -26,9 +26,18 @@ _ACTIVATIONS = {
     "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
     "relu": F.relu,
 }
-# The activations bias_gelu computes (its `approximate`): their feed-forward layers add the bias
-# of their first linear layer in that op.
+# The activations bias_gelu computes (its `approximate`), which adds the bias of the linear
+# layer before it (linear_activation).
 _BIAS_GELU = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
+
+
+def linear_activation(linear: nn.Linear, x: torch.Tensor, hidden_act: str) -> torch.Tensor:
+    """activation(linear(x)); a GELU through bias_gelu, which adds the linear layer's bias and
+    returns its gradient from its own backward (no reduction of the bias gradient apart)."""
+    approximate = _BIAS_GELU.get(hidden_act)
+    if approximate is None:
+        return _ACTIVATIONS[hidden_act](linear(x))
+    return bias_gelu(F.linear(x, linear.weight), linear.bias, approximate=approximate)
 
 
 class Embeddings(nn.Module):
@@ -67,8 +76,7 @@ class Layer(nn.Module):
         self.ffn_in = nn.Linear(H, config.intermediate_size)
         self.ffn_out = nn.Linear(config.intermediate_size, H)
         self.ffn_norm = nn.LayerNorm(H, eps=config.layer_norm_eps)
-        self.activation = _ACTIVATIONS[config.hidden_act]
-        self.gelu_approximate = _BIAS_GELU.get(config.hidden_act)
+        self.hidden_act = config.hidden_act
         self.hidden_dropout = config.hidden_dropout_prob
         self.attention_dropout = config.attention_probs_dropout_prob
 
@@ -87,11 +95,7 @@ class Layer(nn.Module):
         )
         x = self._add_norm(context.flatten(-2), self.attention_out, x, self.attention_norm,
                            hidden_p, seeds[1])  # fmt: skip
-        if self.gelu_approximate is not None:
-            hidden = bias_gelu(F.linear(x, self.ffn_in.weight), self.ffn_in.bias,
-                               approximate=self.gelu_approximate)  # fmt: skip
-        else:
-            hidden = self.activation(self.ffn_in(x))
+        hidden = linear_activation(self.ffn_in, x, self.hidden_act)
         return self._add_norm(hidden, self.ffn_out, x, self.ffn_norm, hidden_p, seeds[2])
 
     @staticmethod
@@ -217,10 +221,10 @@ class DiscriminatorHead(nn.Module):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.prediction = nn.Linear(config.hidden_size, 1)
-        self.activation = _ACTIVATIONS[config.hidden_act]
+        self.hidden_act = config.hidden_act
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.prediction(self.activation(self.dense(hidden))).squeeze(-1)
+        return self.prediction(linear_activation(self.dense, hidden, self.hidden_act)).squeeze(-1)
 
 
 class GeneratorHead(nn.Module):
@@ -236,7 +240,7 @@ class GeneratorHead(nn.Module):
 
     def hidden(self, x: torch.Tensor) -> torch.Tensor:
         """The input of the output layer: [..., E]."""
-        return self.norm(F.gelu(self.dense(x)))
+        return self.norm(linear_activation(self.dense, x, "gelu"))
 
     def forward(self, x: torch.Tensor, word_embeddings: torch.Tensor) -> torch.Tensor:
         return F.linear(self.hidden(x), word_embeddings, self.bias)
