@@ -86,7 +86,7 @@ def _load() -> str | None:
 
 
 def _arguments(op: str) -> list[str]:
-    schema = getattr(torch.ops, LIBRARY).__getattr__(op).default._schema
+    schema = getattr(getattr(torch.ops, LIBRARY), op).default._schema
     return [argument.name for argument in schema.arguments]
 
 

@@ -6,7 +6,6 @@
 
 #include <ATen/Parallel.h>
 #include <ATen/ops/add.h>
-#include <ATen/ops/empty.h>
 #include <ATen/ops/gelu.h>
 #include <ATen/ops/gelu_backward.h>
 #include <torch/library.h>
@@ -15,6 +14,7 @@
 #include <tuple>
 #include <vector>
 
+#include "block_sums.h"
 #include "checks.h"
 
 namespace electra_fast {
@@ -73,16 +73,7 @@ std::tuple<at::Tensor, at::Tensor> bias_gelu_backward_cpu(const at::Tensor& grad
       }
     }
   });
-  at::Tensor grad_bias = at::empty({N}, bias.options());
-  float* gb = grad_bias.mutable_data_ptr<float>();
-  at::parallel_for(0, N, 256, [&](int64_t begin, int64_t end) {
-    for (int64_t c = begin; c < end; ++c) {
-      double sum = 0.0;
-      for (int64_t block = 0; block < blocks; ++block) sum += partial[block * N + c];
-      gb[c] = static_cast<float>(sum);
-    }
-  });
-  return {dx.to(x.scalar_type()), grad_bias};
+  return {dx.to(x.scalar_type()), sum_over_blocks(partial, blocks, N)};
 }
 
 }  // namespace

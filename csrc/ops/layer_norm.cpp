@@ -16,6 +16,7 @@
 #include <utility>
 #include <vector>
 
+#include "block_sums.h"
 #include "checks.h"
 #include "cpu_clones.h"
 #include "philox_cpu.h"
@@ -276,16 +277,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dropout_add_layer_norm_backward_c
       }
     });
   });
-  at::Tensor grad_parameters = at::empty({P, H}, weight.options());
-  float* gp_out = grad_parameters.mutable_data_ptr<float>();
-  at::parallel_for(0, P * H, 256, [&](int64_t begin, int64_t end) {
-    for (int64_t k = begin; k < end; ++k) {
-      double sum = 0.0;
-      for (int64_t block = 0; block < blocks; ++block) sum += partial[block * P * H + k];
-      gp_out[k] = static_cast<float>(sum);
-    }
-  });
-  return {grad_x, grad_residual, grad_parameters};
+  return {grad_x, grad_residual, sum_over_blocks(partial, blocks, P * H).view({P, H})};
 }
 
 }  // namespace

@@ -45,6 +45,17 @@ def oracle(x, residual, weight, bias, keep, p, eps, x_bias=None):
     return F.layer_norm(total, x.shape[-1:], weight.double(), bias.double(), eps)
 
 
+def op(dropout_p, seed, eps=1e-5):
+    """dropout_add_layer_norm as a function of its tensors, x_bias last and optional."""
+
+    def call(x, residual, weight, bias, x_bias=None):
+        return dropout_add_layer_norm(
+            x, residual, weight, bias, x_bias=x_bias, dropout_p=dropout_p, eps=eps, seed=seed
+        )
+
+    return call
+
+
 def run(fn, tensors, grad, place=torch.clone):
     """fn's output and the inputs' gradients; the inputs are copies that `place` makes."""
     leaves = [place(t.detach()).requires_grad_() for t in tensors]
@@ -77,15 +88,10 @@ def test_equals_layer_norm_of_the_dropped_sum(impl, device, shape, dtypes, p, x_
     keep = residual_keep_mask(seed, rows, H, p, device).view(shape) if p > 0 else None
     grad = torch.randn(shape, generator=torch.Generator().manual_seed(1)).to(device)
 
-    def ours(x, residual, weight, bias, x_bias=None):
-        return dropout_add_layer_norm(
-            x, residual, weight, bias, x_bias=x_bias, dropout_p=p, eps=eps, seed=seed
-        )
-
     def exact(x, residual, weight, bias, x_bias=None):
         return oracle(x, residual, weight, bias, keep, p, eps, x_bias)
 
-    out, grads = run(ours, tensors, grad)
+    out, grads = run(op(p, seed, eps), tensors, grad)
     want, want_grads = run(exact, tensors, grad)
     assert out.dtype == dtypes[1]
     half = dtypes[1] != torch.float32
@@ -172,15 +178,10 @@ def test_parameter_gradients_do_not_depend_on_the_thread_count():
     threads = torch.get_num_threads()
     results = []
 
-    def call(x, residual, weight, bias, x_bias):
-        return dropout_add_layer_norm(
-            x, residual, weight, bias, x_bias=x_bias, dropout_p=0.1, seed=4
-        )
-
     try:
         for n in (1, 2, 3):
             torch.set_num_threads(n)
-            _, grads = run(call, tensors, grad)
+            _, grads = run(op(0.1, 4), tensors, grad)
             results.append(grads)
     finally:
         torch.set_num_threads(threads)
@@ -192,13 +193,7 @@ def test_parameter_gradients_do_not_depend_on_the_thread_count():
 def test_float64_gradcheck():
     """float64 runs the reference; its gradients against finite differences."""
     tensors = [t.double().requires_grad_() for t in inputs((3, 16), x_bias=True)]
-
-    def call(x, residual, weight, bias, x_bias):
-        return dropout_add_layer_norm(
-            x, residual, weight, bias, x_bias=x_bias, dropout_p=0.25, seed=7
-        )
-
-    assert torch.autograd.gradcheck(call, tensors)
+    assert torch.autograd.gradcheck(op(0.25, 7), tensors)
 
 
 def test_opcheck():
@@ -216,11 +211,7 @@ def test_opcheck():
 def test_compile_fullgraph(impl, p):
     tensors = inputs((2, 9, 32), torch.bfloat16, x_bias=True)
     seed = torch.tensor(11)
-
-    def forward(x, residual, weight, bias, x_bias):
-        return dropout_add_layer_norm(
-            x, residual, weight, bias, x_bias=x_bias, dropout_p=p, seed=seed
-        )
+    forward = op(p, seed)
 
     grad = torch.randn(2, 9, 32)
     compiled = torch.compile(forward, fullgraph=True, backend="aot_eager")
@@ -282,10 +273,7 @@ def test_cuda_equals_cpu(H, aligned, x_bias):
         assert (t.data_ptr() % 16 == 0) == aligned
         return t
 
-    def call(x, residual, weight, bias, x_bias=None):
-        return dropout_add_layer_norm(
-            x, residual, weight, bias, x_bias=x_bias, dropout_p=0.1, seed=21
-        )
+    call = op(0.1, 21)
 
     out, grads = run(call, tensors, grad)
     cuda_out, cuda_grads = run(call, tensors, place(grad), place)

@@ -26,6 +26,7 @@
 
 #include "../bias_gelu.h"
 #include "../dispatch.h"
+#include "pack8.cuh"
 
 namespace electra_fast {
 namespace {
@@ -33,18 +34,11 @@ namespace {
 constexpr int kThreads = 128;
 constexpr int64_t kRowsPerBlock = 32;
 
-template <typename T>
-struct alignas(16) Pack8 {
-  T v[8];
-};
-
-// kWidth consecutive elements: one 16-byte load (two for float) when kWidth is 8.
+// kWidth consecutive elements: load8/store8 when kWidth is 8, else one by one.
 template <int kWidth, typename T>
 __device__ __forceinline__ void load(const T* p, float (&out)[kWidth]) {
   if constexpr (kWidth == 8) {
-    const Pack8<T> pack = *reinterpret_cast<const Pack8<T>*>(p);
-#pragma unroll
-    for (int i = 0; i < 8; ++i) out[i] = static_cast<float>(pack.v[i]);
+    load8(p, out);
   } else {
 #pragma unroll
     for (int i = 0; i < kWidth; ++i) out[i] = static_cast<float>(p[i]);
@@ -54,10 +48,7 @@ __device__ __forceinline__ void load(const T* p, float (&out)[kWidth]) {
 template <int kWidth, typename T>
 __device__ __forceinline__ void store(T* p, const float (&in)[kWidth]) {
   if constexpr (kWidth == 8) {
-    Pack8<T> pack;
-#pragma unroll
-    for (int i = 0; i < 8; ++i) pack.v[i] = static_cast<T>(in[i]);
-    *reinterpret_cast<Pack8<T>*>(p) = pack;
+    store8(p, in);
   } else {
 #pragma unroll
     for (int i = 0; i < kWidth; ++i) p[i] = static_cast<T>(in[i]);
@@ -122,15 +113,9 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-bool aligned16(const at::Tensor& t) {
-  return reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 16 == 0;
-}
-
 // The vector path: whole 8-column groups in 16-byte aligned tensors.
 bool vector_path(int64_t N, std::initializer_list<const at::Tensor*> tensors) {
-  if (N % 8 != 0) return false;
-  return std::all_of(tensors.begin(), tensors.end(),
-                     [](const at::Tensor* t) { return aligned16(*t); });
+  return N % 8 == 0 && aligned16(tensors);
 }
 
 at::Tensor bias_gelu_cuda(const at::Tensor& x, const at::Tensor& bias, bool approximate) {

@@ -32,6 +32,7 @@
 #include <utility>
 
 #include "../layer_norm.h"
+#include "pack8.cuh"
 
 namespace electra_fast {
 namespace {
@@ -181,27 +182,6 @@ __global__ void backward_loop_kernel(const r_t* __restrict__ grad_out, const x_t
 
 constexpr int kRowThreads = 128;
 constexpr int kMaxRowChunks = 4;  // 8-column chunks per lane: rows up to 32 * 4 * 8 = 1024
-
-// Eight consecutive elements, one 16-byte load for 2-byte types, two for float.
-template <typename T>
-struct alignas(16) Pack {
-  T v[8];
-};
-
-template <typename T>
-__device__ __forceinline__ void load8(const T* p, float (&out)[8]) {
-  const Pack<T> pack = *reinterpret_cast<const Pack<T>*>(p);
-#pragma unroll
-  for (int i = 0; i < 8; ++i) out[i] = static_cast<float>(pack.v[i]);
-}
-
-template <typename T>
-__device__ __forceinline__ void store8(T* p, const float (&in)[8]) {
-  Pack<T> pack;
-#pragma unroll
-  for (int i = 0; i < 8; ++i) pack.v[i] = static_cast<T>(in[i]);
-  *reinterpret_cast<Pack<T>*>(p) = pack;
-}
 
 // The sum over the kLanes lanes of a row: aligned groups of kLanes lanes, so xor offsets below
 // kLanes stay in the group. Every lane of the warp must call it.
@@ -388,10 +368,7 @@ struct RowShape {
 };
 
 RowShape row_shape(int64_t groups, std::initializer_list<const at::Tensor*> tensors) {
-  for (const at::Tensor* t : tensors) {
-    if (reinterpret_cast<uintptr_t>(t->const_data_ptr()) % 16 != 0) return {};
-  }
-  if (groups > 32 * kMaxRowChunks) return {};
+  if (!aligned16(tensors) || groups > 32 * kMaxRowChunks) return {};
   const int lanes = groups <= 8 ? 8 : groups <= 16 ? 16 : 32;
   return {lanes, static_cast<int>((groups + lanes - 1) / lanes)};
 }

@@ -1,0 +1,40 @@
+// Eight consecutive elements converted to and from float: one 16-byte load or store for 2-byte
+// types, two for float. The address must be 16-byte aligned (aligned16 checks tensors on the
+// host).
+#pragma once
+#include <ATen/core/Tensor.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <initializer_list>
+
+namespace electra_fast {
+
+// Whether every tensor's data starts on a 16-byte boundary, as load8 and store8 need.
+inline bool aligned16(std::initializer_list<const at::Tensor*> tensors) {
+  return std::all_of(tensors.begin(), tensors.end(), [](const at::Tensor* t) {
+    return reinterpret_cast<uintptr_t>(t->const_data_ptr()) % 16 == 0;
+  });
+}
+
+template <typename T>
+struct alignas(16) Pack8 {
+  T v[8];
+};
+
+template <typename T>
+__device__ __forceinline__ void load8(const T* p, float (&out)[8]) {
+  const Pack8<T> pack = *reinterpret_cast<const Pack8<T>*>(p);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) out[i] = static_cast<float>(pack.v[i]);
+}
+
+template <typename T>
+__device__ __forceinline__ void store8(T* p, const float (&in)[8]) {
+  Pack8<T> pack;
+#pragma unroll
+  for (int i = 0; i < 8; ++i) pack.v[i] = static_cast<T>(in[i]);
+  *reinterpret_cast<Pack8<T>*>(p) = pack;
+}
+
+}  // namespace electra_fast
