@@ -56,8 +56,10 @@ def generator_step_linear(
 
     Args:
         hidden: [M, E], the generator head's output at the masked positions.
-        weight: [V, E], the (tied) word embeddings; bias: [V] or None. Same dtype and device as
-            hidden (float32, bfloat16 or float16).
+        weight: [V, E], the (tied) word embeddings; bias: [V] or None. Same device as hidden,
+            and same dtype (float32, bfloat16 or float16) unless autocast is on for hidden's
+            device: then, as F.linear, all three are multiplied in autocast's dtype and each
+            gradient comes back in its own input's dtype.
         labels, temperature, disallow_labels, ignore_index, generator, seed, row_offset,
             check_values: as generator_step.
         vocab_tile: columns per tile; memory grows with it, matmul efficiency too. Rounded up to
@@ -103,10 +105,15 @@ def _check_linear_inputs(hidden, weight, bias) -> None:
         )
     if bias is not None and bias.shape != weight.shape[:1]:
         raise ValueError(f"bias must have shape [V={weight.shape[0]}], got {tuple(bias.shape)}")
+    # Under autocast F.linear takes fp32 parameters with a bf16 hidden (CPU autocast leaves
+    # the generator head's LayerNorm output in bf16), and so do we.
+    mixed = torch.is_autocast_enabled(hidden.device.type)
     for name, t in (("weight", weight), ("bias", bias)):
         if t is None:
             continue
-        if t.dtype != hidden.dtype:
+        if mixed and t.dtype not in LOGIT_DTYPES:
+            raise TypeError(f"{name} must be float32, bfloat16 or float16, got {t.dtype}")
+        if not mixed and t.dtype != hidden.dtype:
             raise TypeError(f"{name} must have hidden's dtype {hidden.dtype}, got {t.dtype}")
         if t.device != hidden.device:
             raise ValueError(f"{name} must be on hidden's device {hidden.device}, got {t.device}")
@@ -140,7 +147,8 @@ class _GeneratorStepLinear(torch.autograd.Function):
     ):
         V = weight.shape[0]
         ops = step_ops(hidden)
-        ctx.input_dtype = hidden.dtype  # weight's and bias's too (_check_linear_inputs)
+        # Each gradient comes back in its input's dtype (they differ only under autocast).
+        ctx.dtypes = tuple(None if t is None else t.dtype for t in (hidden, weight, bias))
         dtype = matmul_dtype(hidden)
         hidden, weight, bias = (None if t is None else t.to(dtype) for t in (hidden, weight, bias))
         with torch.autocast(hidden.device.type, enabled=False):
@@ -173,7 +181,8 @@ class _GeneratorStepLinear(torch.autograd.Function):
         grad_loss = grad_loss.to(lse.dtype).contiguous()
         grad_hidden = torch.zeros(hidden.shape, dtype=lse.dtype, device=hidden.device)
         grad_weight = torch.empty_like(weight) if need_weight else None
-        grad_bias = torch.empty_like(bias, dtype=ctx.input_dtype) if need_bias else None
+        hidden_dtype, weight_dtype, bias_dtype = ctx.dtypes
+        grad_bias = torch.empty_like(bias, dtype=bias_dtype) if need_bias else None
         with torch.autocast(hidden.device.type, enabled=False):
             for start, end in vocab_tiles(weight.shape[0], ctx.tile):
                 grad = tile_logits(hidden, weight, bias, start, end)
@@ -184,6 +193,6 @@ class _GeneratorStepLinear(torch.autograd.Function):
                     torch.mm(grad.t(), hidden, out=grad_weight[start:end])
                 if need_bias:
                     grad_bias[start:end] = grad.sum(0, dtype=lse.dtype)
-        grad_hidden = grad_hidden.to(ctx.input_dtype) if need_hidden else None
-        grad_weight = grad_weight.to(ctx.input_dtype) if need_weight else None
+        grad_hidden = grad_hidden.to(hidden_dtype) if need_hidden else None
+        grad_weight = grad_weight.to(weight_dtype) if need_weight else None
         return grad_hidden, grad_weight, grad_bias, None, None, None, None, None, None, None

@@ -193,3 +193,29 @@ def test_a_compiled_step_equals_the_eager_one():
     assert compiled_grads.keys() == eager_grads.keys()
     for name, grad in eager_grads.items():
         torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_a_step_under_cpu_autocast_follows_fp32():
+    """Under CPU bf16 autocast (where LayerNorm returns bf16, unlike CUDA's) the step runs, its
+    gradients are the fp32 parameters' dtype, and the generator's loss and gradients (which the
+    samples, drawn from bf16 logits, do not touch) follow the fp32 step's within bf16 error."""
+    torch.manual_seed(0)
+    model = ElectraForPretraining(tiny(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+    ids, mask = batch()
+    keys = torch.tensor([7, 8])
+
+    def run(autocast):
+        model.zero_grad()
+        with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+            out = model(ids, mask, keys=keys, metrics=False)
+        out.loss.backward()
+        return out, {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    (fp32, fp32_grads), (bf16, bf16_grads) = run(False), run(True)
+    torch.testing.assert_close(bf16.gen_loss, fp32.gen_loss, rtol=2e-2, atol=0)
+    assert torch.isfinite(bf16.disc_loss)
+    for name, grad in bf16_grads.items():
+        assert grad.dtype == torch.float32 and torch.isfinite(grad).all(), name
+        if name.startswith("generator.") and grad.abs().sum() > 0:
+            cosine = F.cosine_similarity(grad.flatten(), fp32_grads[name].flatten(), dim=0)
+            assert cosine > 0.99, (name, float(cosine))

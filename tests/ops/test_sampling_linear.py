@@ -220,6 +220,28 @@ def test_autocast_runs_both_passes_in_its_dtype():
         torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
 
 
+def test_autocast_takes_mixed_dtypes():
+    """As F.linear under autocast: a bf16 hidden with fp32 weight and bias (what the generator
+    head gives under CPU autocast) is accepted, and each gradient comes back in its own input's
+    dtype, equal to linear + generator_step's under the same autocast."""
+    hidden, weight, b, labels = linear_inputs(32, 300, 8)
+    with torch.autocast("cpu", torch.bfloat16):
+        (loss, samples, grads), (want_loss, want_samples, want_grads) = run_both(
+            dict(seed=5), hidden.bfloat16(), weight, b, labels, 64, torch.rand(32)
+        )
+    torch.testing.assert_close(loss, want_loss)
+    assert torch.equal(samples, want_samples)
+    assert [g.dtype for g in grads] == [torch.bfloat16, torch.float32, torch.float32]
+    for got, want in zip(grads, want_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
+
+
+def test_mixed_dtypes_outside_autocast_are_an_error():
+    hidden, weight, b, labels = linear_inputs(4, 10, 8)
+    with pytest.raises(TypeError, match="weight must have hidden's dtype"):
+        electra_fast.generator_step_linear(hidden.bfloat16(), weight, b, labels)
+
+
 def test_compiles_under_autocast():
     """torch.compile traces backward with forward's autocast state: with fp32 parameters it once
     failed there ('Expected out tensor to have dtype torch.bfloat16 but got torch.float32')."""
