@@ -3,7 +3,12 @@ the skip flag and Adam), counted on the CPU under a dispatch mode: on a GPU each
 view is a kernel launch, and each op at all a trip through the dispatcher on the host. The count
 does not depend on the batch size.
 
-    python benchmarks/count_step_ops.py [--top 15]
+    python benchmarks/count_step_ops.py [--top 15] [--bf16]
+
+--bf16 counts the step under CPU bf16 autocast, whose casts are those of CUDA autocast but for
+LayerNorm's output (float32 on CUDA, bf16 on the CPU) and the weight gradients' matmuls (on CUDA
+they write float32; on the CPU they multiply float32 copies of their bf16 operands: two casts
+each that a GPU does not run).
 """
 
 import argparse
@@ -12,6 +17,7 @@ import collections
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from electra_fast import amp
 from electra_fast.model import ElectraConfig, ElectraForPretraining
 from electra_fast.model.pretraining import draw_keys
 from electra_fast.pretraining.optimization import AdamWeightDecay, parameter_groups
@@ -36,13 +42,16 @@ class Counter(TorchDispatchMode):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--top", type=int, default=15, help="list the most called ops")
-    top = parser.parse_args().top
+    parser.add_argument("--bf16", action="store_true", help="under CPU bf16 autocast")
+    args = parser.parse_args()
+    top = args.top
     config = ElectraConfig.preset("small", vocab_size=30522, mask_token_id=103,
                                   special_token_ids=(0, 100, 101, 102))  # fmt: skip
     model = ElectraForPretraining(config)
     optimizer = AdamWeightDecay(parameter_groups(model, 0.01), lr=1e-4)
     train_step = TrainStep(model, optimizer, SkipCounter(torch.device("cpu"), limit=10),
-                           max_grad_norm=1.0)  # fmt: skip
+                           max_grad_norm=1.0, autocast=amp.autocast(
+                               "bf16" if args.bf16 else "fp32", torch.device("cpu")))  # fmt: skip
     batch = {"input_ids": torch.randint(1000, 30522, (2, 128))}
     batch["attention_mask"] = torch.ones_like(batch["input_ids"])
     batch["token_type_ids"] = torch.zeros_like(batch["input_ids"])

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from electra_fast.model.casts import casting_weights, linear, with_current_casts
 from electra_fast.model.config import ElectraConfig
 from electra_fast.ops import attention, bias_gelu, dropout_add_layer_norm
 from electra_fast.ops._common import draw_philox_keys, may_synchronise
@@ -31,13 +32,13 @@ _ACTIVATIONS = {
 _BIAS_GELU = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
 
 
-def linear_activation(linear: nn.Linear, x: torch.Tensor, hidden_act: str) -> torch.Tensor:
-    """activation(linear(x)); a GELU through bias_gelu, which adds the linear layer's bias and
+def linear_activation(module: nn.Linear, x: torch.Tensor, hidden_act: str) -> torch.Tensor:
+    """activation(module(x)); a GELU through bias_gelu, which adds the linear layer's bias and
     returns its gradient from its own backward (no reduction of the bias gradient apart)."""
     approximate = _BIAS_GELU.get(hidden_act)
     if approximate is None:
-        return _ACTIVATIONS[hidden_act](linear(x))
-    return bias_gelu(F.linear(x, linear.weight), linear.bias, approximate=approximate)
+        return _ACTIVATIONS[hidden_act](linear(x, module))
+    return bias_gelu(linear(x, module, bias=False), module.bias, approximate=approximate)
 
 
 class Embeddings(nn.Module):
@@ -86,7 +87,7 @@ class Layer(nn.Module):
         """x: [B, L, H] (layout: lengths) or packed [T, H] (layout: cu_seqlens, max_seqlen).
         seeds: the Philox keys of the attention dropout and of the two blocks' dropouts (None:
         each a draw of its own)."""
-        q, k, v = self.qkv(x).unflatten(-1, (3, self.heads, self.head_dim)).unbind(-3)
+        q, k, v = linear(x, self.qkv).unflatten(-1, (3, self.heads, self.head_dim)).unbind(-3)
         attention_p = self.attention_dropout if self.training else 0.0
         hidden_p = self.hidden_dropout if self.training else 0.0
         # The encoder checked the layout once for all layers.
@@ -99,10 +100,10 @@ class Layer(nn.Module):
         return self._add_norm(hidden, self.ffn_out, x, self.ffn_norm, hidden_p, seeds[2])
 
     @staticmethod
-    def _add_norm(h, linear: nn.Linear, x, norm: nn.LayerNorm, dropout_p, seed) -> torch.Tensor:
-        """norm(x + dropout(linear(h)))."""
+    def _add_norm(h, module: nn.Linear, x, norm: nn.LayerNorm, dropout_p, seed) -> torch.Tensor:
+        """norm(x + dropout(module(h)))."""
         return dropout_add_layer_norm(
-            F.linear(h, linear.weight), x, norm.weight, norm.bias, x_bias=linear.bias,
+            linear(h, module, bias=False), x, norm.weight, norm.bias, x_bias=module.bias,
             dropout_p=dropout_p, eps=norm.eps, seed=seed,
         )  # fmt: skip
 
@@ -120,6 +121,7 @@ class Encoder(nn.Module):
         self.layers = nn.ModuleList(Layer(config) for _ in range(config.num_hidden_layers))
         self.gradient_checkpointing = False  # set_gradient_checkpointing
 
+    @casting_weights
     def forward(
         self, input_ids, attention_mask=None, token_type_ids=None, check_values=True
     ) -> torch.Tensor:
@@ -131,7 +133,7 @@ class Encoder(nn.Module):
         )
         x = self.embeddings(input_ids, token_type_ids)
         if self.embeddings_project is not None:
-            x = self.embeddings_project(x)
+            x = linear(x, self.embeddings_project)
         if attention_mask is None:
             return self._layers(x, {})
         lengths = attention_mask.sum(1, dtype=torch.int32)  # what the attention kernels take
@@ -157,8 +159,9 @@ class Encoder(nn.Module):
                 # A layer's randomness is its seeds, inputs like x: the second forward draws
                 # nothing and repeats the first exactly, so no generator state is kept (saving
                 # it would read the CUDA generator, which a CUDA graph cannot record).
-                x = checkpoint(layer, x, layout, layer_seeds, use_reentrant=False,
-                               preserve_rng_state=False)  # fmt: skip
+                # The second forward also gets the first's weight casts.
+                x = checkpoint(with_current_casts(layer), x, layout, layer_seeds,
+                               use_reentrant=False, preserve_rng_state=False)  # fmt: skip
             else:
                 x = layer(x, layout, layer_seeds)
         return x
@@ -224,7 +227,9 @@ class DiscriminatorHead(nn.Module):
         self.hidden_act = config.hidden_act
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.prediction(linear_activation(self.dense, hidden, self.hidden_act)).squeeze(-1)
+        return linear(
+            linear_activation(self.dense, hidden, self.hidden_act), self.prediction
+        ).squeeze(-1)
 
 
 class GeneratorHead(nn.Module):

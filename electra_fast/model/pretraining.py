@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from electra_fast.model import hf
+from electra_fast.model.casts import casting_weights
 from electra_fast.model.config import ElectraConfig
 from electra_fast.model.modeling import Embeddings, check_encoder_inputs
 from electra_fast.model.models import ElectraDiscriminator, ElectraGenerator, with_overrides
@@ -46,6 +47,7 @@ class ElectraForPretraining(nn.Module):
         self.discriminator = ElectraDiscriminator(config, shared)
         self.generator = ElectraGenerator(generator_config, shared)
 
+    @casting_weights
     def forward(
         self,
         input_ids: torch.Tensor,

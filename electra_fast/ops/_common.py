@@ -68,3 +68,18 @@ def may_synchronise(tensor: torch.Tensor) -> bool:
     if tensor.numel() == 0 or torch.compiler.is_compiling():
         return False
     return not (tensor.is_cuda and torch.cuda.is_current_stream_capturing())
+
+
+# torch.mm(..., out_dtype=) (aten::mm.dtype): CUDA only, from torch 2.8 on.
+_MM_OUT_DTYPE = "dtype" in torch.ops.aten.mm.overloads()
+
+
+def mm_float32(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """a @ b of two bfloat16 or float16 matrices, accumulated and returned in float32: the
+    product is never rounded to the inputs' dtype. On CUDA one matmul that writes float32
+    (cuBLAS accumulates in float32 anyway), so a float32 parameter's gradient needs no cast
+    kernel after it; elsewhere the same product from float32 copies of the inputs. `out`: a
+    float32 [a.shape[0], b.shape[1]] tensor to write."""
+    if a.is_cuda and _MM_OUT_DTYPE and a.dtype in (torch.bfloat16, torch.float16):
+        return torch.mm(a, b, out_dtype=torch.float32, out=out)
+    return torch.mm(a.float(), b.float(), out=out)

@@ -25,7 +25,7 @@ import math
 
 import torch
 
-from electra_fast.ops._common import philox_key
+from electra_fast.ops._common import mm_float32, philox_key
 from electra_fast.ops.sampling import (
     LOGIT_DTYPES,
     GeneratorStep,
@@ -180,8 +180,13 @@ class _GeneratorStepLinear(torch.autograd.Function):
         ops = step_ops(hidden)
         grad_loss = grad_loss.to(lse.dtype).contiguous()
         grad_hidden = torch.zeros(hidden.shape, dtype=lse.dtype, device=hidden.device)
-        grad_weight = torch.empty_like(weight) if need_weight else None
         hidden_dtype, weight_dtype, bias_dtype = ctx.dtypes
+        # A float32 weight multiplied in bf16 (autocast) gets its gradient from matmuls that
+        # write float32 (mm_float32): no bf16 rounding, and no cast of [V, E] after them.
+        widen = weight_dtype == torch.float32 and weight.dtype != torch.float32
+        grad_weight = None
+        if need_weight:
+            grad_weight = torch.empty_like(weight, dtype=weight_dtype if widen else None)
         grad_bias = torch.empty_like(bias, dtype=bias_dtype) if need_bias else None
         with torch.autocast(hidden.device.type, enabled=False):
             for start, end in vocab_tiles(weight.shape[0], ctx.tile):
@@ -190,7 +195,8 @@ class _GeneratorStepLinear(torch.autograd.Function):
                 if need_hidden:
                     grad_hidden += grad @ weight[start:end]
                 if need_weight:
-                    torch.mm(grad.t(), hidden, out=grad_weight[start:end])
+                    mm = mm_float32 if widen else torch.mm
+                    mm(grad.t(), hidden, out=grad_weight[start:end])
                 if need_bias:
                     grad_bias[start:end] = grad.sum(0, dtype=lse.dtype)
         grad_hidden = grad_hidden.to(hidden_dtype) if need_hidden else None
