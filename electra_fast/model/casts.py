@@ -14,7 +14,8 @@ were about 600 of the step's kernels and 2.1 ms of its 18.4 ms. Here:
 - `linear(x, module)` is F.linear(x, module.weight, module.bias) in such a forward. Its backward
   returns the float32 weight's gradient from a matmul that writes float32 (mm_float32): the sum
   is not rounded to bfloat16 before it is widened, as autocast's is, so it is closer to the
-  float32 gradient; the bias's comes from a sum that accumulates and writes float32.
+  float32 gradient; the bias's comes from a sum that accumulates and writes float32; and a
+  float32 input's (under CUDA autocast a LayerNorm's output is float32) from such a matmul too.
 
 Outside such a forward, without autocast, or under torch.compile (whose inductor fuses casts
 into their neighbours), `linear` is F.linear and nothing is cast ahead.
@@ -135,9 +136,13 @@ class _LinearOnCasts(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         need_x, need_weight, need_bias = ctx.needs_input_grad[:3]
         grad_x = grad_weight = grad_bias = None
-        if need_x:
-            grad_x = (grad @ weight).to(ctx.x_dtype)
         rows = grad.reshape(-1, grad.shape[-1])
+        if need_x and ctx.x_dtype == torch.float32:
+            # A float32 input (a LayerNorm's output under CUDA autocast) gets its gradient from
+            # a matmul that writes float32, not a bf16 product and a cast kernel after it.
+            grad_x = mm_float32(rows, weight).view(*grad.shape[:-1], weight.shape[1])
+        elif need_x:
+            grad_x = (grad @ weight).to(ctx.x_dtype)
         if need_weight:
             grad_weight = mm_float32(rows.t(), x.reshape(-1, x.shape[-1]))
         if need_bias:

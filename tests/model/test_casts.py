@@ -91,6 +91,26 @@ def test_outputs_equal_autocasts_and_weight_grads_are_not_rounded():
         torch.testing.assert_close(ours[name], autocasts[name], rtol=2e-2, atol=2e-2, msg=name)
 
 
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16])
+def test_one_layers_gradients_are_float32_products_of_its_bf16_operands(x_dtype):
+    """x's, the weight's and the bias's gradients against float64 products of the bf16 operands
+    the forward multiplied: to float32 rounding, for a float32 x (a LayerNorm's output under CUDA
+    autocast) and a float32 weight; a bf16 x gets a bf16 gradient, as under autocast."""
+    net, x = inputs()
+    x = x.to(x_dtype).requires_grad_()
+    with torch.autocast("cpu", torch.bfloat16):
+        out = casts.casting_weights(lambda net, x: casts.linear(x, net.a))(net, x)
+    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).bfloat16()
+    got = grads(net, x, out, grad_out)
+    rows, x_rows = grad_out.double().flatten(0, 1), x.detach().bfloat16().double().flatten(0, 1)
+    w = net.a.weight.detach().bfloat16().double()
+    want = {"x": (rows @ w).view(x.shape), "a.weight": rows.t() @ x_rows, "a.bias": rows.sum(0)}
+    assert got["x"].dtype == x_dtype
+    for name, value in want.items():
+        tolerance = 1e-6 if got[name].dtype == torch.float32 else 1e-2
+        torch.testing.assert_close(got[name].double(), value, rtol=tolerance, atol=tolerance)
+
+
 def test_one_copy_per_forward_and_no_weight_casts():
     net, x = inputs()
     with Calls() as calls, torch.autocast("cpu", torch.bfloat16):
