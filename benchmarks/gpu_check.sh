@@ -102,7 +102,8 @@ fi
 # Where the device time of an ELECTRA-small step goes, kernel by kernel, eager and replayed from
 # CUDA graphs: what to work on next. And a step of one 16-token sequence, where the GPU should
 # have almost nothing to do: on the first GPU run a narrow step of that size replayed from graphs
-# still took 15.2 ms (bench_step_host), so some kernel costs far more than its work there.
+# still took 15.2 ms (bench_step_host, whose generator then had heads of 16 and so ran the
+# reference attention; profile_step's tiny step is ELECTRA-small's layers, heads of 64).
 if has profile; then
   for mode in eager graphs tiny; do
     case $mode in
