@@ -2,7 +2,9 @@
 --graphs the GraphedStep of "cuda_graphs": true) under torch.profiler, a table of the kernels (on
 a GPU) or ops (on the CPU) by their own time per step, grouped into matrix multiplies, our ops
 and the rest, with the step's wall time beside it. The table says which kernel to work on next;
-timings to report come from bench_pretraining.py.
+timings to report come from bench_pretraining.py. On a GPU a second table gives the host's own
+time by op and CUDA runtime call, which shows where an eager step's host time goes and whether
+it waits for the device.
 
     python benchmarks/profile_step.py --device cuda [--graphs] [--batch 128 --length 128]
 """
@@ -46,6 +48,17 @@ def own_times(trace, cuda: bool) -> dict[str, tuple[int, float]]:
             own = event.self_cpu_time_total
         if own > 0:
             rows[event.key] = (event.count, own)
+    return rows
+
+
+def host_times(trace) -> dict[str, tuple[int, float]]:
+    """name -> (calls, own host microseconds) of the ops and CUDA runtime calls (cudaLaunchKernel,
+    cudaStreamSynchronize, cudaMemcpyAsync, ...): where the host's share of an eager step goes,
+    and whether it waits for the device anywhere (a synchronising call's own time is the wait)."""
+    rows = {}
+    for event in trace.key_averages():
+        if event.device_type == torch.autograd.DeviceType.CPU and event.self_cpu_time_total > 0:
+            rows[event.key] = (event.count, event.self_cpu_time_total)
     return rows
 
 
@@ -116,6 +129,9 @@ def main() -> None:
     title = (f"ELECTRA-small step, B={B} L={L}, {mode}, {name}: "
              f"{B * L / wall_ms * 1000:,.0f} tokens/s")  # fmt: skip
     text = table(own_times(trace, cuda), args.steps, wall_ms, args.top, title)
+    if cuda:  # the host's side too (on the CPU the table above is it)
+        text += "\n" + table(host_times(trace), args.steps, wall_ms, args.top,
+                             f"Host time of the same steps (CPU self time): {mode}")  # fmt: skip
     print(text)
     if args.out:
         args.out.write_text(text)

@@ -33,6 +33,24 @@ def test_profile_step_groups_the_step_time(tmp_path):
     assert "electra_fast::attention_forward" in text or "aten::mm" in text
 
 
+def test_host_times_are_the_ops_own_cpu_times():
+    """profile_step's host table, here of CPU ops: each call counted, and the matmul's own time
+    most of the time of steps that are one large matmul each."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    sys.path.insert(0, str(HERE))
+    from profile_step import host_times
+
+    a = torch.randn(512, 512)
+    with profile(activities=[ProfilerActivity.CPU]) as trace:
+        for _ in range(3):
+            torch.matmul(a, a)
+    rows = host_times(trace)
+    assert rows["aten::mm"][0] == 3
+    assert rows["aten::mm"][1] > 0.5 * sum(t for _, t in rows.values())
+
+
 def test_count_step_ops_counts_the_step():
     text = run("count_step_ops.py", "--top", "3")
     parts = dict(re.findall(r"(forward and backward|clip, flag, Adam): (\d+)", text))
