@@ -78,12 +78,12 @@ class Attention : public torch::autograd::Function<Attention> {
   }
 };
 
-using NormSchema = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+using NormSchema = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-    const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, double, double);
+    const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, double, double, bool);
 using NormBackwardSchema = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-    const std::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&,
+    const at::Tensor&, const std::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&,
+    const at::Tensor&, const std::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&,
     const std::optional<at::Tensor>&, double);
 
 class DropoutAddLayerNorm : public torch::autograd::Function<DropoutAddLayerNorm> {
@@ -92,28 +92,35 @@ class DropoutAddLayerNorm : public torch::autograd::Function<DropoutAddLayerNorm
                                const at::Tensor& residual, const at::Tensor& weight,
                                const at::Tensor& bias, const std::optional<at::Tensor>& x_bias,
                                const std::optional<at::Tensor>& seed, double dropout_p,
-                               double eps) {
+                               double eps, bool with_out_x) {
     static const auto op = handle<NormSchema>("electra_fast::dropout_add_layer_norm");
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [out, mean, rstd] = op.call(x, residual, weight, bias, x_bias, seed, dropout_p, eps);
+    auto [out, mean, rstd, out_x] =
+        op.call(x, residual, weight, bias, x_bias, seed, dropout_p, eps, with_out_x);
     // The sum is recomputed from x and residual in the backward, not stored.
     ctx->save_for_backward(
         {x, residual, weight, or_undefined(x_bias), mean, rstd, or_undefined(seed)});
     ctx->saved_data["dropout_p"] = dropout_p;
-    ctx->mark_non_differentiable({mean, rstd});
+    ctx->mark_non_differentiable(with_out_x ? variable_list{mean, rstd}
+                                            : variable_list{mean, rstd, out_x});
     ctx->set_materialize_grads(false);
-    return {out, mean, rstd};
+    return {out, mean, rstd, out_x};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     static const auto op =
         handle<NormBackwardSchema>("electra_fast::dropout_add_layer_norm_backward");
-    variable_list result(8);  // x, residual, weight, bias, x_bias, then three without a gradient
-    if (!grads[0].defined()) return result;
+    // x, residual, weight, bias, x_bias, then four without a gradient
+    variable_list result(9);
+    // The gradients of out and out_x (grads[3]; undefined when it was not asked for or did not
+    // reach the loss), summed by the kernel.
+    if (!grads[0].defined() && !grads[3].defined()) return result;
     const variable_list saved = ctx->get_saved_variables();
+    const at::Tensor grad_out = grads[0].defined() ? grads[0] : at::zeros_like(saved[1]);
     auto [dx, dresidual, dparameters] =
-        op.call(grads[0].contiguous(), saved[0], saved[1], saved[2], or_none(saved[3]), saved[4],
-                saved[5], or_none(saved[6]), ctx->saved_data["dropout_p"].toDouble());
+        op.call(grad_out.contiguous(), or_none(grads[3]), saved[0], saved[1], saved[2],
+                or_none(saved[3]), saved[4], saved[5], or_none(saved[6]),
+                ctx->saved_data["dropout_p"].toDouble());
     result[0] = dx;
     result[1] = dresidual;
     // Rows of one tensor: each parameter's gradient is a contiguous view, which autograd
@@ -123,13 +130,13 @@ class DropoutAddLayerNorm : public torch::autograd::Function<DropoutAddLayerNorm
   }
 };
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> dropout_add_layer_norm_autograd(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dropout_add_layer_norm_autograd(
     const at::Tensor& x, const at::Tensor& residual, const at::Tensor& weight,
     const at::Tensor& bias, const std::optional<at::Tensor>& x_bias,
-    const std::optional<at::Tensor>& seed, double dropout_p, double eps) {
-  variable_list out =
-      DropoutAddLayerNorm::apply(x, residual, weight, bias, x_bias, seed, dropout_p, eps);
-  return {out[0], out[1], out[2]};
+    const std::optional<at::Tensor>& seed, double dropout_p, double eps, bool with_out_x) {
+  variable_list out = DropoutAddLayerNorm::apply(x, residual, weight, bias, x_bias, seed,
+                                                 dropout_p, eps, with_out_x);
+  return {out[0], out[1], out[2], out[3]};
 }
 
 using BiasGeluSchema = at::Tensor(const at::Tensor&, const at::Tensor&, bool);

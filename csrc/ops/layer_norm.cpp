@@ -67,10 +67,10 @@ ResidualDropout check_dropout_add_layer_norm(const at::Tensor& x, const at::Tens
 }
 
 ResidualDropout check_dropout_add_layer_norm_backward(
-    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& residual,
-    const at::Tensor& weight, const std::optional<at::Tensor>& x_bias, const at::Tensor& mean,
-    const at::Tensor& rstd, const std::optional<at::Tensor>& seed, double dropout_p,
-    bool read_seed) {
+    const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_out_x, const at::Tensor& x,
+    const at::Tensor& residual, const at::Tensor& weight, const std::optional<at::Tensor>& x_bias,
+    const at::Tensor& mean, const at::Tensor& rstd, const std::optional<at::Tensor>& seed,
+    double dropout_p, bool read_seed) {
   // The forward's checks, the weight standing in for the bias (which the backward does not take).
   const ResidualDropout drop = check_dropout_add_layer_norm(x, residual, weight, weight, x_bias,
                                                             seed, dropout_p, 1.0, read_seed);
@@ -80,6 +80,14 @@ ResidualDropout check_dropout_add_layer_norm_backward(
                     "grad_out must have the output's shape ", residual.sizes(), ", dtype ",
                     residual.scalar_type(), " and device, got ", grad_out.sizes(), " ",
                     grad_out.scalar_type(), " on ", grad_out.device());
+  if (grad_out_x) {
+    TORCH_CHECK_VALUE(grad_out_x->sizes() == x.sizes() &&
+                          grad_out_x->scalar_type() == x.scalar_type() &&
+                          grad_out_x->device() == x.device(),
+                      "grad_out_x must have x's shape ", x.sizes(), ", dtype ", x.scalar_type(),
+                      " and device, got ", grad_out_x->sizes(), " ", grad_out_x->scalar_type(),
+                      " on ", grad_out_x->device());
+  }
   const int64_t rows = residual.numel() / residual.size(-1);
   for (const at::Tensor* t : {&mean, &rstd}) {
     TORCH_CHECK_VALUE(t->numel() == rows && t->scalar_type() == at::kFloat && t->is_contiguous() &&
@@ -91,11 +99,12 @@ ResidualDropout check_dropout_add_layer_norm_backward(
   return drop;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> new_dropout_add_layer_norm_outputs(
-    const at::Tensor& x, const at::Tensor& residual) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> new_dropout_add_layer_norm_outputs(
+    const at::Tensor& x, const at::Tensor& residual, bool with_out_x) {
   const auto stats_shape = x.sizes().slice(0, x.dim() - 1);
   return {at::empty_like(residual), at::empty(stats_shape, x.options().dtype(at::kFloat)),
-          at::empty(stats_shape, x.options().dtype(at::kFloat))};
+          at::empty(stats_shape, x.options().dtype(at::kFloat)),
+          with_out_x ? at::empty_like(x) : at::empty({0}, x.options())};
 }
 
 namespace {
@@ -164,31 +173,40 @@ EF_INLINE void row_sum(const x_t* x, const float* xb, const r_t* r, const uint8_
   }
 }
 
-// One row of the forward; `s` and `d` are scratch rows. Returns (mean, rstd).
+// One row of the forward; `s` and `d` are scratch rows; out_x null: no copy in x's dtype.
+// Returns (mean, rstd).
 template <typename x_t, typename r_t>
 EF_CPU_CLONES std::pair<float, float> forward_row(const x_t* x, const float* xb, const r_t* r,
                                                   const float* w, const float* b,
                                                   const uint8_t* keep, float scale, int64_t H,
-                                                  float eps, float* s, float* d, r_t* out) {
+                                                  float eps, float* s, float* d, r_t* out,
+                                                  x_t* out_x) {
   row_sum(x, xb, r, keep, scale, H, s);
   const float mean = total(s, H) / static_cast<float>(H);
   for (int64_t c = 0; c < H; ++c) d[c] = (s[c] - mean) * (s[c] - mean);
   const float rstd = 1.0f / std::sqrt(total(d, H) / static_cast<float>(H) + eps);
-  for (int64_t c = 0; c < H; ++c) out[c] = static_cast<r_t>((s[c] - mean) * rstd * w[c] + b[c]);
+  for (int64_t c = 0; c < H; ++c) d[c] = (s[c] - mean) * rstd * w[c] + b[c];
+  for (int64_t c = 0; c < H; ++c) out[c] = static_cast<r_t>(d[c]);
+  if (out_x != nullptr) {
+    for (int64_t c = 0; c < H; ++c) out_x[c] = static_cast<x_t>(d[c]);
+  }
   return {mean, rstd};
 }
 
 // One row of the backward: writes dx and dresidual and adds to the block's dw, db and (xb not
-// null) dxb. `xhat`, `g` and `gx` are scratch rows.
+// null) dxb. The output's gradient is dy, plus dy_x unless null. `xhat`, `g` and `gx` are
+// scratch rows.
 template <typename x_t, typename r_t>
-EF_CPU_CLONES void backward_row(const r_t* dy, const x_t* x, const float* xb, const r_t* r,
+EF_CPU_CLONES void backward_row(const r_t* dy, const x_t* dy_x, const x_t* x, const float* xb,
+                                const r_t* r,
                                 const float* w, const uint8_t* keep, float scale, int64_t H,
                                 float mean, float rstd, float* xhat, float* g, float* gx, float* dw,
                                 float* db, float* dxb, x_t* dx, r_t* dr) {
   row_sum(x, xb, r, keep, scale, H, xhat);
   for (int64_t c = 0; c < H; ++c) {
     xhat[c] = (xhat[c] - mean) * rstd;
-    const float dy_c = static_cast<float>(dy[c]);
+    const float dy_c =
+        static_cast<float>(dy[c]) + (dy_x != nullptr ? static_cast<float>(dy_x[c]) : 0.0f);
     g[c] = dy_c * w[c];
     gx[c] = g[c] * xhat[c];
     dw[c] += dy_c * xhat[c];
@@ -207,21 +225,22 @@ EF_CPU_CLONES void backward_row(const r_t* dy, const x_t* x, const float* xb, co
   }
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> dropout_add_layer_norm_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dropout_add_layer_norm_cpu(
     const at::Tensor& x, const at::Tensor& residual, const at::Tensor& weight,
     const at::Tensor& bias, const std::optional<at::Tensor>& x_bias,
-    const std::optional<at::Tensor>& seed, double dropout_p, double eps) {
+    const std::optional<at::Tensor>& seed, double dropout_p, double eps, bool with_out_x) {
   const ResidualDropout drop =
       check_dropout_add_layer_norm(x, residual, weight, bias, x_bias, seed, dropout_p, eps, true);
   const float* xb = x_bias ? x_bias->const_data_ptr<float>() : nullptr;
   const int64_t H = x.size(-1), M = x.numel() / H;
-  auto [out, mean, rstd] = new_dropout_add_layer_norm_outputs(x, residual);
+  auto [out, mean, rstd, out_x] = new_dropout_add_layer_norm_outputs(x, residual, with_out_x);
   dispatch_dtypes(x.scalar_type(), residual.scalar_type(), [&](auto* x_type, auto* r_type) {
     using x_t = std::remove_pointer_t<decltype(x_type)>;
     using r_t = std::remove_pointer_t<decltype(r_type)>;
     const x_t* xp = x.const_data_ptr<x_t>();
     const r_t* rp = residual.const_data_ptr<r_t>();
     r_t* op = out.mutable_data_ptr<r_t>();
+    x_t* oxp = with_out_x ? out_x.mutable_data_ptr<x_t>() : nullptr;
     float* mp = mean.mutable_data_ptr<float>();
     float* sp = rstd.mutable_data_ptr<float>();
     at::parallel_for(0, M, std::max<int64_t>(1, 16384 / H), [&](int64_t begin, int64_t end) {
@@ -232,20 +251,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dropout_add_layer_norm_cpu(
         std::tie(mp[row], sp[row]) =
             forward_row(xp + row * H, xb, rp + row * H, weight.const_data_ptr<float>(),
                         bias.const_data_ptr<float>(), keep.data(), drop.scale, H,
-                        static_cast<float>(eps), s.data(), d.data(), op + row * H);
+                        static_cast<float>(eps), s.data(), d.data(), op + row * H,
+                        oxp != nullptr ? oxp + row * H : nullptr);
       }
     });
   });
-  return {out, mean, rstd};
+  return {out, mean, rstd, out_x};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> dropout_add_layer_norm_backward_cpu(
-    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& residual,
-    const at::Tensor& weight, const std::optional<at::Tensor>& x_bias, const at::Tensor& mean,
-    const at::Tensor& rstd, const std::optional<at::Tensor>& seed, double dropout_p) {
+    const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_out_x, const at::Tensor& x,
+    const at::Tensor& residual, const at::Tensor& weight, const std::optional<at::Tensor>& x_bias,
+    const at::Tensor& mean, const at::Tensor& rstd, const std::optional<at::Tensor>& seed,
+    double dropout_p) {
   const ResidualDropout drop = check_dropout_add_layer_norm_backward(
-      grad_out, x, residual, weight, x_bias, mean, rstd, seed, dropout_p, true);
+      grad_out, grad_out_x, x, residual, weight, x_bias, mean, rstd, seed, dropout_p, true);
   const at::Tensor dy = grad_out.contiguous();
+  const at::Tensor dy_x = grad_out_x ? grad_out_x->contiguous() : at::Tensor();
   const int64_t H = x.size(-1), M = x.numel() / H, P = parameter_gradients(x_bias);
   const int64_t blocks = (M + kRowsPerBlock - 1) / kRowsPerBlock;
   const float* xb = x_bias ? x_bias->const_data_ptr<float>() : nullptr;
@@ -258,6 +280,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dropout_add_layer_norm_backward_c
     const x_t* xp = x.const_data_ptr<x_t>();
     const r_t* rp = residual.const_data_ptr<r_t>();
     const r_t* gp = dy.const_data_ptr<r_t>();
+    const x_t* gxp = dy_x.defined() ? dy_x.const_data_ptr<x_t>() : nullptr;
     const float* mp = mean.const_data_ptr<float>();
     const float* sp = rstd.const_data_ptr<float>();
     x_t* dxp = grad_x.mutable_data_ptr<x_t>();
@@ -270,7 +293,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dropout_add_layer_norm_backward_c
         for (int64_t row = block * kRowsPerBlock; row < std::min(M, (block + 1) * kRowsPerBlock);
              ++row) {
           keep_mask(drop, row, H, keep.data());
-          backward_row(gp + row * H, xp + row * H, xb, rp + row * H, weight.const_data_ptr<float>(),
+          backward_row(gp + row * H, gxp != nullptr ? gxp + row * H : nullptr, xp + row * H, xb,
+                       rp + row * H, weight.const_data_ptr<float>(),
                        keep.data(), drop.scale, H, mp[row], sp[row], xhat.data(), g.data(),
                        gx.data(), dw, dw + H, dw + 2 * H, dxp + row * H, drp + row * H);
         }

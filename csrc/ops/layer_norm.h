@@ -15,6 +15,11 @@
 //
 // Arithmetic in fp32 whatever the dtypes: the sum s = residual + (x + x_bias) * keep * scale is
 // never rounded, mean and variance are two passes over s, rstd = 1 / sqrt(var + eps).
+//
+// out_x (with_out_x): the output rounded to x's dtype as well. Under CUDA autocast the output is
+// float32 (the next block's residual) and the next block's matmul casts it to bfloat16, a kernel
+// of its own; out_x is that cast, written by the same pass. Its gradient (grad_out_x, in x's
+// dtype) is added to out's by the backward, instead of by an add kernel of autograd's.
 #pragma once
 #include <ATen/core/Tensor.h>
 
@@ -68,7 +73,8 @@ ResidualDropout check_dropout_add_layer_norm(const at::Tensor& x, const at::Tens
 // Validates the backward's arguments (the forward's, and those it did not see); returns the
 // dropout settings as check_dropout_add_layer_norm does.
 ResidualDropout check_dropout_add_layer_norm_backward(
-    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& residual,
+    const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_out_x, const at::Tensor& x,
+    const at::Tensor& residual,
     const at::Tensor& weight, const std::optional<at::Tensor>& x_bias, const at::Tensor& mean,
     const at::Tensor& rstd, const std::optional<at::Tensor>& seed, double dropout_p,
     bool read_seed);
@@ -80,8 +86,8 @@ inline int64_t parameter_gradients(const std::optional<at::Tensor>& x_bias) {
 }
 
 // The forward's outputs, allocated: out (residual's dtype), mean and rstd (float32, x's shape
-// without its last dimension).
-std::tuple<at::Tensor, at::Tensor, at::Tensor> new_dropout_add_layer_norm_outputs(
-    const at::Tensor& x, const at::Tensor& residual);
+// without its last dimension), out_x (x's dtype and shape when with_out_x, else empty).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> new_dropout_add_layer_norm_outputs(
+    const at::Tensor& x, const at::Tensor& residual, bool with_out_x);
 
 }  // namespace electra_fast

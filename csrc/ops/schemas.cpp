@@ -55,17 +55,19 @@ TORCH_LIBRARY(electra_fast, m) {
       "Tensor? lengths, Tensor? cu_seqlens, int max_seqlen, Tensor? seed, float dropout_p, "
       "float softmax_scale) -> (Tensor, Tensor, Tensor)");
   // LayerNorm(residual + dropout(x + x_bias)) * weight + bias over the last dimension
-  // (layer_norm.h): returns (out, mean, rstd), the statistics fp32 of x's shape without its last
-  // dimension. The backward recomputes the sum and the dropout mask from x, residual and `seed`;
-  // it returns the gradients of x and residual, and those of weight, bias and x_bias (when
-  // given) as the rows of one float32 [2 or 3, H] tensor.
+  // (layer_norm.h): returns (out, mean, rstd, out_x), the statistics fp32 of x's shape without
+  // its last dimension, out_x the output in x's dtype too when with_out_x (else empty). The
+  // backward recomputes the sum and the dropout mask from x, residual and `seed`; it takes the
+  // gradients of out and (optionally) out_x, and returns those of x and residual, and those of
+  // weight, bias and x_bias (when given) as the rows of one float32 [2 or 3, H] tensor.
   m.def(
       "dropout_add_layer_norm(Tensor x, Tensor residual, Tensor weight, Tensor bias, "
-      "Tensor? x_bias, Tensor? seed, float dropout_p, float eps) -> (Tensor, Tensor, Tensor)");
+      "Tensor? x_bias, Tensor? seed, float dropout_p, float eps, bool with_out_x) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
-      "dropout_add_layer_norm_backward(Tensor grad_out, Tensor x, Tensor residual, "
-      "Tensor weight, Tensor? x_bias, Tensor mean, Tensor rstd, Tensor? seed, float dropout_p) "
-      "-> (Tensor, Tensor, Tensor)");
+      "dropout_add_layer_norm_backward(Tensor grad_out, Tensor? grad_out_x, Tensor x, "
+      "Tensor residual, Tensor weight, Tensor? x_bias, Tensor mean, Tensor rstd, Tensor? seed, "
+      "float dropout_p) -> (Tensor, Tensor, Tensor)");
   // gelu(x + bias) over the last dimension (bias_gelu.h), the exact form or, with `approximate`,
   // the tanh one. The backward returns the gradients of x and of bias.
   m.def("bias_gelu(Tensor x, Tensor bias, bool approximate) -> Tensor");

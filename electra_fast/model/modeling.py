@@ -65,7 +65,10 @@ class Layer(nn.Module):
     and value come from one matmul; each block's dropout, residual sum and LayerNorm are one op
     (dropout_add_layer_norm), which also adds the bias of the block's output projection; a GELU
     feed-forward block adds its first bias in its activation (bias_gelu). Those biases' gradients
-    then come from the ops' backwards, not from reductions of their own."""
+    then come from the ops' backwards, not from reductions of their own. Under CUDA autocast each
+    LayerNorm's output is float32 (the residual) and also, from the same op, in the matmuls'
+    bfloat16 (`with_out_x`): no cast kernel before the next matmul, and no add of the two
+    gradients after it."""
 
     def __init__(self, config: ElectraConfig):
         super().__init__()
@@ -82,29 +85,36 @@ class Layer(nn.Module):
         self.attention_dropout = config.attention_probs_dropout_prob
 
     def forward(
-        self, x: torch.Tensor, layout: dict, seeds: Sequence[torch.Tensor | None] = (None,) * 3
-    ) -> torch.Tensor:
+        self,
+        x: torch.Tensor,
+        layout: dict,
+        seeds: Sequence[torch.Tensor | None] = (None,) * 3,
+        x_in: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """x: [B, L, H] (layout: lengths) or packed [T, H] (layout: cu_seqlens, max_seqlen).
         seeds: the Philox keys of the attention dropout and of the two blocks' dropouts (None:
-        each a draw of its own)."""
-        q, k, v = linear(x, self.qkv).unflatten(-1, (3, self.heads, self.head_dim)).unbind(-3)
+        each a draw of its own). x_in: x as the first matmul takes it (the previous layer's
+        out_x), or None: x. Returns the layer's output and the same as the next layer's first
+        matmul takes it (the output itself but under CUDA autocast)."""
+        h = x if x_in is None else x_in
+        q, k, v = linear(h, self.qkv).unflatten(-1, (3, self.heads, self.head_dim)).unbind(-3)
         attention_p = self.attention_dropout if self.training else 0.0
         hidden_p = self.hidden_dropout if self.training else 0.0
         # The encoder checked the layout once for all layers.
         context = attention(
             q, k, v, dropout_p=attention_p, seed=seeds[0], check_values=False, **layout
         )
-        x = self._add_norm(context.flatten(-2), self.attention_out, x, self.attention_norm,
-                           hidden_p, seeds[1])  # fmt: skip
-        hidden = linear_activation(self.ffn_in, x, self.hidden_act)
+        x, x_in = self._add_norm(context.flatten(-2), self.attention_out, x, self.attention_norm,
+                                 hidden_p, seeds[1])  # fmt: skip
+        hidden = linear_activation(self.ffn_in, x_in, self.hidden_act)
         return self._add_norm(hidden, self.ffn_out, x, self.ffn_norm, hidden_p, seeds[2])
 
     @staticmethod
-    def _add_norm(h, module: nn.Linear, x, norm: nn.LayerNorm, dropout_p, seed) -> torch.Tensor:
-        """norm(x + dropout(module(h)))."""
+    def _add_norm(h, module: nn.Linear, x, norm: nn.LayerNorm, dropout_p, seed):
+        """norm(x + dropout(module(h))), and the same in module's output dtype."""
         return dropout_add_layer_norm(
             linear(h, module, bias=False), x, norm.weight, norm.bias, x_bias=module.bias,
-            dropout_p=dropout_p, eps=norm.eps, seed=seed,
+            dropout_p=dropout_p, eps=norm.eps, seed=seed, with_out_x=True,
         )  # fmt: skip
 
 
@@ -154,16 +164,17 @@ class Encoder(nn.Module):
         if self.training and dropout and seeds:
             seeds = [row.unbind() for row in draw_philox_keys(x.device, None, (len(seeds), 3))]
         recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        x_in = None
         for layer, layer_seeds in zip(self.layers, seeds, strict=True):
             if recompute:
                 # A layer's randomness is its seeds, inputs like x: the second forward draws
                 # nothing and repeats the first exactly, so no generator state is kept (saving
                 # it would read the CUDA generator, which a CUDA graph cannot record).
                 # The second forward also gets the first's weight casts.
-                x = checkpoint(with_current_casts(layer), x, layout, layer_seeds,
-                               use_reentrant=False, preserve_rng_state=False)  # fmt: skip
+                x, x_in = checkpoint(with_current_casts(layer), x, layout, layer_seeds, x_in,
+                                     use_reentrant=False, preserve_rng_state=False)  # fmt: skip
             else:
-                x = layer(x, layout, layer_seeds)
+                x, x_in = layer(x, layout, layer_seeds, x_in)
         return x
 
 

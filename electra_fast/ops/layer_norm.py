@@ -46,7 +46,8 @@ def dropout_add_layer_norm(
     eps: float = 1e-5,
     generator: torch.Generator | None = None,
     seed: int | torch.Tensor | None = None,
-) -> torch.Tensor:
+    with_out_x: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """layer_norm(residual + dropout(x + x_bias, dropout_p)) * weight + bias over the last
     dimension.
 
@@ -61,11 +62,18 @@ def dropout_add_layer_norm(
         dropout_p: dropout on x, in [0, 1).
         eps: added to the variance.
         generator, seed: where the Philox key of the dropout comes from, as for mask_tokens.
+        with_out_x: also return the output in x's dtype. Under CUDA autocast the output is
+            float32 (the next block's residual) while the next block's matmul wants it in x's
+            bfloat16: the kernel writes both in one pass, and its backward adds the two
+            gradients, where a cast and autograd's sum of the two would each be a kernel.
 
     Returns:
-        The normalised sum, differentiable in x, residual, weight, bias and x_bias.
+        The normalised sum, differentiable in x, residual, weight, bias and x_bias; with
+        `with_out_x`, (out, out_x), out_x equal to out.to(x.dtype) (out itself when the dtypes
+        are the same) and differentiable like it.
     """
     _check_inputs(x, residual, weight, bias, x_bias, dropout_p, eps)
+    x_dtype = x.dtype
     # (promote_types is an op of its own: a trip through the dispatcher saved per layer.)
     dtype = x.dtype if x.dtype == residual.dtype else torch.promote_types(x.dtype, residual.dtype)
     if x.is_cuda and torch.is_autocast_enabled("cuda"):
@@ -79,14 +87,18 @@ def dropout_add_layer_norm(
             # Rows too wide for the kernel with x_bias: the sum first (fp32 where residual is).
             wide = torch.float32 if residual.dtype == torch.float32 else x.dtype
             x, x_bias = (x.float() + x_bias.float()).to(wide).contiguous(), None
-        out, _, _ = torch.ops.electra_fast.dropout_add_layer_norm(
+        in_kernel = with_out_x and x.dtype != dtype  # x still of x_dtype, the output's differs
+        out, _, _, out_x = torch.ops.electra_fast.dropout_add_layer_norm(
             x, residual, weight.float(), bias.float(), None if x_bias is None else x_bias.float(),
-            key, float(dropout_p), float(eps),
+            key, float(dropout_p), float(eps), in_kernel,
         )  # fmt: skip
-        return out
-    return dropout_add_layer_norm_reference(
+        if not with_out_x:
+            return out
+        return out, out_x if in_kernel else out.to(x_dtype)
+    out = dropout_add_layer_norm_reference(
         x, residual, weight, bias, key, dropout_p, eps, x_bias=x_bias
     )
+    return (out, out.to(x_dtype)) if with_out_x else out
 
 
 def use_kernel(x: torch.Tensor, dtype: torch.dtype) -> bool:
@@ -147,12 +159,13 @@ def _check_inputs(x, residual, weight, bias, x_bias, dropout_p, eps) -> None:
         raise ValueError(f"eps must be positive, got {eps}")
 
 
-def _forward_fake(x, residual, weight, bias, x_bias, seed, dropout_p, eps):
+def _forward_fake(x, residual, weight, bias, x_bias, seed, dropout_p, eps, with_out_x):
     stats = residual.new_empty(residual.shape[:-1], dtype=torch.float32)
-    return torch.empty_like(residual), stats, torch.empty_like(stats)
+    out_x = torch.empty_like(x) if with_out_x else x.new_empty(0)
+    return torch.empty_like(residual), stats, torch.empty_like(stats), out_x
 
 
-def _backward_fake(grad_out, x, residual, weight, x_bias, mean, rstd, seed, dropout_p):
+def _backward_fake(grad_out, grad_out_x, x, residual, weight, x_bias, mean, rstd, seed, dropout_p):
     parameters = 2 if x_bias is None else 3
     return (
         torch.empty_like(x),

@@ -201,10 +201,46 @@ def test_opcheck():
         pytest.skip("no compiled kernels in this build")
     x, residual, weight, bias, x_bias = (t.requires_grad_() for t in inputs((3, 24), x_bias=True))
     op = torch.ops.electra_fast.dropout_add_layer_norm.default
-    torch.library.opcheck(op, (x, residual, weight, bias, None, torch.tensor(3), 0.2, 1e-5))
-    torch.library.opcheck(op, (x, residual, weight, bias, x_bias, torch.tensor(3), 0.2, 1e-5))
+    key = torch.tensor(3)
+    torch.library.opcheck(op, (x, residual, weight, bias, None, key, 0.2, 1e-5, False))
+    torch.library.opcheck(op, (x, residual, weight, bias, x_bias, key, 0.2, 1e-5, False))
     x16 = x.detach().bfloat16().requires_grad_()
-    torch.library.opcheck(op, (x16, residual, weight, bias, x_bias, None, 0.0, 1e-5))
+    torch.library.opcheck(op, (x16, residual, weight, bias, x_bias, None, 0.0, 1e-5, False))
+    torch.library.opcheck(op, (x16, residual, weight, bias, x_bias, key, 0.2, 1e-5, True))
+
+
+def out_x_and_summed(tensors, p, seed, grads, device=None):
+    """(out, out_x) of one call with_out_x and the inputs' gradients from `grads` (out's and
+    out_x's, either None: not used); and the plain call's output and inputs' gradients given
+    the sum of the two gradients in out's dtype, as autograd would add them."""
+    leaves = [t.detach().clone().requires_grad_() for t in tensors]
+    out, out_x = dropout_add_layer_norm(*leaves[:4], x_bias=(leaves[4:] or [None])[0],
+                                        dropout_p=p, seed=seed, with_out_x=True)  # fmt: skip
+    used = [(t, g) for t, g in zip((out, out_x), grads, strict=True) if g is not None]
+    torch.autograd.backward([t for t, _ in used], [g for _, g in used])
+    total = sum(g.to(out.dtype) for g in grads if g is not None)
+    plain, plain_grads = run(op(p, seed), tensors, total)
+    return (out, out_x, [t.grad for t in leaves]), (plain, plain_grads)
+
+
+@pytest.mark.parametrize("used", ["both", "out", "out_x"])
+@pytest.mark.parametrize("x_bias", [False, True], ids=["", "x_bias"])
+@pytest.mark.parametrize("dtypes", DTYPES, ids=lambda d: f"{d[0]}-{d[1]}".replace("torch.", ""))
+def test_out_x_is_the_output_in_xs_dtype_and_its_gradient_adds(impl, device, dtypes, x_bias, used):
+    """out_x equals out.to(x.dtype) to the bit, and the gradients of a call whose out and out_x
+    both (or either alone) reach the loss equal those of the plain call given the sum of the
+    two gradients: the kernel adds them in float32 as autograd would."""
+    tensors = inputs((5, 3, 64), *dtypes, device=device, x_bias=x_bias)
+    g = torch.Generator().manual_seed(2)
+    grad = torch.randn(5, 3, 64, generator=g).to(device=device, dtype=dtypes[1])
+    grad_x = torch.randn(5, 3, 64, generator=g).to(device=device, dtype=dtypes[0])
+    grads = {"both": (grad, grad_x), "out": (grad, None), "out_x": (None, grad_x)}[used]
+    seed = torch.tensor(5, device=device)
+    (out, out_x, got), (plain, want) = out_x_and_summed(tensors, 0.1, seed, grads)
+    assert torch.equal(out, plain)
+    assert out_x.dtype == dtypes[0] and torch.equal(out_x, out.to(dtypes[0]))
+    for name, a, b in zip(("x", "residual", "weight", "bias", "x_bias"), got, want, strict=False):
+        assert torch.equal(a, b), name
 
 
 @pytest.mark.parametrize("p", [0.0, 0.1])
@@ -250,7 +286,7 @@ def test_the_kernel_op_refuses_a_missing_key():
     x, residual, weight, bias = inputs((2, 8))
     with pytest.raises(ValueError, match="seed is required when dropout_p > 0"):
         torch.ops.electra_fast.dropout_add_layer_norm(
-            x, residual, weight, bias, None, None, 0.1, 1e-5
+            x, residual, weight, bias, None, None, 0.1, 1e-5, False
         )
 
 
@@ -281,3 +317,22 @@ def test_cuda_equals_cpu(H, aligned, x_bias):
     assert torch.equal(cuda_grads[0].cpu() == 0, grads[0] == 0)  # the same dropped elements
     for a, b in zip(cuda_grads, grads, strict=True):
         torch.testing.assert_close(a.cpu().float(), b.float(), rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("x_bias", [False, True], ids=["", "x_bias"])
+@pytest.mark.parametrize("H", [64, 256, 1024, 2048])
+def test_cuda_out_x_is_the_output_in_xs_dtype_and_its_gradient_adds(H, x_bias):
+    """The row kernels (up to 1024) and the loop kernels (2048) write out_x and add its
+    gradient: the same checks as on the CPU, on CUDA autocast's mix of dtypes."""
+    tensors = inputs((37, H), torch.bfloat16, torch.float32, device="cuda", x_bias=x_bias)
+    g = torch.Generator().manual_seed(2)
+    grads = (torch.randn(37, H, generator=g).cuda(), torch.randn(37, H, generator=g).cuda())
+    grads = (grads[0], grads[1].bfloat16())
+    seed = torch.tensor(5, device="cuda")
+    (out, out_x, got), (plain, want) = out_x_and_summed(tensors, 0.1, seed, grads)
+    assert torch.equal(out, plain)
+    assert torch.equal(out_x, out.bfloat16())
+    for a, b in zip(got, want, strict=True):
+        assert torch.equal(a, b)

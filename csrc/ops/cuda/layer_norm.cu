@@ -76,7 +76,7 @@ __global__ void __launch_bounds__(kForwardWarps * 32)
                         const float* __restrict__ x_bias, const int64_t* __restrict__ seed,
                         ResidualDropout drop, int64_t M, int64_t H, float eps,
                         r_t* __restrict__ out, float* __restrict__ mean_out,
-                        float* __restrict__ rstd_out) {
+                        float* __restrict__ rstd_out, x_t* __restrict__ out_x) {
   const int lane = threadIdx.x % 32;
   const int64_t row = blockIdx.x * static_cast<int64_t>(kForwardWarps) + threadIdx.x / 32;
   if (row >= M) return;
@@ -102,7 +102,9 @@ __global__ void __launch_bounds__(kForwardWarps * 32)
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
       const int64_t c = 8 * g + i;
-      out[row * H + c] = static_cast<r_t>((s[i] - mean) * rstd * weight[c] + bias[c]);
+      const float o = (s[i] - mean) * rstd * weight[c] + bias[c];
+      out[row * H + c] = static_cast<r_t>(o);
+      if (out_x != nullptr) out_x[row * H + c] = static_cast<x_t>(o);
     }
   }
   if (lane == 0) {
@@ -112,7 +114,8 @@ __global__ void __launch_bounds__(kForwardWarps * 32)
 }
 
 template <typename x_t, typename r_t>
-__global__ void backward_loop_kernel(const r_t* __restrict__ grad_out, const x_t* __restrict__ x,
+__global__ void backward_loop_kernel(const r_t* __restrict__ grad_out,
+                                     const x_t* __restrict__ grad_out_x, const x_t* __restrict__ x,
                                      const r_t* __restrict__ residual,
                                      const float* __restrict__ weight,
                                      const float* __restrict__ x_bias,
@@ -136,6 +139,11 @@ __global__ void backward_loop_kernel(const r_t* __restrict__ grad_out, const x_t
     const x_t* xr = x + row * H;
     const r_t* rr = residual + row * H;
     const r_t* dyr = grad_out + row * H;
+    const x_t* dyxr = grad_out_x != nullptr ? grad_out_x + row * H : nullptr;
+    // The output's gradient at column c: out's, plus out_x's when it has one.
+    auto dy_at = [&](int64_t c) {
+      return static_cast<float>(dyr[c]) + (dyxr != nullptr ? static_cast<float>(dyxr[c]) : 0.0f);
+    };
     const float m = mean[row], inv = rstd[row];
     float s[8], sum_g = 0.0f, sum_gx = 0.0f;
     // Each lane owns its chunks' columns: its updates of dw and db race with no other lane's.
@@ -144,7 +152,7 @@ __global__ void backward_loop_kernel(const r_t* __restrict__ grad_out, const x_t
 #pragma unroll
       for (int i = 0; i < 8; ++i) {
         const int64_t c = 8 * g + i;
-        const float xhat = (s[i] - m) * inv, dy = static_cast<float>(dyr[c]);
+        const float xhat = (s[i] - m) * inv, dy = dy_at(c);
         const float gc = dy * weight[c];
         sum_g += gc;
         sum_gx += gc * xhat;
@@ -160,7 +168,7 @@ __global__ void backward_loop_kernel(const r_t* __restrict__ grad_out, const x_t
       for (int i = 0; i < 8; ++i) {
         const int64_t c = 8 * g + i;
         const float xhat = (s[i] - m) * inv;
-        const float ds = inv * (static_cast<float>(dyr[c]) * weight[c] - mean_g - xhat * mean_gx);
+        const float ds = inv * (dy_at(c) * weight[c] - mean_g - xhat * mean_gx);
         const float dx = (bits >> i) & 1u ? ds * drop.scale : 0.0f;
         grad_residual[row * H + c] = static_cast<r_t>(ds);
         grad_x[row * H + c] = static_cast<x_t>(dx);
@@ -227,7 +235,8 @@ __global__ void __launch_bounds__(kRowThreads)
                        const float* __restrict__ weight, const float* __restrict__ bias,
                        const float* __restrict__ x_bias, const int64_t* __restrict__ seed,
                        ResidualDropout drop, int64_t M, int64_t H, float eps, r_t* __restrict__ out,
-                       float* __restrict__ mean_out, float* __restrict__ rstd_out) {
+                       float* __restrict__ mean_out, float* __restrict__ rstd_out,
+                       x_t* __restrict__ out_x) {
   const int lane = threadIdx.x % kLanes;
   const int64_t row = (static_cast<int64_t>(blockIdx.x) * kRowThreads + threadIdx.x) / kLanes;
   // Lanes past the last row stay for the shuffles, loading and storing nothing.
@@ -265,6 +274,7 @@ __global__ void __launch_bounds__(kRowThreads)
 #pragma unroll
       for (int i = 0; i < 8; ++i) o[i] = (s[j][i] - mean) * rstd * w[i] + b[i];
       store8(out + row * H + 8 * g, o);
+      if (out_x != nullptr) store8(out_x + row * H + 8 * g, o);
     }
   }
   if (lane == 0) {
@@ -276,7 +286,8 @@ __global__ void __launch_bounds__(kRowThreads)
 // kXBias: x_bias is given (not null), and x's gradient is summed over the rows too.
 template <typename x_t, typename r_t, int kLanes, int kChunks, bool kXBias>
 __global__ void __launch_bounds__(kRowThreads)
-    backward_row_kernel(const r_t* __restrict__ grad_out, const x_t* __restrict__ x,
+    backward_row_kernel(const r_t* __restrict__ grad_out, const x_t* __restrict__ grad_out_x,
+                        const x_t* __restrict__ x,
                         const r_t* __restrict__ residual, const float* __restrict__ weight,
                         const float* __restrict__ x_bias, const float* __restrict__ mean,
                         const float* __restrict__ rstd, const int64_t* __restrict__ seed,
@@ -308,6 +319,12 @@ __global__ void __launch_bounds__(kRowThreads)
         float dy[8], w[8];
         bits[j] = load_chunk_sum(x, xb, residual, row, g, H, drop, xhat[j]);
         load8(grad_out + row * H + 8 * g, dy);
+        if (grad_out_x != nullptr) {
+          float dy_x[8];
+          load8(grad_out_x + row * H + 8 * g, dy_x);
+#pragma unroll
+          for (int i = 0; i < 8; ++i) dy[i] += dy_x[i];
+        }
         load8(weight + 8 * g, w);
 #pragma unroll
         for (int i = 0; i < 8; ++i) {
@@ -403,20 +420,22 @@ const float* data_or_null(const std::optional<at::Tensor>& t) {
   return t ? t->const_data_ptr<float>() : nullptr;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> dropout_add_layer_norm_cuda(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dropout_add_layer_norm_cuda(
     const at::Tensor& x, const at::Tensor& residual, const at::Tensor& weight,
     const at::Tensor& bias, const std::optional<at::Tensor>& x_bias,
-    const std::optional<at::Tensor>& seed, double dropout_p, double eps) {
+    const std::optional<at::Tensor>& seed, double dropout_p, double eps, bool with_out_x) {
   const ResidualDropout drop =
       check_dropout_add_layer_norm(x, residual, weight, bias, x_bias, seed, dropout_p, eps, false);
   const int64_t H = x.size(-1), M = x.numel() / H;
   check_cuda_hidden(H, x_bias);
   const c10::cuda::CUDAGuard guard(x.device());
-  auto [out, mean, rstd] = new_dropout_add_layer_norm_outputs(x, residual);
-  if (M == 0) return {out, mean, rstd};
+  auto [out, mean, rstd, out_x] = new_dropout_add_layer_norm_outputs(x, residual, with_out_x);
+  if (M == 0) return {out, mean, rstd, out_x};
   const int64_t* seed_ptr = drop.threshold != 0 ? seed->const_data_ptr<int64_t>() : nullptr;
-  const at::Tensor& xb = x_bias ? *x_bias : weight;  // (weight: a stand-in for the alignment)
-  const RowShape shape = row_shape(drop.groups, {&x, &residual, &weight, &bias, &xb, &out});
+  // (weight: a stand-in for the alignment of what is not given)
+  const at::Tensor& xb = x_bias ? *x_bias : weight;
+  const at::Tensor& ox = with_out_x ? out_x : x;
+  const RowShape shape = row_shape(drop.groups, {&x, &residual, &weight, &bias, &xb, &out, &ox});
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   dispatch_dtypes(x.scalar_type(), residual.scalar_type(), [&](auto* x_type, auto* r_type) {
     using x_t = std::remove_pointer_t<decltype(x_type)>;
@@ -425,7 +444,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dropout_add_layer_norm_cuda(
         x.const_data_ptr<x_t>(), residual.const_data_ptr<r_t>(), weight.const_data_ptr<float>(),
         bias.const_data_ptr<float>(), data_or_null(x_bias), seed_ptr, drop, M, H,
         static_cast<float>(eps), out.mutable_data_ptr<r_t>(), mean.mutable_data_ptr<float>(),
-        rstd.mutable_data_ptr<float>());
+        rstd.mutable_data_ptr<float>(), with_out_x ? out_x.mutable_data_ptr<x_t>() : nullptr);
     if (shape.lanes == 0) {
       const auto blocks = static_cast<unsigned>((M + kForwardWarps - 1) / kForwardWarps);
       std::apply(
@@ -448,33 +467,38 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dropout_add_layer_norm_cuda(
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {out, mean, rstd};
+  return {out, mean, rstd, out_x};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> dropout_add_layer_norm_backward_cuda(
-    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& residual,
-    const at::Tensor& weight, const std::optional<at::Tensor>& x_bias, const at::Tensor& mean,
-    const at::Tensor& rstd, const std::optional<at::Tensor>& seed, double dropout_p) {
+    const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_out_x, const at::Tensor& x,
+    const at::Tensor& residual, const at::Tensor& weight, const std::optional<at::Tensor>& x_bias,
+    const at::Tensor& mean, const at::Tensor& rstd, const std::optional<at::Tensor>& seed,
+    double dropout_p) {
   const ResidualDropout drop = check_dropout_add_layer_norm_backward(
-      grad_out, x, residual, weight, x_bias, mean, rstd, seed, dropout_p, false);
+      grad_out, grad_out_x, x, residual, weight, x_bias, mean, rstd, seed, dropout_p, false);
   const int64_t H = x.size(-1), M = x.numel() / H, P = parameter_gradients(x_bias);
   check_cuda_hidden(H, x_bias);
   const c10::cuda::CUDAGuard guard(x.device());
   const at::Tensor dy = grad_out.contiguous();
+  const at::Tensor dy_x = grad_out_x ? grad_out_x->contiguous() : at::Tensor();
   at::Tensor grad_x = at::empty_like(x), grad_residual = at::empty_like(residual);
   const int64_t blocks = (M + kRowsPerBlock - 1) / kRowsPerBlock;
   at::Tensor partial = at::empty({P, blocks, H}, weight.options());
   if (M > 0) {
-    const at::Tensor& xb = x_bias ? *x_bias : weight;  // (a stand-in for the alignment)
-    const RowShape shape =
-        row_shape(drop.groups, {&dy, &x, &residual, &weight, &xb, &grad_x, &grad_residual});
+    // (stand-ins for the alignment of what is not given)
+    const at::Tensor& xb = x_bias ? *x_bias : weight;
+    const at::Tensor& dyx = dy_x.defined() ? dy_x : x;
+    const RowShape shape = row_shape(
+        drop.groups, {&dy, &dyx, &x, &residual, &weight, &xb, &grad_x, &grad_residual});
     const int64_t* seed_ptr = drop.threshold != 0 ? seed->const_data_ptr<int64_t>() : nullptr;
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
     dispatch_dtypes(x.scalar_type(), residual.scalar_type(), [&](auto* x_type, auto* r_type) {
       using x_t = std::remove_pointer_t<decltype(x_type)>;
       using r_t = std::remove_pointer_t<decltype(r_type)>;
       const auto args = std::make_tuple(
-          dy.const_data_ptr<r_t>(), x.const_data_ptr<x_t>(), residual.const_data_ptr<r_t>(),
+          dy.const_data_ptr<r_t>(), dy_x.defined() ? dy_x.const_data_ptr<x_t>() : nullptr,
+          x.const_data_ptr<x_t>(), residual.const_data_ptr<r_t>(),
           weight.const_data_ptr<float>(), data_or_null(x_bias), mean.const_data_ptr<float>(),
           rstd.const_data_ptr<float>(), seed_ptr, drop, M, H, grad_x.mutable_data_ptr<x_t>(),
           grad_residual.mutable_data_ptr<r_t>(), partial.mutable_data_ptr<float>());
