@@ -65,6 +65,8 @@ def with_current_casts(fn: Callable) -> Callable:
     """`fn` to run with the casts of the forward under way, then or later: what a checkpointed
     layer needs, whose forward runs again in the backward, after the forward has returned (and
     must save tensors like the first run's)."""
+    if torch.compiler.is_compiling():  # no casts made ahead (and dynamo cannot trace the get)
+        return fn
     casts = _ACTIVE.get()
     if casts is None:
         return fn

@@ -70,7 +70,7 @@ def may_synchronise(tensor: torch.Tensor) -> bool:
     return not (tensor.is_cuda and torch.cuda.is_current_stream_capturing())
 
 
-# torch.mm(..., out_dtype=) (aten::mm.dtype): CUDA only, from torch 2.8 on.
+# torch.mm(..., out_dtype=) (aten::mm.dtype, pytorch/pytorch#150812): CUDA only, torch >= 2.8.
 _MM_OUT_DTYPE = "dtype" in torch.ops.aten.mm.overloads()
 
 
@@ -78,8 +78,12 @@ def mm_float32(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None
     """a @ b of two bfloat16 or float16 matrices, accumulated and returned in float32: the
     product is never rounded to the inputs' dtype. On CUDA one matmul that writes float32
     (cuBLAS accumulates in float32 anyway), so a float32 parameter's gradient needs no cast
-    kernel after it; elsewhere the same product from float32 copies of the inputs. `out`: a
-    float32 [a.shape[0], b.shape[1]] tensor to write."""
-    if a.is_cuda and _MM_OUT_DTYPE and a.dtype in (torch.bfloat16, torch.float16):
+    kernel after it; on the CPU the same product from float32 copies of the inputs. `out`: a
+    float32 [a.shape[0], b.shape[1]] tensor to write. (On CUDA with a torch older than 2.8,
+    the product in the inputs' dtype, widened: what autocast's backward gives.)"""
+    if not a.is_cuda or a.dtype == torch.float32:
+        return torch.mm(a.float(), b.float(), out=out)
+    if _MM_OUT_DTYPE:
         return torch.mm(a, b, out_dtype=torch.float32, out=out)
-    return torch.mm(a.float(), b.float(), out=out)
+    product = torch.mm(a, b)
+    return product.float() if out is None else out.copy_(product)
