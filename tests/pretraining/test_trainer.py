@@ -437,3 +437,16 @@ def test_a_new_run_starts_from_an_init_checkpoint(dataset, tmp_path):
                     model_hparam_overrides={**TINY, "hidden_size": 128})  # fmt: skip
     with pytest.raises(ValueError, match=r"init_checkpoint .* discriminator hidden_size 64 \(hp"):
         pretrain(dataset, tmp_path / "third", wider, progress=False)
+
+
+def test_a_bf16_run_on_the_cpu_trains(dataset, tmp_path):
+    """precision "bf16" on the CPU runs the step under CPU autocast, where LayerNorm keeps bf16
+    (CUDA autocast makes it float32): the generator's fused output layer once refused the bf16
+    hidden states there. The loss falls as in float32, and the parameters stay float32."""
+    summary = pretrain(dataset, tmp_path / "run", hparams(precision="bf16", num_train_steps=60),
+                       progress=False)  # fmt: skip
+    assert summary == {"step": 60, "finished": True, "skipped": 0}
+    records = metrics(tmp_path / "run")
+    assert records[-1]["loss"] < 0.8 * records[0]["loss"], (records[0], records[-1])
+    saved = torch.load(tmp_path / "run/checkpoints/step-00000060.pt", weights_only=False)
+    assert all(t.dtype == torch.float32 for t in saved["model"].values())
