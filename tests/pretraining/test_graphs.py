@@ -11,6 +11,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from electra_fast import amp
 from electra_fast.model import ElectraForPretraining
 from electra_fast.pretraining.step import GraphedStep
 from tests.model.test_pretraining import tiny
@@ -122,14 +123,27 @@ PARTS = {
 
 
 @pytest.mark.parametrize("micros", [1, 2], ids=["one-micro-batch", "accumulation"])
-@pytest.mark.parametrize("scaled", [False, True], ids=["unscaled", "loss-scaler"])
-def test_a_replayed_step_trains_as_the_eager_one(scaled, micros):
+@pytest.mark.parametrize(
+    ("scaled", "precision"), [(False, "fp32"), (True, "fp32"), (False, "bf16")],
+    ids=["unscaled", "loss-scaler", "bf16"],
+)  # fmt: skip
+def test_a_replayed_step_trains_as_the_eager_one(scaled, precision, micros):
+    """bf16: under CPU autocast, where each forward casts the weights into a new buffer
+    (model/casts.py): a replay's casts must come from the parameters the updates changed, as
+    the eager step's do."""
     torch.manual_seed(0)
     eager_model = ElectraForPretraining(tiny())
     graphed_model = ElectraForPretraining(tiny())
     graphed_model.load_state_dict(eager_model.state_dict())
+    autocast = amp.autocast(precision, torch.device("cpu"), cache=False)
     eager, step = (
-        train_step(model, 1.0, share=1 / micros, scaler=overflowing_scaler() if scaled else None)
+        train_step(
+            model,
+            1.0,
+            share=1 / micros,
+            scaler=overflowing_scaler() if scaled else None,
+            autocast=autocast,
+        )  # fmt: skip
         for model in (eager_model, graphed_model)
     )
     graphed = EmulatedGraphedStep(step, state_of(graphed_model, step))
