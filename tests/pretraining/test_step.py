@@ -150,17 +150,23 @@ class HostTransfers(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("scaled", [False, True], ids=["unscaled", "loss-scaler"])
+@pytest.mark.parametrize(
+    ("scaled", "precision"), [(False, "fp32"), (True, "fp32"), (False, "bf16")],
+    ids=["unscaled", "loss-scaler", "bf16"],
+)  # fmt: skip
 @pytest.mark.parametrize("reference", [False, True])
-def test_the_parts_a_graph_records_neither_read_nor_copy_values(monkeypatch, reference, scaled):
+def test_the_parts_a_graph_records_neither_read_nor_copy_values(
+    monkeypatch, reference, scaled, precision
+):
     """Both micro-steps (with and without metrics) and the update, on our kernels and on the
-    torch references, with and without fp16's loss scaler, call no op that reads a device value
-    on the host or copies one there."""
+    torch references, with and without fp16's loss scaler, and under bf16 autocast (the weight
+    casts), call no op that reads a device value on the host or copies one there."""
     if not reference and not _extension.has_kernel("generator_step", "cpu"):
         pytest.skip("no CPU kernels built")
     monkeypatch.setattr(_extension, "FORCE_REFERENCE", reference)
     torch.manual_seed(0)
     options = {"scaler": torch.amp.GradScaler("cpu")} if scaled else {}
+    options["autocast"] = amp.autocast(precision, torch.device("cpu"), cache=False)
     step = train_step(ElectraForPretraining(tiny()), 1.0, **options)
     step.keep_gradients = True
     inputs, keys = micro_batches(1)[0]
