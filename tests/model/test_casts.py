@@ -198,9 +198,9 @@ def test_cuda_mm_float32_writes_float32(dtype):
     g = torch.Generator().manual_seed(0)
     a, b = (torch.randn(shape, generator=g).to(dtype) for shape in ((256, 1024), (1024, 96)))
     want = a.double() @ b.double()
-    got = mm_float32(a.cuda(), b.cuda())
+    a, b = a.cuda(), b.cuda()
+    with Calls() as calls:
+        got = mm_float32(a, b)
+    assert calls.calls["_to_copy"] == 0, calls.calls  # one matmul, no cast
     assert got.dtype == torch.float32
     torch.testing.assert_close(got.double().cpu(), want, rtol=1e-5, atol=1e-4)
-    with Calls() as calls:
-        mm_float32(a.cuda(), b.cuda())
-    assert calls.calls["_to_copy"] == 0, calls.calls
