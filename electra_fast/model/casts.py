@@ -49,14 +49,7 @@ def casting_weights(forward: Callable) -> Callable:
     def wrapper(module: nn.Module, *args, **kwargs):
         if torch.compiler.is_compiling() or _ACTIVE.get() is not None:
             return forward(module, *args, **kwargs)
-        casts = make_casts(module)
-        if casts is None:
-            return forward(module, *args, **kwargs)
-        token = _ACTIVE.set(casts)
-        try:
-            return forward(module, *args, **kwargs)
-        finally:
-            _ACTIVE.reset(token)
+        return _run_with(make_casts(module), forward, module, *args, **kwargs)
 
     return wrapper
 
@@ -68,18 +61,18 @@ def with_current_casts(fn: Callable) -> Callable:
     if torch.compiler.is_compiling():  # no casts made ahead (and dynamo cannot trace the get)
         return fn
     casts = _ACTIVE.get()
+    return fn if casts is None else functools.partial(_run_with, casts, fn)
+
+
+def _run_with(casts: dict[int, torch.Tensor] | None, fn: Callable, *args, **kwargs):
+    """fn(*args, **kwargs) with `casts` as the forward's casts (None: as it is)."""
     if casts is None:
-        return fn
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        token = _ACTIVE.set(casts)
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            _ACTIVE.reset(token)
-
-    return wrapper
+        return fn(*args, **kwargs)
+    token = _ACTIVE.set(casts)
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        _ACTIVE.reset(token)
 
 
 def make_casts(module: nn.Module) -> dict[int, torch.Tensor] | None:

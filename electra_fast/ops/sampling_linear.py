@@ -188,6 +188,7 @@ class _GeneratorStepLinear(torch.autograd.Function):
         if need_weight:
             grad_weight = torch.empty_like(weight, dtype=weight_dtype if widen else None)
         grad_bias = torch.empty_like(bias, dtype=bias_dtype) if need_bias else None
+        mm = mm_float32 if widen else torch.mm
         with torch.autocast(hidden.device.type, enabled=False):
             for start, end in vocab_tiles(weight.shape[0], ctx.tile):
                 grad = tile_logits(hidden, weight, bias, start, end)
@@ -195,7 +196,6 @@ class _GeneratorStepLinear(torch.autograd.Function):
                 if need_hidden:
                     grad_hidden += grad @ weight[start:end]
                 if need_weight:
-                    mm = mm_float32 if widen else torch.mm
                     mm(grad.t(), hidden, out=grad_weight[start:end])
                 if need_bias:
                     grad_bias[start:end] = grad.sum(0, dtype=lse.dtype)

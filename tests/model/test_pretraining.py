@@ -29,6 +29,15 @@ def tiny(**overrides):
     return ElectraConfig(**{**fields, **overrides})
 
 
+def loss_and_gradients(model, forward):
+    """forward()'s output, its loss backpropagated from zeroed gradients, and the gradients of
+    the parameters that have one."""
+    model.zero_grad()
+    out = forward()
+    out.loss.backward()
+    return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
 def batch(B=3, L=16, seed=0):
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(5, 40, (B, L), generator=g)
@@ -178,11 +187,7 @@ def test_a_compiled_step_equals_the_eager_one():
     keys = torch.tensor([123, 456])
 
     def run(forward):
-        model.zero_grad()
-        out = forward(ids, mask, keys=keys)
-        out.loss.backward()
-        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-        return out, grads
+        return loss_and_gradients(model, lambda: forward(ids, mask, keys=keys))
 
     eager, eager_grads = run(model)
     compiled, compiled_grads = run(torch.compile(model, fullgraph=True))
@@ -205,11 +210,11 @@ def test_a_step_under_cpu_autocast_follows_fp32():
     keys = torch.tensor([7, 8])
 
     def run(autocast):
-        model.zero_grad()
-        with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
-            out = model(ids, mask, keys=keys, metrics=False)
-        out.loss.backward()
-        return out, {n: p.grad.clone() for n, p in model.named_parameters()}
+        def forward():
+            with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+                return model(ids, mask, keys=keys, metrics=False)
+
+        return loss_and_gradients(model, forward)
 
     (fp32, fp32_grads), (bf16, bf16_grads) = run(False), run(True)
     torch.testing.assert_close(bf16.gen_loss, fp32.gen_loss, rtol=2e-2, atol=0)
