@@ -4,17 +4,46 @@ cannot leave unreadable."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Writes `text` through a temporary file beside `path` and a rename."""
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary path beside `path` for the block to write the new file to. When the block
+    ends normally the file is synced to disk and renamed over `path`, and the rename synced too:
+    a crash at any moment leaves either the old file or the new one, whole. When the block
+    raises, the temporary file is removed and `path` is left as it was."""
     temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
+    try:
+        yield temporary
+        with open(temporary, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+        _sync_directory(path.parent)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Writes `text` (UTF-8) to `path` through atomic_path."""
+    with atomic_path(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")
+
+
+def _sync_directory(directory: Path) -> None:
+    """Makes a rename in `directory` durable: on POSIX file systems the new name lives in the
+    directory, which has its own sync. (Windows cannot open a directory: nothing to do there.)"""
+    if os.name != "posix":
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def replace_directory(directory: Path, fill: Callable[[Path], None]) -> None:

@@ -1,11 +1,18 @@
 """electra_fast._files: a log a killed writer left with an unfinished line is cut back to its
-last whole line before anything is appended; a failed directory fill keeps the old one."""
+last whole line before anything is appended; a failed file write or directory fill keeps the old
+one."""
 
 import io
 
 import pytest
 
-from electra_fast._files import _after_last_newline, open_log, replace_directory
+from electra_fast._files import (
+    _after_last_newline,
+    atomic_path,
+    open_log,
+    replace_directory,
+    write_atomically,
+)
 
 WHOLE = b'{"step": 1}\n{"step": 2}\n'
 
@@ -55,3 +62,34 @@ def test_a_failed_fill_keeps_the_directory(tmp_path):
     replace_directory(target, lambda d: (d / "b.txt").write_text("new"))
     assert [p.name for p in target.iterdir()] == ["b.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+
+
+def test_atomic_path_replaces_the_file_only_when_the_block_ends(tmp_path):
+    path = tmp_path / "state.bin"
+    with atomic_path(path) as temporary:
+        temporary.write_bytes(b"first")
+        assert not path.exists()  # nothing at `path` until the block is done
+    assert path.read_bytes() == b"first"
+    with atomic_path(path) as temporary:
+        temporary.write_bytes(b"second")
+        assert path.read_bytes() == b"first"
+    assert path.read_bytes() == b"second"
+    assert [p.name for p in tmp_path.iterdir()] == ["state.bin"]
+
+
+def test_a_failed_write_keeps_the_file_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "config.json"
+    write_atomically(path, '{"old": true}\n')
+    with pytest.raises(OSError, match="disk full"), atomic_path(path) as temporary:
+        temporary.write_text('{"new": ')
+        raise OSError("disk full")
+    assert path.read_text() == '{"old": true}\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["config.json"]
+
+
+def test_a_block_that_writes_nothing_is_an_error_and_keeps_the_file(tmp_path):
+    path = tmp_path / "config.json"
+    write_atomically(path, "old")
+    with pytest.raises(FileNotFoundError), atomic_path(path):
+        pass
+    assert path.read_text() == "old"

@@ -6,11 +6,11 @@ presence means the shard is whole). `manifest.json` lists the shards and what ma
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
+from electra_fast._files import atomic_path, write_atomically
 from electra_fast.data.examples import Example
 
 MANIFEST = "manifest.json"
@@ -33,22 +33,15 @@ def write_shard(directory: Path, name: str, examples: list[Example], vocab_size:
         count=int(index[-1, 0]),
     )
     for suffix, array in (("ids", ids), ("index", index)):
-        temporary = directory / f".{name}.{suffix}.tmp.npy"
-        np.save(temporary, array)
-        _fsync_replace(temporary, directory / f"{name}.{suffix}.npy")
+        # Through a file object: given a path, np.save would append ".npy" to the temporary name.
+        with atomic_path(directory / f"{name}.{suffix}.npy") as temporary:
+            with open(temporary, "wb") as f:
+                np.save(f, array)
     write_json(directory / f"{name}.json", {**stats, "examples": len(examples), "tokens": len(ids)})
 
 
 def write_json(path: Path, data: dict) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(data, indent=1) + "\n")
-    _fsync_replace(temporary, path)
-
-
-def _fsync_replace(temporary: Path, path: Path) -> None:
-    with open(temporary, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(temporary, path)
+    write_atomically(path, json.dumps(data, indent=1) + "\n")
 
 
 def shard_done(directory: Path, name: str) -> bool:

@@ -4,11 +4,12 @@ and ElectraForMaskedLM load what we save and we load what they save."""
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 import torch
+
+from electra_fast._files import atomic_path
 
 # (our prefix, Hugging Face's prefix) for everything but the fused query/key/value; {i} is a
 # layer number.
@@ -131,8 +132,6 @@ def write_weights(directory: Path, state: dict[str, torch.Tensor]) -> None:
     previous checkpoint whole."""
     from safetensors.torch import save_file
 
-    path = directory / "model.safetensors"
-    temporary = directory / ".model.safetensors.tmp"
     tensors = {name: t.detach().contiguous().cpu().clone() for name, t in state.items()}
-    save_file(tensors, str(temporary), metadata={"format": "pt"})
-    os.replace(temporary, path)
+    with atomic_path(directory / "model.safetensors") as temporary:
+        save_file(tensors, str(temporary), metadata={"format": "pt"})

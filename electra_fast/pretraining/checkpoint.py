@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from electra_fast._files import atomic_path
+
 _NAME = re.compile(r"^step-(\d+)\.pt$")
 
 
@@ -28,15 +30,8 @@ def checkpoints(directory: Path) -> list[tuple[int, Path]]:
 def save_checkpoint(directory: Path, step: int, state: dict, keep: int) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"step-{step:08d}.pt"
-    temporary = directory / f".step-{step:08d}.pt.tmp"
-    try:
-        with open(temporary, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    with atomic_path(path) as temporary, open(temporary, "wb") as f:
+        torch.save(state, f)
     for _, old in checkpoints(directory)[:-keep]:
         old.unlink(missing_ok=True)
     return path

@@ -16,6 +16,8 @@ import shutil
 from pathlib import Path
 from typing import Protocol
 
+from electra_fast._files import write_atomically
+
 CONFIG = "tokenizer_config.json"
 
 
@@ -98,9 +100,7 @@ def save_with_config(directory: str | os.PathLike, source: Path, name: str, conf
 
 
 def write_config(directory: Path, config: dict) -> None:
-    temporary = directory / f".{CONFIG}.tmp"
-    temporary.write_text(json.dumps(config, indent=2) + "\n")
-    os.replace(temporary, directory / CONFIG)
+    write_atomically(directory / CONFIG, json.dumps(config, indent=2) + "\n")
 
 
 __all__ = ["Tokenizer", "load", "file_checksum"]
