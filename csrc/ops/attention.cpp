@@ -7,8 +7,6 @@
 
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/mul.h>
-#include <ATen/ops/sum.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
@@ -49,6 +47,17 @@ void check_index_tensor(const at::Tensor& t, const char* name, const at::Tensor&
 at::Tensor kernel_layout(const at::Tensor& t) {
   if (t.dim() >= 3 && readable_rows(t)) return t;
   return at::empty(t.sizes(), t.options().memory_format(at::MemoryFormat::Contiguous)).copy_(t);
+}
+
+// `t` contiguous, 16-byte aligned and of `like`'s dtype, as the backward kernels read dO and O:
+// `t` itself when it is so already.
+at::Tensor dense_rows(const at::Tensor& t, const at::Tensor& like) {
+  if (t.scalar_type() == like.scalar_type() && t.is_contiguous() &&
+      reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 16 == 0) {
+    return t;
+  }
+  return at::empty(like.sizes(), like.options().memory_format(at::MemoryFormat::Contiguous))
+      .copy_(t);
 }
 
 // q, k and v already went through kernel_layout.
@@ -154,13 +163,9 @@ AttentionBackwardCall prepare_attention_backward(
   EF_CHECK_DEVICE(lse, q_ready.device());
   EF_CHECK_DEVICE(grad_out, q_ready.device());
   EF_CHECK_DEVICE(out, q_ready.device());
-  // Contiguous and 16-byte aligned, as the kernels read dO.
-  at::Tensor grad =
-      at::empty(q_ready.sizes(), q_ready.options().memory_format(at::MemoryFormat::Contiguous))
-          .copy_(grad_out);
-  at::Tensor grad_dot_out =
-      at::sum(at::mul(grad.to(at::kFloat), out.to(at::kFloat)), {-1}).contiguous();
-  return {std::move(call), std::move(grad), std::move(grad_dot_out), lse.contiguous()};
+  at::Tensor grad = dense_rows(grad_out, q_ready);
+  at::Tensor out_ready = dense_rows(out, q_ready);
+  return {std::move(call), std::move(grad), std::move(out_ready), at::Tensor(), lse.contiguous()};
 }
 
 at::Tensor new_attention_result(const AttentionCall& call, at::ScalarType dtype) {
@@ -454,6 +459,28 @@ std::tuple<at::Tensor, at::Tensor> attention_forward_cpu(
   return {out, lse};
 }
 
+// rowsum(dO * O) in fp32 over each (row, head): the D_i of the backward (attention.h).
+at::Tensor attention_grad_dot_out_cpu(const at::Tensor& grad, const at::Tensor& out) {
+  at::Tensor result =
+      at::empty(grad.sizes().slice(0, grad.dim() - 1), grad.options().dtype(at::kFloat));
+  const int64_t D = grad.size(-1), pairs = result.numel();
+  EF_DISPATCH_FLOATS(grad.scalar_type(), "attention_grad_dot_out_cpu", [&] {
+    const scalar_t* g = grad.const_data_ptr<scalar_t>();
+    const scalar_t* o = out.const_data_ptr<scalar_t>();
+    float* r = result.mutable_data_ptr<float>();
+    at::parallel_for(0, pairs, 2048 / D + 1, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        float sum = 0.0f;
+        for (int64_t d = 0; d < D; ++d) {
+          sum += static_cast<float>(g[i * D + d]) * static_cast<float>(o[i * D + d]);
+        }
+        r[i] = sum;
+      }
+    });
+  });
+  return result;
+}
+
 AttentionGrads attention_backward_cpu(const at::Tensor& grad_out, const at::Tensor& q_in,
                                       const at::Tensor& k_in, const at::Tensor& v_in,
                                       const at::Tensor& out, const at::Tensor& lse,
@@ -461,9 +488,10 @@ AttentionGrads attention_backward_cpu(const at::Tensor& grad_out, const at::Tens
                                       const c10::optional<at::Tensor>& cu_seqlens,
                                       int64_t max_seqlen, const c10::optional<at::Tensor>& seed,
                                       double dropout_p, double softmax_scale) {
-  const AttentionBackwardCall b =
+  AttentionBackwardCall b =
       prepare_attention_backward(grad_out, q_in, k_in, v_in, out, lse, lengths, cu_seqlens,
                                  max_seqlen, seed, dropout_p, softmax_scale);
+  b.grad_dot_out = attention_grad_dot_out_cpu(b.grad_out, b.out);
   const AttentionCall& call = b.call;
   const AttentionParams& p = call.params;
   const at::Tensor& q = call.q;

@@ -99,11 +99,14 @@ AttentionCall prepare_attention(const at::Tensor& q, const at::Tensor& k, const 
                                 double softmax_scale);
 
 // The same for the backward, with its own inputs checked and made ready for the kernels: grad_out
-// contiguous in q's dtype, its rowsum with out (D_i = sum_j P_ij dP_ij, fp32 [rows, H]) and lse
-// contiguous.
+// and out contiguous, 16-byte aligned and in q's dtype, lse contiguous (each copied only when it
+// is not so already: autograd's are). grad_dot_out, D_i = sum_j P_ij dP_ij = rowsum(dO * O) fp32
+// [rows, H], is left undefined for the device's backward to fill with its own fused kernel
+// (attention_grad_dot_out_cpu; in ATen ops it was two casts, a product and a sum over tensors of
+// four times dO's bytes).
 struct AttentionBackwardCall {
   AttentionCall call;
-  at::Tensor grad_out, grad_dot_out, lse;
+  at::Tensor grad_out, out, grad_dot_out, lse;
 };
 AttentionBackwardCall prepare_attention_backward(
     const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,

@@ -10,6 +10,7 @@ import electra_fast
 from electra_fast import _extension
 from electra_fast.ops.attention import (
     attention_reference,
+    attention_reference_backward,
     dropout_keep_mask,
     dropout_keep_scale,
 )
@@ -101,6 +102,55 @@ def test_fused_projection_and_misaligned_layouts_read_like_contiguous(kernel, de
     want = loss_and_grads(call, [t.contiguous() for t in strided], grad)
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_the_backward_takes_grad_out_and_out_in_any_layout(kernel, device):
+    """dO and O non-contiguous, a 2-byte element off a 16-byte boundary or in another dtype give
+    the gradients of contiguous ones (the kernels take copies of those, and only of those), and
+    those are the fp64 reference's given the same inputs."""
+    B, L, H, D, scale = 2, 70, 2, 32, 0.3
+    dtype = kernel_dtype(device)
+    q, k, v = qkv(B, L, H, D, dtype=dtype, device=device, seed=4)
+    lengths = torch.tensor([70, 23], dtype=torch.int32, device=device)
+    seed = torch.tensor(6, device=device)
+    out, lse = kernel.attention_forward(q, k, v, lengths, None, L, seed, 0.1, scale)
+    grad = torch.randn(B, L, H, D, generator=torch.Generator().manual_seed(5)).to(device, dtype)
+
+    def backward(grad_out, out_given):
+        return kernel.attention_backward(
+            grad_out, q, k, v, out_given, lse, lengths, None, L, seed, 0.1, scale
+        )
+
+    want = backward(grad, out)
+    keep = dropout_keep_mask(seed, B, H, L, 0.1, device)
+    exact = [t.double() for t in (grad, q, k, v)]
+    reference = attention_reference_backward(
+        *exact, lengths.long(), keep, dropout_keep_scale(0.1), scale
+    )
+    for got, oracle in zip(want, reference, strict=True):
+        # bfloat16 on CUDA: the kernels round P and dS to it as torch's bf16 matmuls would
+        tolerance = 1e-4 if dtype == torch.float32 else 5e-2
+        torch.testing.assert_close(got.double(), oracle, rtol=tolerance, atol=tolerance)
+    for grad_out, out_given in [
+        (transposed(grad), transposed(out)),
+        (misaligned(grad), out),
+        (grad, misaligned(out)),
+        (grad.double(), out),
+    ]:
+        for got, expected in zip(backward(grad_out, out_given), want, strict=True):
+            torch.testing.assert_close(got, expected)  # dq: atomics add in any order on CUDA
+
+
+def transposed(t):
+    """`t`'s values in a non-contiguous layout (its first two dimensions swapped in memory)."""
+    return t.transpose(0, 1).contiguous().transpose(0, 1)
+
+
+def misaligned(t):
+    """`t`'s values, contiguous, one element past a 16-byte boundary."""
+    copy = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)[1:].view_as(t).copy_(t)
+    assert copy.data_ptr() % 16 != 0
+    return copy
 
 
 def torch_same_dtype(q, k, v, lengths, keep, keep_scale):

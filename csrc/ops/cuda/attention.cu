@@ -20,6 +20,7 @@
 #include "../checks.h"
 #include "attention_sm90.h"
 #include "attention_tiles.cuh"
+#include "pack8.cuh"
 #include "tensor_core.cuh"
 
 namespace electra_fast {
@@ -298,6 +299,54 @@ __global__ void __launch_bounds__(kThreads)
 #endif
 }
 
+// D_i = rowsum(dO * O) (attention.h) of `pairs` (row, head) pairs of D elements each, dO and O
+// contiguous: D / 8 lanes per pair, one 16-byte load of each per lane, a shuffle sum over the
+// lanes. One read of dO and O; the ATen ops it replaces read and wrote fp32 copies of both.
+template <typename T, int D>
+__global__ void __launch_bounds__(256)
+    grad_dot_out_kernel(const T* __restrict__ grad, const T* __restrict__ out,
+                        float* __restrict__ result, int64_t pairs) {
+  constexpr int kLanes = D / 8;
+  static_assert(kLanes <= 32 && (kLanes & (kLanes - 1)) == 0, "lanes of a pair: a power of two");
+  const int64_t thread = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t pair = thread / kLanes;
+  const int part = static_cast<int>(thread % kLanes);
+  float sum = 0.0f;
+  if (pair < pairs) {
+    float g[8], o[8];
+    load8(grad + pair * D + part * 8, g);
+    load8(out + pair * D + part * 8, o);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) sum = fmaf(g[i], o[i], sum);
+  }
+  // Every lane of the warp shuffles, those past the last pair with 0: the mask is the full warp.
+#pragma unroll
+  for (int offset = kLanes / 2; offset > 0; offset /= 2) {
+    sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+  }
+  if (pair < pairs && part == 0) result[pair] = sum;
+}
+
+at::Tensor attention_grad_dot_out_cuda(const AttentionBackwardCall& b) {
+  const at::Tensor& grad = b.grad_out;
+  at::Tensor result =
+      at::empty(grad.sizes().slice(0, grad.dim() - 1), grad.options().dtype(at::kFloat));
+  const int64_t pairs = result.numel();
+  if (pairs == 0) return result;
+  dispatch_kernel(grad.scalar_type(), grad.size(-1), [&]<typename CudaT, int D>() {
+    // ATen's element types, which convert to float on the device (the extension is built with
+    // the CUDA types' own conversions turned off, as torch is).
+    using T = std::conditional_t<std::is_same_v<CudaT, __half>, c10::Half, c10::BFloat16>;
+    constexpr int kBlock = 256;
+    const int64_t blocks = (pairs * (D / 8) + kBlock - 1) / kBlock;
+    grad_dot_out_kernel<T, D>
+        <<<static_cast<unsigned>(blocks), kBlock, 0, c10::cuda::getCurrentCUDAStream()>>>(
+            data<const T>(grad), data<const T>(b.out), result.mutable_data_ptr<float>(), pairs);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return result;
+}
+
 template <int D>
 constexpr size_t forward_shared_bytes() {
   return 3 * kTile * Shape<D>::kPitch * 2;
@@ -356,13 +405,14 @@ AttentionGrads attention_backward_cuda(const at::Tensor& grad_out, const at::Ten
                                        int64_t max_seqlen, const c10::optional<at::Tensor>& seed,
                                        double dropout_p, double softmax_scale) {
   const c10::cuda::CUDAGuard guard(q_in.device());
-  const AttentionBackwardCall b =
+  AttentionBackwardCall b =
       prepare_attention_backward(grad_out, q_in, k_in, v_in, out, lse, lengths, cu_seqlens,
                                  max_seqlen, seed, dropout_p, softmax_scale);
   const AttentionCall& call = b.call;
   const AttentionParams& p = call.params;
   const at::Tensor& q = call.q;
   check_device(q);
+  b.grad_dot_out = attention_grad_dot_out_cuda(b);
   at::Tensor dq_sum = at::zeros(q.sizes(), q.options().dtype(at::kFloat));
   at::Tensor dk = new_attention_result(call, q.scalar_type());
   at::Tensor dv = new_attention_result(call, q.scalar_type());
