@@ -89,7 +89,8 @@ if has sanitize; then
       timeout "${SANITIZE_S:-150}" compute-sanitizer --tool $tool --error-exitcode 9 \
         "$python" -m pytest -q -p no:cacheprovider tests/ops/test_masking.py \
         tests/ops/test_sampling.py tests/ops/test_attention.py tests/ops/test_attention_kernel.py \
-        tests/ops/test_attention_sm90.py tests/ops/test_wgmma.py tests/ops/test_layer_norm.py -x \
+        tests/ops/test_attention_sm90.py tests/ops/test_attention_qkvpacked.py \
+        tests/ops/test_wgmma.py tests/ops/test_layer_norm.py -x \
         -k "((cuda and kernel and not compile) or (sm90 and not fp64) or wgmma) and not ($argument_checks)" \
         > "$out/sanitizer_$tool.log" 2>&1 || status=1
       echo "sanitizer $tool:"; tail -3 "$out/sanitizer_$tool.log"

@@ -19,6 +19,7 @@ _EXPORTS = {
     "GeneratorStep": "electra_fast.ops",
     "MaskedTokens": "electra_fast.ops",
     "attention": "electra_fast.ops",
+    "attention_qkvpacked": "electra_fast.ops",
     "bias_gelu": "electra_fast.ops",
     "build_discriminator_inputs": "electra_fast.ops",
     "dropout_add_layer_norm": "electra_fast.ops",

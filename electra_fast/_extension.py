@@ -26,6 +26,8 @@ OP_NAMES = (
     "generator_step_backward_",
     "attention_forward",
     "attention_backward",
+    "attention_qkv_forward",
+    "attention_qkv_backward",
     "dropout_add_layer_norm",
     "dropout_add_layer_norm_backward",
     "bias_gelu",
@@ -36,6 +38,7 @@ OP_NAMES = (
 EXPECTED_REGISTRATIONS = (
     *((op, "CPU") for op in OP_NAMES),
     ("attention_forward", "Autograd"),  # csrc/ops/autograd.cpp
+    ("attention_qkv_forward", "Autograd"),
     ("dropout_add_layer_norm", "Autograd"),
     ("bias_gelu", "Autograd"),
 )

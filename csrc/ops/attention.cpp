@@ -126,6 +126,7 @@ AttentionParams make_attention_params(const at::Tensor& q, const at::Tensor& k, 
   p.q_row_stride = q.stride(-3);
   p.k_row_stride = k.stride(-3);
   p.v_row_stride = v.stride(-3);
+  p.grad_row_stride = p.heads * D;
   p.seed = seed.has_value() ? seed->const_data_ptr<int64_t>() : nullptr;
   p.scale = static_cast<float>(softmax_scale);
   p.scale_log2 = static_cast<float>(softmax_scale * 1.4426950408889634);
@@ -176,6 +177,22 @@ at::Tensor new_attention_result(const AttentionCall& call, at::ScalarType dtype)
 
 at::Tensor new_attention_lse(const AttentionCall& call) {
   return at::empty(call.q.sizes().slice(0, call.q.dim() - 1), call.q.options().dtype(at::kFloat));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> unpack_qkv(const at::Tensor& qkv, bool packed) {
+  TORCH_CHECK_VALUE(qkv.dim() == (packed ? 4 : 5) && qkv.size(-3) == 3, "qkv must have shape ",
+                    packed ? "[T, 3, H, D] with cu_seqlens" : "[B, L, 3, H, D]", ", got ",
+                    qkv.sizes());
+  return {qkv.select(-3, 0), qkv.select(-3, 1), qkv.select(-3, 2)};
+}
+
+PackedGrads new_packed_grads(AttentionCall& call) {
+  std::vector<int64_t> shape = call.q.sizes().vec();
+  shape.insert(shape.end() - 2, 3);
+  const auto options = call.q.options();
+  at::Tensor dqkv = call.params.packed ? at::zeros(shape, options) : at::empty(shape, options);
+  call.params.grad_row_stride = 3 * call.params.heads * call.params.head_dim;
+  return {dqkv, dqkv.select(-3, 0), dqkv.select(-3, 1), dqkv.select(-3, 2)};
 }
 
 namespace {
@@ -410,23 +427,23 @@ EF_CPU_CLONES void backward_head(const AttentionParams& p, uint64_t seed, const 
       add_rank_block(d_scores, q_rows, cols, D, dk_acc.data());
     }
     for (int64_t c = 0; c < cols; ++c) {
+      const int64_t at = (s.start + n0 + c) * p.grad_row_stride + h * D;
       for (int64_t d = 0; d < D; ++d) {
-        dk[(s.start + n0 + c) * H * D + h * D + d] =
-            static_cast<scalar_t>(dk_acc[c * D + d] * p.scale);
-        dv[(s.start + n0 + c) * H * D + h * D + d] =
-            static_cast<scalar_t>(dv_acc[c * D + d] * p.keep_scale);
+        dk[at + d] = static_cast<scalar_t>(dk_acc[c * D + d] * p.scale);
+        dv[at + d] = static_cast<scalar_t>(dv_acc[c * D + d] * p.keep_scale);
       }
     }
   }
   for (int64_t i = 0; i < n; ++i) {
     for (int64_t d = 0; d < D; ++d) {
-      dq[(s.start + i) * H * D + h * D + d] = static_cast<scalar_t>(dq_acc[i * D + d] * p.scale);
+      dq[(s.start + i) * p.grad_row_stride + h * D + d] =
+          static_cast<scalar_t>(dq_acc[i * D + d] * p.scale);
     }
   }
   if (!p.packed) {  // the padded rows' gradients
     for (int64_t i = n; i < p.max_seqlen; ++i) {
       for (int64_t d = 0; d < D; ++d) {
-        const int64_t at = (s.start + i) * H * D + h * D + d;
+        const int64_t at = (s.start + i) * p.grad_row_stride + h * D + d;
         dq[at] = dk[at] = dv[at] = static_cast<scalar_t>(0.0f);
       }
     }
@@ -481,6 +498,26 @@ at::Tensor attention_grad_dot_out_cpu(const at::Tensor& grad, const at::Tensor& 
   return result;
 }
 
+// The backward kernels over a prepared call, writing dq, dk and dv (rows p.grad_row_stride apart).
+void run_backward_cpu(const AttentionBackwardCall& b, at::Tensor& dq, at::Tensor& dk,
+                      at::Tensor& dv) {
+  const AttentionCall& call = b.call;
+  const AttentionParams& p = call.params;
+  const uint64_t key = p.philox_key();
+  EF_DISPATCH_FLOATS(call.q.scalar_type(), "attention_backward_cpu", [&] {
+    at::parallel_for(0, p.batch * p.heads, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t bh = begin; bh < end; ++bh) {
+        backward_head<scalar_t>(
+            p, key, b.grad_out.const_data_ptr<scalar_t>(), call.q.const_data_ptr<scalar_t>(),
+            call.k.const_data_ptr<scalar_t>(), call.v.const_data_ptr<scalar_t>(),
+            b.lse.const_data_ptr<float>(), b.grad_dot_out.const_data_ptr<float>(),
+            dq.mutable_data_ptr<scalar_t>(), dk.mutable_data_ptr<scalar_t>(),
+            dv.mutable_data_ptr<scalar_t>(), bh);
+      }
+    });
+  });
+}
+
 AttentionGrads attention_backward_cpu(const at::Tensor& grad_out, const at::Tensor& q_in,
                                       const at::Tensor& k_in, const at::Tensor& v_in,
                                       const at::Tensor& out, const at::Tensor& lse,
@@ -492,26 +529,36 @@ AttentionGrads attention_backward_cpu(const at::Tensor& grad_out, const at::Tens
       prepare_attention_backward(grad_out, q_in, k_in, v_in, out, lse, lengths, cu_seqlens,
                                  max_seqlen, seed, dropout_p, softmax_scale);
   b.grad_dot_out = attention_grad_dot_out_cpu(b.grad_out, b.out);
-  const AttentionCall& call = b.call;
-  const AttentionParams& p = call.params;
-  const at::Tensor& q = call.q;
-  at::Tensor dq = new_attention_result(call, q.scalar_type());
-  at::Tensor dk = new_attention_result(call, q.scalar_type());
-  at::Tensor dv = new_attention_result(call, q.scalar_type());
-  const uint64_t key = p.philox_key();
-  EF_DISPATCH_FLOATS(q.scalar_type(), "attention_backward_cpu", [&] {
-    at::parallel_for(0, p.batch * p.heads, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t bh = begin; bh < end; ++bh) {
-        backward_head<scalar_t>(p, key, b.grad_out.const_data_ptr<scalar_t>(),
-                                q.const_data_ptr<scalar_t>(), call.k.const_data_ptr<scalar_t>(),
-                                call.v.const_data_ptr<scalar_t>(), b.lse.const_data_ptr<float>(),
-                                b.grad_dot_out.const_data_ptr<float>(),
-                                dq.mutable_data_ptr<scalar_t>(), dk.mutable_data_ptr<scalar_t>(),
-                                dv.mutable_data_ptr<scalar_t>(), bh);
-      }
-    });
-  });
+  const at::ScalarType dtype = b.call.q.scalar_type();
+  at::Tensor dq = new_attention_result(b.call, dtype);
+  at::Tensor dk = new_attention_result(b.call, dtype);
+  at::Tensor dv = new_attention_result(b.call, dtype);
+  run_backward_cpu(b, dq, dk, dv);
   return {dq, dk, dv};
+}
+
+std::tuple<at::Tensor, at::Tensor> attention_qkv_forward_cpu(
+    const at::Tensor& qkv, const c10::optional<at::Tensor>& lengths,
+    const c10::optional<at::Tensor>& cu_seqlens, int64_t max_seqlen,
+    const c10::optional<at::Tensor>& seed, double dropout_p, double softmax_scale) {
+  const auto [q, k, v] = unpack_qkv(qkv, cu_seqlens.has_value());
+  return attention_forward_cpu(q, k, v, lengths, cu_seqlens, max_seqlen, seed, dropout_p,
+                               softmax_scale);
+}
+
+at::Tensor attention_qkv_backward_cpu(const at::Tensor& grad_out, const at::Tensor& qkv,
+                                      const at::Tensor& out, const at::Tensor& lse,
+                                      const c10::optional<at::Tensor>& lengths,
+                                      const c10::optional<at::Tensor>& cu_seqlens,
+                                      int64_t max_seqlen, const c10::optional<at::Tensor>& seed,
+                                      double dropout_p, double softmax_scale) {
+  const auto [q, k, v] = unpack_qkv(qkv, cu_seqlens.has_value());
+  AttentionBackwardCall b = prepare_attention_backward(
+      grad_out, q, k, v, out, lse, lengths, cu_seqlens, max_seqlen, seed, dropout_p, softmax_scale);
+  b.grad_dot_out = attention_grad_dot_out_cpu(b.grad_out, b.out);
+  PackedGrads grads = new_packed_grads(b.call);
+  run_backward_cpu(b, grads.dq, grads.dk, grads.dv);
+  return grads.dqkv;
 }
 
 }  // namespace
@@ -519,6 +566,8 @@ AttentionGrads attention_backward_cpu(const at::Tensor& grad_out, const at::Tens
 TORCH_LIBRARY_IMPL(electra_fast, CPU, m) {
   m.impl("attention_forward", &attention_forward_cpu);
   m.impl("attention_backward", &attention_backward_cpu);
+  m.impl("attention_qkv_forward", &attention_qkv_forward_cpu);
+  m.impl("attention_qkv_backward", &attention_qkv_backward_cpu);
 }
 
 }  // namespace electra_fast

@@ -35,6 +35,7 @@ struct AttentionParams {
   int64_t max_seqlen;  // L for the padded layout
   int64_t total_rows;  // B * L or T
   int64_t q_row_stride, k_row_stride, v_row_stride;
+  int64_t grad_row_stride;  // the backward's dq, dk and dv: H * D, or 3 * H * D into one dqkv
   bool packed;
   const int32_t* lengths;     // padded layout, [B]; nullptr: every sequence is L long
   const int32_t* cu_seqlens;  // packed layout, [B + 1]
@@ -120,6 +121,17 @@ at::Tensor new_attention_result(const AttentionCall& call, at::ScalarType dtype)
 
 // The forward's lse, uninitialised: fp32 [rows, H].
 at::Tensor new_attention_lse(const AttentionCall& call);
+
+// q, k and v packed as the encoder's fused projection makes them: qkv [B, L, 3, H, D] (padded)
+// or [T, 3, H, D] (packed, with cu_seqlens). Returns the three views, qkv's layout checked.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> unpack_qkv(const at::Tensor& qkv, bool packed);
+
+// The gradient of such a qkv, and the views of it the backward kernels write dq, dk and dv to;
+// sets the call's grad_row_stride to match. Zeros in the packed layout, as new_attention_result.
+struct PackedGrads {
+  at::Tensor dqkv, dq, dk, dv;
+};
+PackedGrads new_packed_grads(AttentionCall& call);
 
 using AttentionGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 

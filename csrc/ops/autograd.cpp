@@ -1,4 +1,4 @@
-// Autograd for the ops an encoder calls in every layer (attention_forward,
+// Autograd for the ops an encoder calls in every layer (attention_forward or attention_qkv_forward,
 // dropout_add_layer_norm, bias_gelu), in C++: one node per call whose backward calls the op's
 // backward. A formula registered from Python (torch.library.register_autograd) runs Python at every
 // forward call (the schema's defaults filled in, setup_context) and every backward, and allocates
@@ -78,6 +78,48 @@ class Attention : public torch::autograd::Function<Attention> {
   }
 };
 
+using QkvForwardSchema = std::tuple<at::Tensor, at::Tensor>(
+    const at::Tensor&, const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, int64_t,
+    const std::optional<at::Tensor>&, double, double);
+using QkvBackwardSchema = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                     const at::Tensor&, const std::optional<at::Tensor>&,
+                                     const std::optional<at::Tensor>&, int64_t,
+                                     const std::optional<at::Tensor>&, double, double);
+
+// Attention over the fused projection's qkv: one gradient, qkv's, from one backward call.
+class AttentionQkv : public torch::autograd::Function<AttentionQkv> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& qkv,
+                               const std::optional<at::Tensor>& lengths,
+                               const std::optional<at::Tensor>& cu_seqlens, int64_t max_seqlen,
+                               const std::optional<at::Tensor>& seed, double dropout_p,
+                               double scale) {
+    static const auto op = handle<QkvForwardSchema>("electra_fast::attention_qkv_forward");
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [out, lse] = op.call(qkv, lengths, cu_seqlens, max_seqlen, seed, dropout_p, scale);
+    ctx->save_for_backward(
+        {qkv, out, lse, or_undefined(lengths), or_undefined(cu_seqlens), or_undefined(seed)});
+    ctx->saved_data["max_seqlen"] = max_seqlen;
+    ctx->saved_data["dropout_p"] = dropout_p;
+    ctx->saved_data["scale"] = scale;
+    ctx->mark_non_differentiable({lse});
+    ctx->set_materialize_grads(false);
+    return {out, lse};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op = handle<QkvBackwardSchema>("electra_fast::attention_qkv_backward");
+    variable_list result(7);  // qkv's gradient, then six that have none
+    if (!grads[0].defined()) return result;
+    const variable_list saved = ctx->get_saved_variables();
+    result[0] =
+        op.call(grads[0], saved[0], saved[1], saved[2], or_none(saved[3]), or_none(saved[4]),
+                ctx->saved_data["max_seqlen"].toInt(), or_none(saved[5]),
+                ctx->saved_data["dropout_p"].toDouble(), ctx->saved_data["scale"].toDouble());
+    return result;
+  }
+};
+
 using NormSchema = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
     const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, double, double, bool);
@@ -91,8 +133,8 @@ class DropoutAddLayerNorm : public torch::autograd::Function<DropoutAddLayerNorm
   static variable_list forward(AutogradContext* ctx, const at::Tensor& x,
                                const at::Tensor& residual, const at::Tensor& weight,
                                const at::Tensor& bias, const std::optional<at::Tensor>& x_bias,
-                               const std::optional<at::Tensor>& seed, double dropout_p,
-                               double eps, bool with_out_x) {
+                               const std::optional<at::Tensor>& seed, double dropout_p, double eps,
+                               bool with_out_x) {
     static const auto op = handle<NormSchema>("electra_fast::dropout_add_layer_norm");
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [out, mean, rstd, out_x] =
@@ -117,10 +159,9 @@ class DropoutAddLayerNorm : public torch::autograd::Function<DropoutAddLayerNorm
     if (!grads[0].defined() && !grads[3].defined()) return result;
     const variable_list saved = ctx->get_saved_variables();
     const at::Tensor grad_out = grads[0].defined() ? grads[0] : at::zeros_like(saved[1]);
-    auto [dx, dresidual, dparameters] =
-        op.call(grad_out.contiguous(), or_none(grads[3]), saved[0], saved[1], saved[2],
-                or_none(saved[3]), saved[4], saved[5], or_none(saved[6]),
-                ctx->saved_data["dropout_p"].toDouble());
+    auto [dx, dresidual, dparameters] = op.call(
+        grad_out.contiguous(), or_none(grads[3]), saved[0], saved[1], saved[2], or_none(saved[3]),
+        saved[4], saved[5], or_none(saved[6]), ctx->saved_data["dropout_p"].toDouble());
     result[0] = dx;
     result[1] = dresidual;
     // Rows of one tensor: each parameter's gradient is a contiguous view, which autograd
@@ -134,8 +175,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dropout_add_layer_nor
     const at::Tensor& x, const at::Tensor& residual, const at::Tensor& weight,
     const at::Tensor& bias, const std::optional<at::Tensor>& x_bias,
     const std::optional<at::Tensor>& seed, double dropout_p, double eps, bool with_out_x) {
-  variable_list out = DropoutAddLayerNorm::apply(x, residual, weight, bias, x_bias, seed,
-                                                 dropout_p, eps, with_out_x);
+  variable_list out = DropoutAddLayerNorm::apply(x, residual, weight, bias, x_bias, seed, dropout_p,
+                                                 eps, with_out_x);
   return {out[0], out[1], out[2], out[3]};
 }
 
@@ -183,10 +224,20 @@ std::tuple<at::Tensor, at::Tensor> attention_forward_autograd(
   return {out[0], out[1]};
 }
 
+std::tuple<at::Tensor, at::Tensor> attention_qkv_forward_autograd(
+    const at::Tensor& qkv, const std::optional<at::Tensor>& lengths,
+    const std::optional<at::Tensor>& cu_seqlens, int64_t max_seqlen,
+    const std::optional<at::Tensor>& seed, double dropout_p, double scale) {
+  variable_list out =
+      AttentionQkv::apply(qkv, lengths, cu_seqlens, max_seqlen, seed, dropout_p, scale);
+  return {out[0], out[1]};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(electra_fast, Autograd, m) {
   m.impl("attention_forward", &attention_forward_autograd);
+  m.impl("attention_qkv_forward", &attention_qkv_forward_autograd);
   m.impl("dropout_add_layer_norm", &dropout_add_layer_norm_autograd);
   m.impl("bias_gelu", &bias_gelu_autograd);
 }

@@ -54,6 +54,17 @@ TORCH_LIBRARY(electra_fast, m) {
       "attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
       "Tensor? lengths, Tensor? cu_seqlens, int max_seqlen, Tensor? seed, float dropout_p, "
       "float softmax_scale) -> (Tensor, Tensor, Tensor)");
+  // The same over q, k and v packed as the encoder's fused projection makes them: qkv
+  // [B, L, 3, H, D], or [T, 3, H, D] with cu_seqlens. The backward returns qkv's gradient as one
+  // tensor that the kernels write into, where the three gradients of attention_backward cost
+  // autograd a stack (a copy of all three) to become the projection's.
+  m.def(
+      "attention_qkv_forward(Tensor qkv, Tensor? lengths, Tensor? cu_seqlens, int max_seqlen, "
+      "Tensor? seed, float dropout_p, float softmax_scale) -> (Tensor, Tensor)");
+  m.def(
+      "attention_qkv_backward(Tensor grad_out, Tensor qkv, Tensor out, Tensor lse, "
+      "Tensor? lengths, Tensor? cu_seqlens, int max_seqlen, Tensor? seed, float dropout_p, "
+      "float softmax_scale) -> Tensor");
   // LayerNorm(residual + dropout(x + x_bias)) * weight + bias over the last dimension
   // (layer_norm.h): returns (out, mean, rstd, out_x), the statistics fp32 of x's shape without
   // its last dimension, out_x the output in x's dtype too when with_out_x (else empty). The

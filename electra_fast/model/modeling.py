@@ -1,10 +1,10 @@
 """ELECTRA's encoder and heads (google-research/electra, model/modeling.py), on electra_fast's ops.
 
-A BERT-style post-LayerNorm encoder whose attention is electra_fast.attention. With padding, the
-encoder either keeps the padded layout (keys past each length are ignored) or, with
-`config.unpad`, packs the real tokens and runs every layer on them alone (cu_seqlens). With
-gradient checkpointing (set_gradient_checkpointing), training keeps each layer's input alone and
-runs the layer's forward again in the backward.
+A BERT-style post-LayerNorm encoder whose attention is electra_fast.attention (through
+attention_qkvpacked). With padding, the encoder either keeps the padded layout (keys past each
+length are ignored) or, with `config.unpad`, packs the real tokens and runs every layer on them
+alone (cu_seqlens). With gradient checkpointing (set_gradient_checkpointing), training keeps
+each layer's input alone and runs the layer's forward again in the backward.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from torch.utils.checkpoint import checkpoint
 
 from electra_fast.model.casts import casting_weights, linear, with_current_casts
 from electra_fast.model.config import ElectraConfig
-from electra_fast.ops import attention, bias_gelu, dropout_add_layer_norm
+from electra_fast.ops import attention_qkvpacked, bias_gelu, dropout_add_layer_norm
 from electra_fast.ops._common import draw_philox_keys, may_synchronise
 
 _ACTIVATIONS = {
@@ -62,13 +62,14 @@ class Embeddings(nn.Module):
 
 class Layer(nn.Module):
     """Self-attention and feed-forward blocks, each followed by residual + LayerNorm. Query, key
-    and value come from one matmul; each block's dropout, residual sum and LayerNorm are one op
-    (dropout_add_layer_norm), which also adds the bias of the block's output projection; a GELU
-    feed-forward block adds its first bias in its activation (bias_gelu). Those biases' gradients
-    then come from the ops' backwards, not from reductions of their own. Under CUDA autocast each
-    LayerNorm's output is float32 (the residual) and also, from the same op, in the matmuls'
-    bfloat16 (`with_out_x`): no cast kernel before the next matmul, and no add of the two
-    gradients after it."""
+    and value come from one matmul, whose output the attention takes whole (its gradient comes
+    back as one tensor, not three to stack); each block's dropout, residual sum and LayerNorm are
+    one op (dropout_add_layer_norm), which also adds the bias of the block's output projection; a
+    GELU feed-forward block adds its first bias in its activation (bias_gelu). Those biases'
+    gradients then come from the ops' backwards, not from reductions of their own. Under CUDA
+    autocast each LayerNorm's output is float32 (the residual) and also, from the same op, in the
+    matmuls' bfloat16 (`with_out_x`): no cast kernel before the next matmul, and no add of the
+    two gradients after it."""
 
     def __init__(self, config: ElectraConfig):
         super().__init__()
@@ -97,12 +98,12 @@ class Layer(nn.Module):
         out_x), or None: x. Returns the layer's output and the same as the next layer's first
         matmul takes it (the output itself but under CUDA autocast)."""
         h = x if x_in is None else x_in
-        q, k, v = linear(h, self.qkv).unflatten(-1, (3, self.heads, self.head_dim)).unbind(-3)
+        qkv = linear(h, self.qkv).unflatten(-1, (3, self.heads, self.head_dim))
         attention_p = self.attention_dropout if self.training else 0.0
         hidden_p = self.hidden_dropout if self.training else 0.0
         # The encoder checked the layout once for all layers.
-        context = attention(
-            q, k, v, dropout_p=attention_p, seed=seeds[0], check_values=False, **layout
+        context = attention_qkvpacked(
+            qkv, dropout_p=attention_p, seed=seeds[0], check_values=False, **layout
         )
         x, x_in = self._add_norm(context.flatten(-2), self.attention_out, x, self.attention_norm,
                                  hidden_p, seeds[1])  # fmt: skip

@@ -1,7 +1,7 @@
 """electra_fast's ops: one module per op, each with its compiled kernels and torch reference."""
 
 from electra_fast._extension import OP_NAMES
-from electra_fast.ops.attention import attention
+from electra_fast.ops.attention import attention, attention_qkvpacked
 from electra_fast.ops.bias_gelu import bias_gelu
 from electra_fast.ops.layer_norm import dropout_add_layer_norm
 from electra_fast.ops.masking import MaskedTokens, mask_tokens, mask_tokens_reference
@@ -17,6 +17,7 @@ from electra_fast.ops.sampling_linear import generator_step_linear
 __all__ = [
     "OP_NAMES",
     "attention",
+    "attention_qkvpacked",
     "bias_gelu",
     "DiscriminatorInputs",
     "GeneratorStep",

@@ -74,17 +74,11 @@ def attention(
         out, q's shape and dtype. Differentiable in q, k and v.
     """
     packed = _check_inputs(q, k, v, lengths, cu_seqlens, max_seqlen, dropout_p, check_values)
-    scale = float(softmax_scale) if softmax_scale is not None else q.shape[-1] ** -0.5
-    # No draw without dropout: such a call leaves the generator where it was.
-    key = philox_key(q.device, generator, seed, like="q") if dropout_p > 0 else None
+    scale, key = _scale_and_key(q, softmax_scale, dropout_p, generator, seed)
     if use_kernel(q, dropout_p):
-        if lengths is not None:
-            lengths = lengths.to(torch.int32)
-        if packed:
-            cu_seqlens = cu_seqlens.to(torch.int32)
-        longest = int(max_seqlen) if packed else q.shape[1]
+        layout = _kernel_layout(q, lengths, cu_seqlens, max_seqlen)
         out, _ = torch.ops.electra_fast.attention_forward(
-            q, k, v, lengths, cu_seqlens, longest, key, float(dropout_p), scale
+            q, k, v, *layout, key, float(dropout_p), scale
         )
         return out
     if packed:
@@ -102,6 +96,63 @@ def attention(
     if packed:
         out = out.flatten(0, 1)[index]
     return out
+
+
+def attention_qkvpacked(
+    qkv: torch.Tensor,
+    *,
+    lengths: torch.Tensor | None = None,
+    cu_seqlens: torch.Tensor | None = None,
+    max_seqlen: int | None = None,
+    dropout_p: float = 0.0,
+    softmax_scale: float | None = None,
+    generator: torch.Generator | None = None,
+    seed: int | torch.Tensor | None = None,
+    check_values: bool = True,
+) -> torch.Tensor:
+    """attention(*qkv.unbind(-3), ...) over q, k and v packed as a fused projection makes them:
+    qkv [B, L, 3, H, D], or [T, 3, H, D] with cu_seqlens; the other arguments as attention's.
+
+    The same output, and the same draw from the generator. The difference is the gradient: the
+    kernels write qkv's as one tensor, where attention's three separate gradients cost autograd a
+    copy of all three into one (a stack) on their way to the projection.
+    """
+    if not isinstance(qkv, torch.Tensor):
+        raise TypeError(f"qkv must be a tensor, got {type(qkv).__name__}")
+    packed = cu_seqlens is not None
+    if qkv.dim() != (4 if packed else 5) or qkv.shape[-3] != 3:
+        want = "[T, 3, H, D] with cu_seqlens" if packed else "[B, L, 3, H, D]"
+        raise ValueError(f"qkv must have shape {want}, got {tuple(qkv.shape)}")
+    q, k, v = qkv.unbind(-3)
+    arguments = dict(lengths=lengths, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
+    if not use_kernel(q, dropout_p):
+        return attention(q, k, v, **arguments, dropout_p=dropout_p, softmax_scale=softmax_scale,
+                         generator=generator, seed=seed, check_values=check_values)  # fmt: skip
+    _check_inputs(q, k, v, *arguments.values(), dropout_p, check_values)
+    scale, key = _scale_and_key(q, softmax_scale, dropout_p, generator, seed)
+    layout = _kernel_layout(q, *arguments.values())
+    out, _ = torch.ops.electra_fast.attention_qkv_forward(
+        qkv, *layout, key, float(dropout_p), scale
+    )
+    return out
+
+
+def _scale_and_key(q, softmax_scale, dropout_p, generator, seed):
+    """The softmax scale, and the dropout's Philox key (None without dropout: no draw, so such
+    a call leaves the generator where it was)."""
+    scale = float(softmax_scale) if softmax_scale is not None else q.shape[-1] ** -0.5
+    key = philox_key(q.device, generator, seed, like="q") if dropout_p > 0 else None
+    return scale, key
+
+
+def _kernel_layout(q, lengths, cu_seqlens, max_seqlen):
+    """(lengths, cu_seqlens, max_seqlen) as the compiled ops take them: int32, and L as
+    max_seqlen of the padded layout."""
+    if lengths is not None:
+        lengths = lengths.to(torch.int32)
+    if cu_seqlens is not None:
+        return lengths, cu_seqlens.to(torch.int32), int(max_seqlen)
+    return lengths, None, q.shape[1]
 
 
 def use_kernel(q: torch.Tensor, dropout_p: float) -> bool:
@@ -273,9 +324,23 @@ def _kernel_backward_fake(grad, q, k, v, out, lse, lengths, cu, max_seqlen, seed
     return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
 
 
+def _qkv_forward_fake(qkv, lengths, cu_seqlens, max_seqlen, seed, dropout_p, scale):
+    shape = qkv.shape[:-3] + qkv.shape[-2:]
+    return qkv.new_empty(shape), qkv.new_empty(shape[:-1], dtype=torch.float32)
+
+
+def _qkv_backward_fake(grad, qkv, out, lse, lengths, cu, max_seqlen, seed, p, scale):
+    return torch.empty_like(qkv, memory_format=torch.contiguous_format)
+
+
 if _extension.EXTENSION_LOADED:
-    torch.library.register_fake(f"{_extension.LIBRARY}::attention_forward")(_kernel_forward_fake)
-    torch.library.register_fake(f"{_extension.LIBRARY}::attention_backward")(_kernel_backward_fake)
+    for name, fake in (
+        ("attention_forward", _kernel_forward_fake),
+        ("attention_backward", _kernel_backward_fake),
+        ("attention_qkv_forward", _qkv_forward_fake),
+        ("attention_qkv_backward", _qkv_backward_fake),
+    ):
+        torch.library.register_fake(f"{_extension.LIBRARY}::{name}")(fake)
     # The autograd formula of attention_forward is registered in C++ (csrc/ops/autograd.cpp).
 
 

@@ -68,9 +68,9 @@ def test_each_dropout_of_each_layer_has_its_own_key_from_one_draw(monkeypatch):
         draws.append(real_draw(*args))
         return draws[-1]
 
-    real_attention, real_add_norm = modeling.attention, modeling.dropout_add_layer_norm
+    real_attention, real_add_norm = modeling.attention_qkvpacked, modeling.dropout_add_layer_norm
     real_draw = modeling.draw_philox_keys
-    monkeypatch.setattr(modeling, "attention", attention)
+    monkeypatch.setattr(modeling, "attention_qkvpacked", attention)
     monkeypatch.setattr(modeling, "dropout_add_layer_norm", add_norm)
     monkeypatch.setattr(modeling, "draw_philox_keys", draw)
     config = ElectraConfig(**{**TINY.__dict__, "num_hidden_layers": 3})

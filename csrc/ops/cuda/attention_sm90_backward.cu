@@ -256,10 +256,11 @@ __global__ void __launch_bounds__(kThreads, 1)
   const float dk_factor[2] = {p.scale, p.scale}, dv_factor[2] = {p.keep_scale, p.keep_scale};
   T* const stage_k = reinterpret_cast<T*>(base + L::kK) + warp * 16 * S::kPitch;
   T* const stage_v = reinterpret_cast<T*>(base + L::kQ) + warp * 16 * S::kPitch;
-  store_rows<T, D>(dk_acc, dk_factor, stage_k, dk + seq.start * H * D + head, H * D, first_row,
-                   length, limit, lane);
-  store_rows<T, D>(dv_acc, dv_factor, stage_v, dv + seq.start * H * D + head, H * D, first_row,
-                   length, limit, lane);
+  const int64_t grad_stride = p.grad_row_stride;
+  store_rows<T, D>(dk_acc, dk_factor, stage_k, dk + seq.start * grad_stride + head, grad_stride,
+                   first_row, length, limit, lane);
+  store_rows<T, D>(dv_acc, dv_factor, stage_v, dv + seq.start * grad_stride + head, grad_stride,
+                   first_row, length, limit, lane);
 #endif
 }
 
