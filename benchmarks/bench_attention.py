@@ -11,6 +11,10 @@ and forward + backward, without padding and with realistic padding (lengths unif
   gives padded sequences the wrong answer, the speed torch reaches when padding is ignored;
 - sdpa_math: SDPA's math path with the mask.
 With dropout 0.1 (pretraining), forward + backward with padding: electra_fast and sdpa_default.
+And as the encoder calls it, from one fused projection output qkv [B, L, 3, H, D], forward +
+backward with padding and dropout 0.1 (test_attention_from_projection): electra_fast over the
+unbound views (autograd stacks the three gradients), electra_fast_qkvpacked (one gradient,
+written by the kernels) and sdpa_default over the views.
 
 Each row records the useful work (FLOPs of the unpadded sequences: 4 * sum(len^2) * H * D in the
 forward, 2.5 times that in the backward) and the least HBM traffic (q, k, v read and out written;
@@ -145,6 +149,39 @@ def test_attention(benchmark, monkeypatch, device, provider, L, H, padded, mode)
 @pytest.mark.parametrize("provider", ["electra_fast", "electra_fast_wgmma", "sdpa_default"])
 def test_attention_dropout(benchmark, monkeypatch, device, provider, L, H):
     run_case(benchmark, monkeypatch, device, provider, L, H, True, "forward+backward", 0.1)
+
+
+@pytest.mark.parametrize(("L", "H"), SHAPES)
+@pytest.mark.parametrize("provider", ["electra_fast", "electra_fast_qkvpacked", "sdpa_default"])
+def test_attention_from_projection(benchmark, monkeypatch, device, provider, L, H):
+    if device.type == "cpu" and not benchmark.disabled:
+        pytest.skip("a GPU benchmark; test_cpu_paths times the CPU")
+    choose_forward("electra_fast", device, monkeypatch)
+    small = benchmark.disabled
+    L = min(L, 40) if small else L
+    q, k, v, lengths = make_inputs(L, H, True, device, tokens=80 if small else TOKENS)
+    qkv = torch.stack((q, k, v), dim=2).requires_grad_()
+    grad = torch.randn_like(q)
+    call = attention_call("sdpa_default" if provider == "sdpa_default" else "electra_fast",
+                          lengths, 0.1)  # fmt: skip
+
+    def run():
+        qkv.grad = None
+        if provider == "electra_fast_qkvpacked":
+            out = electra_fast.attention_qkvpacked(qkv, lengths=lengths, dropout_p=0.1)
+        else:
+            out = call(*qkv.unbind(2))
+        out.backward(grad)
+        return out
+
+    describe(benchmark, op="attention", provider=provider,
+             mode="forward+backward dropout 0.1, from qkv",
+             size=f"B={q.shape[0]} L={L} H={H} D={D} padded bf16", device=device)  # fmt: skip
+    flops, moved = useful_work(q, lengths, True)
+    benchmark.extra_info.update(flops=flops, bytes=moved)
+    benchmark.extra_info["peak_mib"] = peak_memory_mib(run, device)
+    out = benchmark(synchronised(run, device))
+    assert torch.isfinite(out).all()
 
 
 def test_hbm_copy(benchmark, device):
