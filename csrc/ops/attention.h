@@ -88,7 +88,7 @@ EF_HOST_DEVICE bool dropout_keeps(const Philox4& block, int64_t key, uint32_t th
 }
 
 // q, k, v in a kernel-readable layout and the call's parameters, its arguments validated (each
-// error names the bad one). Defined in attention.cpp; the CUDA kernels use it too.
+// error names the bad one). Defined in attention_call.cpp, with the rest of the host side below.
 struct AttentionCall {
   at::Tensor q, k, v;
   AttentionParams params;
