@@ -341,7 +341,8 @@ if _extension.EXTENSION_LOADED:
         ("attention_qkv_backward", _qkv_backward_fake),
     ):
         torch.library.register_fake(f"{_extension.LIBRARY}::{name}")(fake)
-    # The autograd formula of attention_forward is registered in C++ (csrc/ops/autograd.cpp).
+    # The autograd formulas of attention_forward and attention_qkv_forward are registered in C++
+    # (csrc/ops/autograd.cpp).
 
 
 def _packed_index(cu_seqlens: torch.Tensor, T: int, max_seqlen: int) -> torch.Tensor:
