@@ -18,6 +18,7 @@
 #include "checks.h"
 #include "cpu_clones.h"
 #include "dispatch.h"
+#include "philox_cpu.h"
 
 namespace electra_fast {
 
@@ -106,18 +107,43 @@ void load_transposed(const scalar_t* base, int64_t row_stride, int64_t valid, in
   }
 }
 
-// Which of a query's `cols` keys starting at `first` survive dropout (1) or not (0). Scalar
-// (GCC does not vectorise Philox's 32-bit high multiplies), and called, not inlined.
+// Queries whose P and dS rows meet the key tile together in the backward's dV and dK updates:
+// each accumulator row is then read and written once per kQueryBlock queries. Their dropout
+// flags are drawn together too, in both passes.
+constexpr int64_t kQueryBlock = 4;
+
+// Which keys survive dropout (1) or not (0) for each of the kQueryBlock queries from `query`
+// on: keep[j][c] for key first + c, c < kTile (`first` a multiple of 8). The Philox blocks of
+// the four queries and the tile's eight groups of keys are one batch (philox_cpu.h: with AVX2
+// where the CPU has it; GCC does not vectorise Philox by itself). Queries past the sequence's
+// last get flags that nobody reads.
 void keep_flags(const AttentionParams& p, uint64_t seed, int64_t bh, int64_t query, int64_t first,
-                int64_t cols, float* keep) {
+                float (*keep)[kTile]) {
+  constexpr int kGroups = kTile / 8;
+  static_assert(kQueryBlock * kGroups == kPhiloxBatch, "one batch: four queries, a key tile");
   if (!p.dropout()) {
-    std::fill(keep, keep + cols, 1.0f);
+    for (int64_t j = 0; j < kQueryBlock; ++j) std::fill(keep[j], keep[j] + kTile, 1.0f);
     return;
   }
-  for (int64_t c0 = 0; c0 < cols; c0 += 8) {  // `first` is a multiple of 8
-    const Philox4 block = dropout_block(seed, bh, query, (first + c0) / 8);
-    for (int64_t c = c0; c < std::min(cols, c0 + 8); ++c) {
-      keep[c] = dropout_keeps(block, first + c, p.drop_threshold) ? 1.0f : 0.0f;
+  uint32_t groups[kPhiloxBatch], queries[kPhiloxBatch];
+  for (int j = 0; j < kQueryBlock; ++j) {
+    for (int g = 0; g < kGroups; ++g) {
+      groups[j * kGroups + g] = static_cast<uint32_t>(first / 8 + g);
+      queries[j * kGroups + g] = static_cast<uint32_t>(query + j);
+    }
+  }
+  PhiloxBatch r;  // block (j, g) is dropout_block(seed, bh, query + j, first / 8 + g)
+  philox_batch(groups, queries, kStreamAttentionDropout, static_cast<uint32_t>(bh),
+               static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32), r);
+  // Key first + 8g + 2w + u of query j: half u (low, high) of word w of block (j, g), as
+  // dropout_keeps reads it. All kTile columns: those past `cols` are not read.
+  for (int j = 0; j < kQueryBlock; ++j) {
+    for (int g = 0; g < kGroups; ++g) {
+      for (int w = 0; w < 4; ++w) {
+        const uint32_t word = r.x[w][j * kGroups + g];
+        keep[j][8 * g + 2 * w] = (word & 0xffffu) >= p.drop_threshold ? 1.0f : 0.0f;
+        keep[j][8 * g + 2 * w + 1] = (word >> 16) >= p.drop_threshold ? 1.0f : 0.0f;
+      }
     }
   }
 }
@@ -133,7 +159,8 @@ EF_CPU_CLONES void forward_tile(const AttentionParams& p, uint64_t seed, const s
   const int64_t rows = std::max<int64_t>(0, std::min<int64_t>(kTile, s.length - m0));
   std::vector<float> qf(kTile * D), kt(D * kTile), vf(kTile * D), acc(kTile * D, 0.0f);
   std::vector<float> row_max(kTile, -std::numeric_limits<float>::infinity());
-  std::vector<float> row_sum(kTile, 0.0f), scores(kTile), keep(kTile);
+  std::vector<float> row_sum(kTile, 0.0f), scores(kTile);
+  float keep[kQueryBlock][kTile];
   if (rows > 0)
     load_rows(q + (s.start + m0) * p.q_row_stride + h * D, p.q_row_stride, rows, rows, D,
               qf.data());
@@ -158,9 +185,10 @@ EF_CPU_CLONES void forward_tile(const AttentionParams& p, uint64_t seed, const s
       for (int64_t c = 0; c < kTile; ++c) scores[c] = exp2_nonpositive(scores[c] - tile_max);
       // The softmax's denominator counts the dropped probabilities too.
       row_sum[r] = row_sum[r] * correction + sum_of(scores.data(), kTile);
-      keep_flags(p, seed, bh, m0 + r, n0, cols, keep.data());
+      if (r % kQueryBlock == 0) keep_flags(p, seed, bh, m0 + r, n0, keep);
+      const float* kept = keep[r % kQueryBlock];
       for (int64_t c = 0; c < cols; ++c) {
-        scores[c] = keep[c] != 0.0f ? round_to<scalar_t>(scores[c]) : 0.0f;
+        scores[c] = kept[c] != 0.0f ? round_to<scalar_t>(scores[c]) : 0.0f;
       }
       add_row_times_matrix(scores.data(), vf.data(), cols, D, a);
     }
@@ -176,10 +204,6 @@ EF_CPU_CLONES void forward_tile(const AttentionParams& p, uint64_t seed, const s
         real ? (row_max[r] + std::log2(row_sum[r])) * kLn2 : std::numeric_limits<float>::infinity();
   }
 }
-
-// Queries whose P and dS rows meet the key tile together in the backward's dV and dK updates:
-// each accumulator row is then read and written once per kQueryBlock queries.
-constexpr int64_t kQueryBlock = 4;
 
 // acc[c, 0, D) += sum_j coefficient[j, c] * rows[j][0, D) for the tile's keys c < cols.
 EF_INLINE void add_rank_block(const float (*coefficient)[kTile], const float* const* rows,
@@ -206,7 +230,8 @@ EF_CPU_CLONES void backward_head(const AttentionParams& p, uint64_t seed, const 
   std::vector<float> qf(n * D), gf(n * D), dq_acc(n * D, 0.0f), zeros(D, 0.0f);
   std::vector<float> kf(kTile * D), kt(D * kTile), vt(D * kTile), dk_acc(kTile * D),
       dv_acc(kTile * D);
-  float probs[kQueryBlock][kTile], d_scores[kQueryBlock][kTile], d_probs[kTile], keep[kTile];
+  float probs[kQueryBlock][kTile], d_scores[kQueryBlock][kTile], d_probs[kTile];
+  float keep[kQueryBlock][kTile];
   load_rows(q + s.start * p.q_row_stride + h * D, p.q_row_stride, n, n, D, qf.data());
   load_rows(grad_out + s.start * H * D + h * D, H * D, n, n, D, gf.data());
   for (int64_t n0 = 0; n0 < n; n0 += kTile) {
@@ -219,6 +244,7 @@ EF_CPU_CLONES void backward_head(const AttentionParams& p, uint64_t seed, const 
     std::fill(dk_acc.begin(), dk_acc.end(), 0.0f);
     std::fill(dv_acc.begin(), dv_acc.end(), 0.0f);
     for (int64_t i0 = 0; i0 < n; i0 += kQueryBlock) {
+      keep_flags(p, seed, bh, i0, n0, keep);
       const float* q_rows[kQueryBlock];
       const float* g_rows[kQueryBlock];
       for (int64_t j = 0; j < kQueryBlock; ++j) {
@@ -239,9 +265,8 @@ EF_CPU_CLONES void backward_head(const AttentionParams& p, uint64_t seed, const 
         for (int64_t c = 0; c < kTile; ++c) {
           score[c] = c < cols ? exp2_nonpositive(score[c] * p.scale_log2 - row_lse) : 0.0f;
         }
-        keep_flags(p, seed, bh, i, n0, cols, keep);
         for (int64_t c = 0; c < cols; ++c) {
-          const bool kept = keep[c] != 0.0f;
+          const bool kept = keep[j][c] != 0.0f;
           // dS = P (dP' - D_i), dP' the gradient reaching the dropped-out probability.
           d_scores[j][c] =
               round_to<scalar_t>(score[c] * ((kept ? d_probs[c] * p.keep_scale : 0.0f) - row_dot));
