@@ -62,6 +62,25 @@ def test_equals_attention_over_the_views(impl, device, layout, dropout_p):
     assert torch.equal(state, want_state)  # the same draws
 
 
+def test_a_qkv_the_kernels_cannot_read_directly_gives_the_same_results(impl, device):
+    """qkv laid out with the heads outermost ([B, H, L, 3, D] in memory): the kernels take copies
+    of q, k and v; the output and qkv's gradient are those of a contiguous qkv."""
+    contiguous = fused(2, 40, 3, 32, device)
+    strided = contiguous.permute(0, 3, 1, 2, 4).contiguous().permute(0, 2, 3, 1, 4)
+    assert torch.equal(strided, contiguous) and not strided.is_contiguous()
+    lengths = torch.tensor([40, 17], device=device)
+    grad = torch.randn(2, 40, 3, 32, generator=torch.Generator().manual_seed(2))
+    grad = grad.to(device, contiguous.dtype)
+    results = []
+    for layout in (strided, contiguous):
+        leaf = layout.detach().requires_grad_()
+        out = electra_fast.attention_qkvpacked(leaf, lengths=lengths, dropout_p=0.1, seed=4)
+        out.backward(grad)
+        results.append((out, leaf.grad))
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want)
+
+
 class Ops(TorchDispatchMode):
     def __init__(self):
         super().__init__()
