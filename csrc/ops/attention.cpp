@@ -349,9 +349,10 @@ at::Tensor attention_grad_dot_out_cpu(const at::Tensor& grad, const at::Tensor& 
   return result;
 }
 
-// The backward kernels over a prepared call, writing dq, dk and dv (rows p.grad_row_stride apart).
-void run_backward_cpu(const AttentionBackwardCall& b, at::Tensor& dq, at::Tensor& dk,
-                      at::Tensor& dv) {
+// The backward kernels over a prepared call (a RunAttentionBackward, attention.h).
+void run_backward_cpu(AttentionBackwardCall& b, const at::Tensor& dq, const at::Tensor& dk,
+                      const at::Tensor& dv) {
+  b.grad_dot_out = attention_grad_dot_out_cpu(b.grad_out, b.out);
   const AttentionCall& call = b.call;
   const AttentionParams& p = call.params;
   const uint64_t key = p.philox_key();
@@ -369,23 +370,15 @@ void run_backward_cpu(const AttentionBackwardCall& b, at::Tensor& dq, at::Tensor
   });
 }
 
-AttentionGrads attention_backward_cpu(const at::Tensor& grad_out, const at::Tensor& q_in,
-                                      const at::Tensor& k_in, const at::Tensor& v_in,
+AttentionGrads attention_backward_cpu(const at::Tensor& grad_out, const at::Tensor& q,
+                                      const at::Tensor& k, const at::Tensor& v,
                                       const at::Tensor& out, const at::Tensor& lse,
                                       const c10::optional<at::Tensor>& lengths,
                                       const c10::optional<at::Tensor>& cu_seqlens,
                                       int64_t max_seqlen, const c10::optional<at::Tensor>& seed,
                                       double dropout_p, double softmax_scale) {
-  AttentionBackwardCall b =
-      prepare_attention_backward(grad_out, q_in, k_in, v_in, out, lse, lengths, cu_seqlens,
+  return attention_backward_with(run_backward_cpu, grad_out, q, k, v, out, lse, lengths, cu_seqlens,
                                  max_seqlen, seed, dropout_p, softmax_scale);
-  b.grad_dot_out = attention_grad_dot_out_cpu(b.grad_out, b.out);
-  const at::ScalarType dtype = b.call.q.scalar_type();
-  at::Tensor dq = new_attention_result(b.call, dtype);
-  at::Tensor dk = new_attention_result(b.call, dtype);
-  at::Tensor dv = new_attention_result(b.call, dtype);
-  run_backward_cpu(b, dq, dk, dv);
-  return {dq, dk, dv};
 }
 
 std::tuple<at::Tensor, at::Tensor> attention_qkv_forward_cpu(
@@ -403,13 +396,8 @@ at::Tensor attention_qkv_backward_cpu(const at::Tensor& grad_out, const at::Tens
                                       const c10::optional<at::Tensor>& cu_seqlens,
                                       int64_t max_seqlen, const c10::optional<at::Tensor>& seed,
                                       double dropout_p, double softmax_scale) {
-  const auto [q, k, v] = unpack_qkv(qkv, cu_seqlens.has_value());
-  AttentionBackwardCall b = prepare_attention_backward(
-      grad_out, q, k, v, out, lse, lengths, cu_seqlens, max_seqlen, seed, dropout_p, softmax_scale);
-  b.grad_dot_out = attention_grad_dot_out_cpu(b.grad_out, b.out);
-  PackedGrads grads = new_packed_grads(b.call);
-  run_backward_cpu(b, grads.dq, grads.dk, grads.dv);
-  return grads.dqkv;
+  return attention_qkv_backward_with(run_backward_cpu, grad_out, qkv, out, lse, lengths, cu_seqlens,
+                                     max_seqlen, seed, dropout_p, softmax_scale);
 }
 
 }  // namespace

@@ -126,13 +126,30 @@ at::Tensor new_attention_lse(const AttentionCall& call);
 // or [T, 3, H, D] (packed, with cu_seqlens). Returns the three views, qkv's layout checked.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> unpack_qkv(const at::Tensor& qkv, bool packed);
 
-// The gradient of such a qkv, and the views of it the backward kernels write dq, dk and dv to;
-// sets the call's grad_row_stride to match. Zeros in the packed layout, as new_attention_result.
-struct PackedGrads {
-  at::Tensor dqkv, dq, dk, dv;
-};
-PackedGrads new_packed_grads(AttentionCall& call);
-
 using AttentionGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+
+// A device's backward kernels over a prepared call: they fill its grad_dot_out, then write dq,
+// dk and dv (rows call.params.grad_row_stride apart).
+using RunAttentionBackward = void (*)(AttentionBackwardCall& b, const at::Tensor& dq,
+                                      const at::Tensor& dk, const at::Tensor& dv);
+
+// The attention_backward and attention_qkv_backward ops on the device whose kernels `run` are:
+// the call prepared and the gradients allocated (qkv's as one tensor whose views the kernels
+// write), the same on every device.
+AttentionGrads attention_backward_with(RunAttentionBackward run, const at::Tensor& grad_out,
+                                       const at::Tensor& q, const at::Tensor& k,
+                                       const at::Tensor& v, const at::Tensor& out,
+                                       const at::Tensor& lse,
+                                       const c10::optional<at::Tensor>& lengths,
+                                       const c10::optional<at::Tensor>& cu_seqlens,
+                                       int64_t max_seqlen, const c10::optional<at::Tensor>& seed,
+                                       double dropout_p, double softmax_scale);
+at::Tensor attention_qkv_backward_with(RunAttentionBackward run, const at::Tensor& grad_out,
+                                       const at::Tensor& qkv, const at::Tensor& out,
+                                       const at::Tensor& lse,
+                                       const c10::optional<at::Tensor>& lengths,
+                                       const c10::optional<at::Tensor>& cu_seqlens,
+                                       int64_t max_seqlen, const c10::optional<at::Tensor>& seed,
+                                       double dropout_p, double softmax_scale);
 
 }  // namespace electra_fast

@@ -176,13 +176,43 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> unpack_qkv(const at::Tensor& qkv,
   return {qkv.select(-3, 0), qkv.select(-3, 1), qkv.select(-3, 2)};
 }
 
-PackedGrads new_packed_grads(AttentionCall& call) {
-  std::vector<int64_t> shape = call.q.sizes().vec();
+AttentionGrads attention_backward_with(RunAttentionBackward run, const at::Tensor& grad_out,
+                                       const at::Tensor& q, const at::Tensor& k,
+                                       const at::Tensor& v, const at::Tensor& out,
+                                       const at::Tensor& lse,
+                                       const c10::optional<at::Tensor>& lengths,
+                                       const c10::optional<at::Tensor>& cu_seqlens,
+                                       int64_t max_seqlen, const c10::optional<at::Tensor>& seed,
+                                       double dropout_p, double softmax_scale) {
+  AttentionBackwardCall b = prepare_attention_backward(
+      grad_out, q, k, v, out, lse, lengths, cu_seqlens, max_seqlen, seed, dropout_p, softmax_scale);
+  const at::ScalarType dtype = b.call.q.scalar_type();
+  at::Tensor dq = new_attention_result(b.call, dtype);
+  at::Tensor dk = new_attention_result(b.call, dtype);
+  at::Tensor dv = new_attention_result(b.call, dtype);
+  run(b, dq, dk, dv);
+  return {dq, dk, dv};
+}
+
+at::Tensor attention_qkv_backward_with(RunAttentionBackward run, const at::Tensor& grad_out,
+                                       const at::Tensor& qkv, const at::Tensor& out,
+                                       const at::Tensor& lse,
+                                       const c10::optional<at::Tensor>& lengths,
+                                       const c10::optional<at::Tensor>& cu_seqlens,
+                                       int64_t max_seqlen, const c10::optional<at::Tensor>& seed,
+                                       double dropout_p, double softmax_scale) {
+  const auto [q, k, v] = unpack_qkv(qkv, cu_seqlens.has_value());
+  AttentionBackwardCall b = prepare_attention_backward(
+      grad_out, q, k, v, out, lse, lengths, cu_seqlens, max_seqlen, seed, dropout_p, softmax_scale);
+  // qkv's gradient, zeros in the packed layout as new_attention_result; its views' rows are
+  // 3 * H * D apart.
+  std::vector<int64_t> shape = b.call.q.sizes().vec();
   shape.insert(shape.end() - 2, 3);
-  const auto options = call.q.options();
-  at::Tensor dqkv = call.params.packed ? at::zeros(shape, options) : at::empty(shape, options);
-  call.params.grad_row_stride = 3 * call.params.heads * call.params.head_dim;
-  return {dqkv, dqkv.select(-3, 0), dqkv.select(-3, 1), dqkv.select(-3, 2)};
+  const auto options = b.call.q.options();
+  at::Tensor dqkv = b.call.params.packed ? at::zeros(shape, options) : at::empty(shape, options);
+  b.call.params.grad_row_stride = 3 * b.call.params.heads * b.call.params.head_dim;
+  run(b, dqkv.select(-3, 0), dqkv.select(-3, 1), dqkv.select(-3, 2));
+  return dqkv;
 }
 
 }  // namespace electra_fast

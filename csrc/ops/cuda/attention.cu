@@ -400,50 +400,46 @@ std::tuple<at::Tensor, at::Tensor> attention_forward_cuda(
   return {out, lse};
 }
 
-// The backward kernels over a prepared call: dk and dv written (rows p.grad_row_stride apart),
-// dq returned as the fp32 sum the blocks add into with atomics.
-at::Tensor run_backward_cuda(AttentionBackwardCall& b, at::Tensor& dk, at::Tensor& dv) {
+// The backward kernels over a prepared call (a RunAttentionBackward, attention.h): the blocks add
+// dq into an fp32 sum with atomics, which is then cast into `dq`.
+void run_backward_cuda(AttentionBackwardCall& b, const at::Tensor& dq, const at::Tensor& dk,
+                       const at::Tensor& dv) {
   const AttentionCall& call = b.call;
   const AttentionParams& p = call.params;
   const at::Tensor& q = call.q;
+  check_device(q);
   at::Tensor dq_sum = at::zeros(q.sizes(), q.options().dtype(at::kFloat));
-  if (p.batch == 0 || p.total_rows == 0) return dq_sum;
-  b.grad_dot_out = attention_grad_dot_out_cuda(b);
-  if (attention_sm90_applies(q, p.head_dim)) {
-    attention_backward_sm90(b, dq_sum, dk, dv);
-    return dq_sum;
+  if (p.batch > 0 && p.total_rows > 0) {
+    b.grad_dot_out = attention_grad_dot_out_cuda(b);
+    if (attention_sm90_applies(q, p.head_dim)) {
+      attention_backward_sm90(b, dq_sum, dk, dv);
+    } else {
+      dispatch_kernel(q.scalar_type(), p.head_dim, [&]<typename T, int D>() {
+        auto kernel = attention_backward_kernel<T, D>;
+        allow_shared_bytes(kernel, backward_shared_bytes<D>());
+        kernel<<<grid_of(p, kTile), kThreads, backward_shared_bytes<D>(),
+                 c10::cuda::getCurrentCUDAStream()>>>(
+            p, data<const T>(b.grad_out), data<const T>(q), data<const T>(call.k),
+            data<const T>(call.v), b.lse.const_data_ptr<float>(),
+            b.grad_dot_out.const_data_ptr<float>(), dq_sum.mutable_data_ptr<float>(), data<T>(dk),
+            data<T>(dv));
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
+    }
   }
-  dispatch_kernel(q.scalar_type(), p.head_dim, [&]<typename T, int D>() {
-    auto kernel = attention_backward_kernel<T, D>;
-    allow_shared_bytes(kernel, backward_shared_bytes<D>());
-    kernel<<<grid_of(p, kTile), kThreads, backward_shared_bytes<D>(),
-             c10::cuda::getCurrentCUDAStream()>>>(
-        p, data<const T>(b.grad_out), data<const T>(q), data<const T>(call.k),
-        data<const T>(call.v), b.lse.const_data_ptr<float>(),
-        b.grad_dot_out.const_data_ptr<float>(), dq_sum.mutable_data_ptr<float>(), data<T>(dk),
-        data<T>(dv));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return dq_sum;
+  dq.copy_(dq_sum);
 }
 
-AttentionGrads attention_backward_cuda(const at::Tensor& grad_out, const at::Tensor& q_in,
-                                       const at::Tensor& k_in, const at::Tensor& v_in,
+AttentionGrads attention_backward_cuda(const at::Tensor& grad_out, const at::Tensor& q,
+                                       const at::Tensor& k, const at::Tensor& v,
                                        const at::Tensor& out, const at::Tensor& lse,
                                        const c10::optional<at::Tensor>& lengths,
                                        const c10::optional<at::Tensor>& cu_seqlens,
                                        int64_t max_seqlen, const c10::optional<at::Tensor>& seed,
                                        double dropout_p, double softmax_scale) {
-  const c10::cuda::CUDAGuard guard(q_in.device());
-  AttentionBackwardCall b =
-      prepare_attention_backward(grad_out, q_in, k_in, v_in, out, lse, lengths, cu_seqlens,
-                                 max_seqlen, seed, dropout_p, softmax_scale);
-  check_device(b.call.q);
-  const at::ScalarType dtype = b.call.q.scalar_type();
-  at::Tensor dk = new_attention_result(b.call, dtype);
-  at::Tensor dv = new_attention_result(b.call, dtype);
-  const at::Tensor dq_sum = run_backward_cuda(b, dk, dv);
-  return {dq_sum.to(dtype), dk, dv};
+  const c10::cuda::CUDAGuard guard(q.device());
+  return attention_backward_with(run_backward_cuda, grad_out, q, k, v, out, lse, lengths,
+                                 cu_seqlens, max_seqlen, seed, dropout_p, softmax_scale);
 }
 
 std::tuple<at::Tensor, at::Tensor> attention_qkv_forward_cuda(
@@ -462,14 +458,8 @@ at::Tensor attention_qkv_backward_cuda(const at::Tensor& grad_out, const at::Ten
                                        int64_t max_seqlen, const c10::optional<at::Tensor>& seed,
                                        double dropout_p, double softmax_scale) {
   const c10::cuda::CUDAGuard guard(qkv.device());
-  const auto [q, k, v] = unpack_qkv(qkv, cu_seqlens.has_value());
-  AttentionBackwardCall b = prepare_attention_backward(
-      grad_out, q, k, v, out, lse, lengths, cu_seqlens, max_seqlen, seed, dropout_p, softmax_scale);
-  check_device(b.call.q);
-  PackedGrads grads = new_packed_grads(b.call);
-  const at::Tensor dq_sum = run_backward_cuda(b, grads.dk, grads.dv);
-  grads.dq.copy_(dq_sum);  // the cast attention_backward makes, written in place
-  return grads.dqkv;
+  return attention_qkv_backward_with(run_backward_cuda, grad_out, qkv, out, lse, lengths,
+                                     cu_seqlens, max_seqlen, seed, dropout_p, softmax_scale);
 }
 
 }  // namespace

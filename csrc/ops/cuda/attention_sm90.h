@@ -19,7 +19,7 @@ void attention_forward_sm90(const AttentionCall& call, at::Tensor& out, at::Tens
 
 // Writes dq_sum (fp32, zeroed: the kernel adds into it), dk and dv of a prepared backward call,
 // on the current stream.
-void attention_backward_sm90(const AttentionBackwardCall& b, at::Tensor& dq_sum, at::Tensor& dk,
-                             at::Tensor& dv);
+void attention_backward_sm90(const AttentionBackwardCall& b, const at::Tensor& dq_sum,
+                             const at::Tensor& dk, const at::Tensor& dv);
 
 }  // namespace electra_fast

@@ -266,8 +266,8 @@ __global__ void __launch_bounds__(kThreads, 1)
 
 }  // namespace
 
-void attention_backward_sm90(const AttentionBackwardCall& b, at::Tensor& dq_sum, at::Tensor& dk,
-                             at::Tensor& dv) {
+void attention_backward_sm90(const AttentionBackwardCall& b, const at::Tensor& dq_sum,
+                             const at::Tensor& dk, const at::Tensor& dv) {
   const AttentionCall& call = b.call;
   const AttentionParams& p = call.params;
   dispatch_wgmma_kernel(call.q.scalar_type(), p.head_dim, "backward", [&]<typename T, int D>() {
