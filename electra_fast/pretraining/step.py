@@ -22,8 +22,16 @@ import torch
 from electra_fast.pretraining.optimization import AdamWeightDecay, clip_divisor
 from electra_fast.pretraining.skipping import SkipCounter
 
-# What a step reports, in the order of TrainStep.totals.
-REPORTED = ("loss", "gen_loss", "disc_loss", "mlm_acc", "disc_acc")
+# What a step reports, in the order of TrainStep.totals: the losses, then (on steps with
+# metrics) each name's value in the model's metrics. The discriminator's accuracy alone hides
+# whether it learns: a discriminator that calls every token original scores 1 - replaced, which
+# rises as the generator gets better (more of its samples equal the original token); precision
+# and recall on the replaced tokens do not move with it.
+LOSSES = ("loss", "gen_loss", "disc_loss")
+METRICS = {"mlm_acc": "mlm_accuracy", "disc_acc": "disc_accuracy",
+           "disc_precision": "disc_precision", "disc_recall": "disc_recall",
+           "replaced": "replaced_fraction"}  # fmt: skip
+REPORTED = (*LOSSES, *METRICS)
 
 
 class TrainStep:
@@ -89,7 +97,7 @@ class TrainStep:
         (self.scaler.scale(loss) if self.scaler else loss).backward()
         values = [output.loss, output.gen_loss, output.disc_loss]
         if output.metrics:
-            values += [output.metrics["mlm_accuracy"], output.metrics["disc_accuracy"]]
+            values += [output.metrics[name] for name in METRICS.values()]
         with torch.no_grad():  # one stack and one add, not three ops per value
             self.totals[: len(values)] += torch.stack(values).float() * self.share
 
@@ -111,7 +119,7 @@ class TrainStep:
         self.optimizer.zero_grad(set_to_none=not self.keep_gradients)
 
     def read(self) -> dict[str, float]:
-        """The last step's losses, accuracies (0 unless its micro-steps had metrics) and
+        """The last step's losses, metrics (0 unless its micro-steps had them) and
         gradient norm, read now: the host waits for the device."""
         values = torch.cat((self.reported, self.grad_norm[None])).tolist()
         return dict(zip((*REPORTED, "grad_norm"), values, strict=True))

@@ -45,8 +45,7 @@ MODEL_FIELDS = ("vocab_size", "embedding_size", "hidden_size", "num_hidden_layer
                 "num_attention_heads", "intermediate_size", "hidden_act",
                 "max_position_embeddings", "type_vocab_size")  # fmt: skip
 # What RUN/tensorboard shows (as pretrain/<key>), from each metrics.jsonl record.
-TENSORBOARD_SCALARS = ("loss", "gen_loss", "disc_loss", "mlm_acc", "disc_acc", "lr", "grad_norm",
-                       "tokens_per_s")  # fmt: skip
+TENSORBOARD_SCALARS = (*REPORTED, "lr", "grad_norm", "tokens_per_s")
 
 __all__ = ["NonFiniteLoss", "export", "pretrain"]
 
@@ -361,6 +360,7 @@ def _progress(record: dict, step: int, total: int, started: float) -> None:
     eta = elapsed / max(step, 1) * (total - step)
     print(
         f"\rstep {step}/{total} loss {record['loss']:.3f} disc_acc {record['disc_acc']:.3f} "
+        f"(recall {record['disc_recall']:.2f}) "
         f"{record['tokens_per_s']:.0f} tok/s ETA {eta / 60:.1f} min",
         end="",
         file=sys.stderr,

@@ -107,9 +107,19 @@ def test_losses_equal_a_hand_computation(draws):
     torch.testing.assert_close(out.gen_loss.double(), gen_loss, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(out.disc_loss.double(), disc_loss, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(out.loss.double(), gen_loss + 50.0 * disc_loss, rtol=1e-5, atol=1e-5)
-    assert 0 <= float(out.metrics["replaced_fraction"]) <= 1
-    expected_replaced = float((replaced * mask).sum() / mask.sum())
-    assert abs(float(out.metrics["replaced_fraction"]) - expected_replaced) < 1e-6
+    # The discriminator's metrics over the real tokens, counted one by one.
+    tokens = [(bool(x[b, i] > 0), bool(replaced[b, i])) for b, i in mask.nonzero().tolist()]
+    called = [fake for called_fake, fake in tokens if called_fake]
+    spotted = [called_fake for called_fake, fake in tokens if fake]
+    want = {
+        "disc_accuracy": sum(c == f for c, f in tokens) / len(tokens),
+        "disc_precision": sum(called) / len(called),
+        "disc_recall": sum(spotted) / len(spotted),
+        "replaced_fraction": len(spotted) / len(tokens),
+    }
+    assert 0 < len(spotted) < len(tokens) and 0 < len(called) < len(tokens)  # all four defined
+    for name, value in want.items():
+        assert float(out.metrics[name]) == pytest.approx(value, abs=1e-5), name
 
 
 def evaluate(model, ids, mask):

@@ -16,7 +16,7 @@ from electra_fast.model import ElectraForPretraining
 from electra_fast.model.pretraining import draw_keys
 from electra_fast.pretraining.optimization import AdamWeightDecay
 from electra_fast.pretraining.skipping import SkipCounter
-from electra_fast.pretraining.step import GraphedStep, TrainStep
+from electra_fast.pretraining.step import METRICS, GraphedStep, TrainStep
 from tests.model.test_pretraining import batch, tiny
 
 LR, WD, EPS = 1e-3, 0.01, 1e-6
@@ -50,9 +50,7 @@ def by_hand(model, micros, max_grad_norm):
         (out.loss / len(micros)).backward()
         losses.append(out.loss.item())
         if out.metrics:
-            accuracies = [
-                out.metrics[k].item() / len(micros) for k in ("mlm_accuracy", "disc_accuracy")
-            ]
+            accuracies = [out.metrics[k].item() / len(micros) for k in METRICS.values()]
     params = [p for p in model.parameters() if p.grad is not None]
     norm = math.sqrt(sum(float((p.grad.double() ** 2).sum()) for p in params))
     lr = float(torch.tensor(LR))  # the step's rate is a float32 tensor
@@ -84,7 +82,7 @@ def test_a_step_equals_the_step_by_hand(micros, max_grad_norm):
     values = step.read()
     assert values["loss"] == pytest.approx(loss, rel=1e-5)
     assert values["grad_norm"] == pytest.approx(norm, rel=1e-4)
-    assert [values["mlm_acc"], values["disc_acc"]] == pytest.approx(accuracies, abs=1e-6)
+    assert [values[k] for k in METRICS] == pytest.approx(accuracies, abs=1e-6)
     assert values["gen_loss"] > 0 and values["disc_loss"] > 0
     for (name, got), want in zip(model.named_parameters(), hand.parameters(), strict=True):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=name)

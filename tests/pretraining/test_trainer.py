@@ -50,7 +50,8 @@ def test_loss_falls_and_the_run_exports(dataset, tmp_path):
     records = metrics(tmp_path / "run")
     first, last = records[0], records[-1]
     assert last["step"] == 100 and last["loss"] < 0.7 * first["loss"], (first, last)
-    keys = {"step", "loss", "gen_loss", "disc_loss", "mlm_acc", "disc_acc", "lr", "grad_norm"}
+    keys = {"step", "loss", "gen_loss", "disc_loss", "mlm_acc", "disc_acc", "disc_precision",
+            "disc_recall", "replaced", "lr", "grad_norm"}  # fmt: skip
     assert keys | {"tokens_per_s"} <= set(last)
     from electra_fast import ElectraDiscriminator
 
@@ -338,6 +339,19 @@ def test_a_record_cut_short_is_left_out(dataset, tmp_path):
         assert main(["plot", str(run)]) == 0
     pretrain(dataset, run, settings, progress=False)
     assert [r["step"] for r in metrics(run)] == [1, 2, 4, 6]
+
+
+def test_the_plot_reads_runs_that_logged_fewer_metrics(tmp_path):
+    """Runs of earlier versions logged no discriminator recall or replaced share: their plot
+    draws what they have."""
+    pytest.importorskip("matplotlib")
+    from electra_fast.pretraining.plot import plot_run
+
+    old = {"loss": 40.0, "gen_loss": 8.0, "disc_loss": 0.6, "mlm_acc": 0.1, "disc_acc": 0.85}
+    (tmp_path / "metrics.jsonl").write_text(
+        "".join(json.dumps({"step": step, **old}) + "\n" for step in (1, 2, 3))
+    )
+    assert plot_run(tmp_path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_an_interrupted_export_keeps_the_previous_one(dataset, tmp_path, monkeypatch):
