@@ -91,22 +91,29 @@ class Layer(nn.Module):
         layout: dict,
         seeds: Sequence[torch.Tensor | None] = (None,) * 3,
         x_in: torch.Tensor | None = None,
+        tokens: tuple[int, ...] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """x: [B, L, H] (layout: lengths) or packed [T, H] (layout: cu_seqlens, max_seqlen).
-        seeds: the Philox keys of the attention dropout and of the two blocks' dropouts (None:
-        each a draw of its own). x_in: x as the first matmul takes it (the previous layer's
-        out_x), or None: x. Returns the layer's output and the same as the next layer's first
-        matmul takes it (the output itself but under CUDA autocast)."""
+        """x: the tokens' rows [N, H], of a padded batch [B, L] (layout: lengths, tokens: (B, L))
+        or packed ones (layout: cu_seqlens, max_seqlen; tokens: (T,)); or x [B, L, H] with
+        tokens None. seeds: the Philox keys of the attention dropout and of the two blocks'
+        dropouts (None: each a draw of its own). x_in: x as the first matmul takes it (the
+        previous layer's out_x), or None: x. Returns the layer's output and the same as the
+        next layer's first matmul takes it (the output itself but under CUDA autocast).
+
+        The encoder passes rows: a matmul of 3-D activations is a view before it and one after
+        it, in the forward and again in the backward, four linear layers a layer."""
+        tokens = x.shape[:-1] if tokens is None else tokens
         h = x if x_in is None else x_in
-        qkv = linear(h, self.qkv).unflatten(-1, (3, self.heads, self.head_dim))
+        qkv = linear(h, self.qkv).view(*tokens, 3, self.heads, self.head_dim)
         attention_p = self.attention_dropout if self.training else 0.0
         hidden_p = self.hidden_dropout if self.training else 0.0
         # The encoder checked the layout once for all layers.
         context = attention_qkvpacked(
             qkv, dropout_p=attention_p, seed=seeds[0], check_values=False, **layout
         )
-        x, x_in = self._add_norm(context.flatten(-2), self.attention_out, x, self.attention_norm,
-                                 hidden_p, seeds[1])  # fmt: skip
+        context = context.reshape(*x.shape[:-1], -1)  # the rows of x
+        x, x_in = self._add_norm(context, self.attention_out, x, self.attention_norm, hidden_p,
+                                 seeds[1])  # fmt: skip
         hidden = linear_activation(self.ffn_in, x_in, self.hidden_act)
         return self._add_norm(hidden, self.ffn_out, x, self.ffn_norm, hidden_p, seeds[2])
 
@@ -143,19 +150,25 @@ class Encoder(nn.Module):
             self.config, input_ids, attention_mask, token_type_ids, check_values
         )
         x = self.embeddings(input_ids, token_type_ids)
-        if self.embeddings_project is not None:
-            x = linear(x, self.embeddings_project)
-        if attention_mask is None:
-            return self._layers(x, {})
-        lengths = attention_mask.sum(1, dtype=torch.int32)  # what the attention kernels take
-        if not self.config.unpad:
-            return self._layers(x, {"lengths": lengths})
+        B, L = input_ids.shape
+        if attention_mask is None or not self.config.unpad:
+            layout = {} if attention_mask is None else {
+                "lengths": attention_mask.sum(1, dtype=torch.int32)  # as the kernels take them
+            }  # fmt: skip
+            return self._layers(x.reshape(B * L, -1), layout, (B, L)).view(B, L, -1)
+        lengths = attention_mask.sum(1, dtype=torch.int32)
         keep = attention_mask.bool()
         cu_seqlens = F.pad(lengths.cumsum(0), (1, 0)).int()
-        packed = self._layers(x[keep], {"cu_seqlens": cu_seqlens, "max_seqlen": x.shape[1]})
-        return x.new_zeros(x.shape).index_put((keep,), packed)
+        rows = x[keep]
+        layout = {"cu_seqlens": cu_seqlens, "max_seqlen": L}
+        packed = self._layers(rows, layout, rows.shape[:1])
+        return packed.new_zeros(B, L, packed.shape[-1]).index_put((keep,), packed)
 
-    def _layers(self, x, layout):
+    def _layers(self, x, layout, tokens):
+        """The embedding projection and the layers over the tokens' rows x [N, E]; `tokens`
+        the shape of the N tokens, (B, L) or (T,)."""
+        if self.embeddings_project is not None:
+            x = linear(x, self.embeddings_project)
         # The layers' dropout keys (attention, then each block's output) in one draw, not one
         # per op: on a GPU each draw is a kernel launch, and the host issuing launches is what
         # limits a small model's step.
@@ -173,9 +186,10 @@ class Encoder(nn.Module):
                 # it would read the CUDA generator, which a CUDA graph cannot record).
                 # The second forward also gets the first's weight casts.
                 x, x_in = checkpoint(with_current_casts(layer), x, layout, layer_seeds, x_in,
-                                     use_reentrant=False, preserve_rng_state=False)  # fmt: skip
+                                     tokens, use_reentrant=False,
+                                     preserve_rng_state=False)  # fmt: skip
             else:
-                x, x_in = layer(x, layout, layer_seeds, x_in)
+                x, x_in = layer(x, layout, layer_seeds, x_in, tokens)
         return x
 
 

@@ -49,6 +49,42 @@ def test_unpadded_encoder_equals_padded_one():
         torch.testing.assert_close(padded_model(ids, mask)[keep], packed_model(ids, mask)[keep])
 
 
+@pytest.mark.parametrize("unpad", [False, True])
+def test_the_layers_run_their_matmuls_on_token_rows(unpad):
+    """The layers take the tokens' rows [N, H]: a matmul of a 3-D input would be a view, the
+    product and an _unsafe_view back, in the forward and again in the backward. A layer more
+    adds no _unsafe_view, and five views: qkv split into heads and the attention's output
+    joined back, in the forward and their gradients' in the backward, and the one addmm's
+    backward makes of the qkv bias's gradient (before, 3-D activations: 18 views and three
+    _unsafe_views)."""
+    from collections import Counter
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Calls(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.calls = Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.calls[func._opname] += 1
+            return func(*args, **(kwargs or {}))
+
+    def count(layers):
+        torch.manual_seed(0)
+        config = ElectraConfig(**{**TINY.__dict__, "num_hidden_layers": layers, "unpad": unpad})
+        model = ElectraDiscriminator(config)
+        ids = torch.randint(0, 50, (3, 12))
+        mask = (torch.arange(12) < torch.tensor([[12], [5], [1]])).long()
+        with Calls() as calls:
+            model(ids, mask).sum().backward()
+        return calls.calls
+
+    one, two = count(1), count(2)
+    assert two["_unsafe_view"] == one["_unsafe_view"]
+    assert two["view"] - one["view"] == 5, (one["view"], two["view"])
+
+
 def test_each_dropout_of_each_layer_has_its_own_key_from_one_draw(monkeypatch):
     """In training the layers' dropout keys (attention, the two blocks' outputs) are one draw,
     a different key for each; in eval, or without dropout, nothing is drawn."""
