@@ -69,7 +69,10 @@ namespace {
 // Scratch of one thread, float32 rows: a row's logits, its uniforms, its weights exp(a - a_max)
 // when T != 1, and the uniforms and noise of the columns whose exact noise is needed. The
 // transcendental passes (log, exp) run as ATen's in-place ops on them: vectorised (Sleef) for
-// the CPU that torch runs on, and the very functions the torch reference calls.
+// the CPU that torch runs on, and the very functions the torch reference calls. The exact ones
+// (a subtraction, a negation) are plain loops: an ATen op costs microseconds of dispatch (a
+// scalar's sub_ also wraps the scalar in a tensor and casts it), several times a row, which at
+// the demo's vocabulary of 4,000 was about a tenth of a pretraining step.
 struct Scratch {
   at::Tensor logits, uniform, weights, picked, picked_noise;
   std::vector<int64_t> columns;  // the picked columns
@@ -115,7 +118,13 @@ void exact_noise(const at::Tensor& uniform, const at::Tensor& noise, int64_t k) 
   for (int64_t c = 0; c < k; ++c) g[c] = 1.0f - t[c];
   head.log_();
   for (int64_t c = 0; c < k; ++c) g[c] = gumbel_exponential(t[c], 1.0f - t[c], g[c]);
-  head.log_().neg_();
+  head.log_();
+  for (int64_t c = 0; c < k; ++c) g[c] = -g[c];
+}
+
+// x[0, n) -= value, in place: the same rounding as ATen's sub_, without its dispatch.
+void subtract(float* x, int64_t n, float value) {
+  for (int64_t c = 0; c < n; ++c) x[c] -= value;
 }
 
 // Scores the picked columns exactly (their uniforms gathered into scratch.picked).
@@ -244,7 +253,8 @@ RowState scan_row(const scalar_t* x, int64_t n, int64_t row, int64_t vocab_start
     scratch.weights.copy_(scratch.logits).mul_(inverse_temperature).sub_(a_max).exp_();
     weights = scratch.weights.const_data_ptr<float>();
   }
-  scratch.logits.sub_(state.max).exp_();  // exp(x - max): 0 from -inf, NaN from NaN or inf - inf
+  subtract(logits, n, state.max);
+  scratch.logits.exp_();  // exp(x - max): 0 from -inf, NaN from NaN or inf - inf
   state.sum = static_cast<float>(sum_in_double(logits, n));  // rounded once: 6e-8 in the lse
   if (!every_column) {
     sample_row(state, x, weights, n, a_max, vocab_start, inverse_temperature, disallowed, scratch);
@@ -370,8 +380,10 @@ void step_backward_into(const at::Tensor& grad_loss, const at::Tensor& logits,
           continue;
         }
         const scalar_t* x_row = x + r * n;
-        for (int64_t c = 0; c < n; ++c) p[c] = static_cast<float>(x_row[c]);
-        scratch.logits.sub_(lse_ptr[r]).exp_();            // softmax, from the saved logsumexp
+        // The softmax, from the saved logsumexp (the cast to float32 is exact).
+        const float row_lse = lse_ptr[r];
+        for (int64_t c = 0; c < n; ++c) p[c] = static_cast<float>(x_row[c]) - row_lse;
+        scratch.logits.exp_();
         const int64_t label_column = label - vocab_start;  // may lie outside this tile
         const float row_grad = g[r];
         for (int64_t c = 0; c < n; ++c) {
