@@ -112,36 +112,43 @@ namespace {
 constexpr int64_t kRowsPerBlock = 32;  // of the parameter gradients' partial sums
 constexpr int kLanes = 8;              // partial sums of a row's reductions
 
-// keep[c] = 1 where column c of `row` survives the dropout (everywhere without dropout).
-// The Philox blocks of a row are drawn kPhiloxBatch at a time (philox_cpu.h), the rest one by
-// one: the same numbers as ResidualDropout::keep_bits, which the CUDA kernel calls.
-void keep_mask(const ResidualDropout& drop, int64_t row, int64_t H, uint8_t* keep) {
+// keep[(r - first) * H + c] = 1 where column c of row r in [first, first + rows) survives the
+// dropout (everywhere without dropout). The rows' Philox blocks have consecutive indices
+// (r * groups + g), drawn kPhiloxBatch at a time (philox_cpu.h) across rows, so that a narrow
+// row (ELECTRA-small's generator has 64 columns: 8 blocks) is batched too; the last ones one by
+// one. The same numbers as ResidualDropout::keep_bits, which the CUDA kernel calls.
+void keep_mask(const ResidualDropout& drop, int64_t first, int64_t rows, int64_t H,
+               uint8_t* keep) {
   if (drop.threshold == 0) {
-    std::fill(keep, keep + H, uint8_t{1});
+    std::fill(keep, keep + rows * H, uint8_t{1});
     return;
   }
+  const int64_t begin = first * drop.groups, end = (first + rows) * drop.groups;
+  // The 8 columns of block `index` from its keep bits.
+  auto unpack = [&](int64_t index, uint32_t bits) {
+    const int64_t row = index / drop.groups, c0 = 8 * (index % drop.groups);
+    uint8_t* out = keep + (row - first) * H;
+    for (int64_t c = c0; c < std::min(H, c0 + 8); ++c) out[c] = (bits >> (c - c0)) & 1u;
+  };
   uint32_t low[kPhiloxBatch], high[kPhiloxBatch];
   PhiloxBatch words;
-  int64_t g0 = 0;
-  for (; g0 + kPhiloxBatch <= drop.groups; g0 += kPhiloxBatch) {
+  int64_t i0 = begin;
+  for (; i0 + kPhiloxBatch <= end; i0 += kPhiloxBatch) {
     for (int j = 0; j < kPhiloxBatch; ++j) {
-      const uint64_t index = static_cast<uint64_t>(row * drop.groups + g0 + j);
+      const uint64_t index = static_cast<uint64_t>(i0 + j);
       low[j] = static_cast<uint32_t>(index);
       high[j] = static_cast<uint32_t>(index >> 32);
     }
     philox_batch(low, high, kStreamResidualDropout, 0u, static_cast<uint32_t>(drop.seed),
                  static_cast<uint32_t>(drop.seed >> 32), words);
-    for (int j = 0; j < kPhiloxBatch; ++j) {
-      const uint32_t bits = keep_halves(words, j, drop.threshold);
-      for (int64_t c = 8 * (g0 + j); c < std::min(H, 8 * (g0 + j) + 8); ++c) {
-        keep[c] = (bits >> (c - 8 * (g0 + j))) & 1u;
-      }
-    }
+    for (int j = 0; j < kPhiloxBatch; ++j) unpack(i0 + j, keep_halves(words, j, drop.threshold));
   }
-  for (int64_t g = g0; g < drop.groups; ++g) {
-    const uint32_t bits = drop.keep_bits(row, g);
-    for (int64_t c = 8 * g; c < std::min(H, 8 * g + 8); ++c) keep[c] = (bits >> (c - 8 * g)) & 1u;
-  }
+  for (int64_t i = i0; i < end; ++i) unpack(i, drop.keep_bits(i / drop.groups, i % drop.groups));
+}
+
+// Rows whose dropout masks are drawn together: at least one batch of Philox blocks.
+int64_t mask_rows(const ResidualDropout& drop) {
+  return std::max<int64_t>(1, (kPhiloxBatch + drop.groups - 1) / drop.groups);
 }
 
 // The sum of v[0, n), in kLanes partial sums that vectorise, combined in a fixed order.
@@ -243,16 +250,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dropout_add_layer_nor
     x_t* oxp = with_out_x ? out_x.mutable_data_ptr<x_t>() : nullptr;
     float* mp = mean.mutable_data_ptr<float>();
     float* sp = rstd.mutable_data_ptr<float>();
+    const int64_t together = mask_rows(drop);
     at::parallel_for(0, M, std::max<int64_t>(1, 16384 / H), [&](int64_t begin, int64_t end) {
       std::vector<float> s(H), d(H);
-      std::vector<uint8_t> keep(H);
-      for (int64_t row = begin; row < end; ++row) {
-        keep_mask(drop, row, H, keep.data());
-        std::tie(mp[row], sp[row]) =
-            forward_row(xp + row * H, xb, rp + row * H, weight.const_data_ptr<float>(),
-                        bias.const_data_ptr<float>(), keep.data(), drop.scale, H,
-                        static_cast<float>(eps), s.data(), d.data(), op + row * H,
-                        oxp != nullptr ? oxp + row * H : nullptr);
+      std::vector<uint8_t> keep(together * H);
+      for (int64_t first = begin; first < end; first += together) {
+        const int64_t rows = std::min(together, end - first);
+        keep_mask(drop, first, rows, H, keep.data());
+        for (int64_t row = first; row < first + rows; ++row) {
+          std::tie(mp[row], sp[row]) = forward_row(
+              xp + row * H, xb, rp + row * H, weight.const_data_ptr<float>(),
+              bias.const_data_ptr<float>(), keep.data() + (row - first) * H, drop.scale, H,
+              static_cast<float>(eps), s.data(), d.data(), op + row * H,
+              oxp != nullptr ? oxp + row * H : nullptr);
+        }
       }
     });
   });
@@ -285,18 +296,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dropout_add_layer_norm_backward_c
     const float* sp = rstd.const_data_ptr<float>();
     x_t* dxp = grad_x.mutable_data_ptr<x_t>();
     r_t* drp = grad_residual.mutable_data_ptr<r_t>();
+    // A block's kRowsPerBlock rows have their masks drawn at once.
     at::parallel_for(0, blocks, 1, [&](int64_t first, int64_t last) {
       std::vector<float> xhat(H), g(H), gx(H);
-      std::vector<uint8_t> keep(H);
+      std::vector<uint8_t> keep(kRowsPerBlock * H);
       for (int64_t block = first; block < last; ++block) {
         float* dw = partial.data() + block * P * H;
-        for (int64_t row = block * kRowsPerBlock; row < std::min(M, (block + 1) * kRowsPerBlock);
-             ++row) {
-          keep_mask(drop, row, H, keep.data());
+        const int64_t first_row = block * kRowsPerBlock;
+        const int64_t rows = std::min(M, first_row + kRowsPerBlock) - first_row;
+        keep_mask(drop, first_row, rows, H, keep.data());
+        for (int64_t row = first_row; row < first_row + rows; ++row) {
           backward_row(gp + row * H, gxp != nullptr ? gxp + row * H : nullptr, xp + row * H, xb,
                        rp + row * H, weight.const_data_ptr<float>(),
-                       keep.data(), drop.scale, H, mp[row], sp[row], xhat.data(), g.data(),
-                       gx.data(), dw, dw + H, dw + 2 * H, dxp + row * H, drp + row * H);
+                       keep.data() + (row - first_row) * H, drop.scale, H, mp[row], sp[row],
+                       xhat.data(), g.data(), gx.data(), dw, dw + H, dw + 2 * H, dxp + row * H,
+                       drp + row * H);
         }
       }
     });
