@@ -88,21 +88,19 @@ class Layer(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
+        tokens: tuple[int, ...],
         layout: dict,
         seeds: Sequence[torch.Tensor | None] = (None,) * 3,
         x_in: torch.Tensor | None = None,
-        tokens: tuple[int, ...] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """x: the tokens' rows [N, H], of a padded batch [B, L] (layout: lengths, tokens: (B, L))
-        or packed ones (layout: cu_seqlens, max_seqlen; tokens: (T,)); or x [B, L, H] with
-        tokens None. seeds: the Philox keys of the attention dropout and of the two blocks'
-        dropouts (None: each a draw of its own). x_in: x as the first matmul takes it (the
-        previous layer's out_x), or None: x. Returns the layer's output and the same as the
-        next layer's first matmul takes it (the output itself but under CUDA autocast).
-
-        The encoder passes rows: a matmul of 3-D activations is a view before it and one after
-        it, in the forward and again in the backward, four linear layers a layer."""
-        tokens = x.shape[:-1] if tokens is None else tokens
+        """x: the tokens' rows [N, H], of a padded batch (tokens: (B, L); layout: lengths) or
+        packed sequences (tokens: (T,); layout: cu_seqlens, max_seqlen). Rows, not [B, L, H]:
+        a matmul of 3-D activations is a view before it and one after it, in the forward and
+        again in the backward, four linear layers a layer. seeds: the Philox keys of the
+        attention dropout and of the two blocks' dropouts (None: each a draw of its own). x_in:
+        x as the first matmul takes it (the previous layer's out_x), or None: x. Returns the
+        layer's output and the same as the next layer's first matmul takes it (the output
+        itself but under CUDA autocast)."""
         h = x if x_in is None else x_in
         qkv = linear(h, self.qkv).view(*tokens, 3, self.heads, self.head_dim)
         attention_p = self.attention_dropout if self.training else 0.0
@@ -111,7 +109,7 @@ class Layer(nn.Module):
         context = attention_qkvpacked(
             qkv, dropout_p=attention_p, seed=seeds[0], check_values=False, **layout
         )
-        context = context.reshape(*x.shape[:-1], -1)  # the rows of x
+        context = context.reshape(x.shape[0], -1)  # the rows of x
         x, x_in = self._add_norm(context, self.attention_out, x, self.attention_norm, hidden_p,
                                  seeds[1])  # fmt: skip
         hidden = linear_activation(self.ffn_in, x_in, self.hidden_act)
@@ -151,20 +149,19 @@ class Encoder(nn.Module):
         )
         x = self.embeddings(input_ids, token_type_ids)
         B, L = input_ids.shape
-        if attention_mask is None or not self.config.unpad:
-            layout = {} if attention_mask is None else {
-                "lengths": attention_mask.sum(1, dtype=torch.int32)  # as the kernels take them
-            }  # fmt: skip
-            return self._layers(x.reshape(B * L, -1), layout, (B, L)).view(B, L, -1)
-        lengths = attention_mask.sum(1, dtype=torch.int32)
+        # As the attention kernels take them.
+        lengths = None if attention_mask is None else attention_mask.sum(1, dtype=torch.int32)
+        if lengths is None or not self.config.unpad:
+            layout = {} if lengths is None else {"lengths": lengths}
+            return self._layers(x.reshape(B * L, -1), (B, L), layout).view(B, L, -1)
         keep = attention_mask.bool()
         cu_seqlens = F.pad(lengths.cumsum(0), (1, 0)).int()
         rows = x[keep]
         layout = {"cu_seqlens": cu_seqlens, "max_seqlen": L}
-        packed = self._layers(rows, layout, rows.shape[:1])
+        packed = self._layers(rows, rows.shape[:1], layout)
         return packed.new_zeros(B, L, packed.shape[-1]).index_put((keep,), packed)
 
-    def _layers(self, x, layout, tokens):
+    def _layers(self, x, tokens, layout):
         """The embedding projection and the layers over the tokens' rows x [N, E]; `tokens`
         the shape of the N tokens, (B, L) or (T,)."""
         if self.embeddings_project is not None:
@@ -185,11 +182,11 @@ class Encoder(nn.Module):
                 # nothing and repeats the first exactly, so no generator state is kept (saving
                 # it would read the CUDA generator, which a CUDA graph cannot record).
                 # The second forward also gets the first's weight casts.
-                x, x_in = checkpoint(with_current_casts(layer), x, layout, layer_seeds, x_in,
-                                     tokens, use_reentrant=False,
+                x, x_in = checkpoint(with_current_casts(layer), x, tokens, layout, layer_seeds,
+                                     x_in, use_reentrant=False,
                                      preserve_rng_state=False)  # fmt: skip
             else:
-                x, x_in = layer(x, layout, layer_seeds, x_in, tokens)
+                x, x_in = layer(x, tokens, layout, layer_seeds, x_in)
         return x
 
 

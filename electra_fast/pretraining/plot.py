@@ -39,17 +39,15 @@ def plot_run(run: str | Path) -> Path:
     losses.set_xlabel("step")
     losses.set_title("loss")
     losses.legend()
-    lines = (("disc_acc", "discriminator accuracy", "-"),
-             ("baseline", "... of calling every token original", ":"),
-             ("disc_recall", "discriminator recall", "-"),
-             ("mlm_acc", "MLM accuracy", "-"))  # fmt: skip
-    for r in records:
-        if "replaced" in r:
-            r["baseline"] = 1.0 - r["replaced"]
-    for key, label, style in lines:
+    curves = (("disc_acc", "discriminator accuracy", "-", float),
+              ("replaced", "... of calling every token original", ":", lambda v: 1.0 - v),
+              ("disc_recall", "discriminator recall", "-", float),
+              ("mlm_acc", "MLM accuracy", "-", float))  # fmt: skip
+    for key, label, style, value in curves:
         kept = [r for r in records if key in r]  # runs of older versions logged fewer keys
         if kept:
-            accuracy.plot([r["step"] for r in kept], [r[key] for r in kept], style, label=label)
+            accuracy.plot([r["step"] for r in kept], [value(r[key]) for r in kept], style,
+                          label=label)  # fmt: skip
     accuracy.set_xlabel("step")
     accuracy.set_ylim(0, 1)
     accuracy.set_title("accuracy")

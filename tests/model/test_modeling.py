@@ -57,18 +57,7 @@ def test_the_layers_run_their_matmuls_on_token_rows(unpad):
     joined back, in the forward and their gradients' in the backward, and the one addmm's
     backward makes of the qkv bias's gradient (before, 3-D activations: 18 views and three
     _unsafe_views)."""
-    from collections import Counter
-
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Calls(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.calls = Counter()
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.calls[func._opname] += 1
-            return func(*args, **(kwargs or {}))
+    from tests.model.test_casts import Calls
 
     def count(layers):
         torch.manual_seed(0)
