@@ -33,7 +33,12 @@ from electra_fast.data import PaddedBatches, PretrainingDataset, ResumableSample
 from electra_fast.model import ElectraForPretraining
 from electra_fast.model.modeling import check_encoder_inputs, set_gradient_checkpointing
 from electra_fast.model.pretraining import draw_keys
-from electra_fast.pretraining.checkpoint import load_checkpoint, load_latest, save_checkpoint
+from electra_fast.pretraining.checkpoint import (
+    load_checkpoint,
+    load_latest,
+    resume_point,
+    save_checkpoint,
+)
 from electra_fast.pretraining.hparams import Hparams
 from electra_fast.pretraining.optimization import AdamWeightDecay, learning_rate, parameter_groups
 from electra_fast.pretraining.skipping import NonFiniteLoss, SkipCounter
@@ -116,9 +121,7 @@ def pretrain(
             f"gradient_accumulation_steps={hparams.gradient_accumulation_steps})"
         )
     step, skipped = 0, 0
-    saved = load_latest(out / "checkpoints") if resume else None
-    if saved is None and not resume and (out / "checkpoints").is_dir():
-        raise ValueError(f"{out} already holds checkpoints and --no-resume was given")
+    saved = resume_point(out / "checkpoints", resume, rank, world)
     if saved is not None:
         state, path = saved
         _check_same_model(state["config"], config, path)
