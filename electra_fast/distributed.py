@@ -4,8 +4,10 @@ their shares of a list."""
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
+from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
@@ -76,3 +78,44 @@ def gather(mine: list, total: int) -> list:
     for rank, part in enumerate(parts):
         ordered[rank::world] = part
     return ordered
+
+
+@contextlib.contextmanager
+def together(what: str) -> Iterator[None]:
+    """Runs the block on every rank and, when it raised on any, raises on every rank once all
+    have run it: the rank that failed its own error, the others a RuntimeError that names the
+    failed ranks and what they said. Without it a rank that fails alone (a dataset missing on
+    one machine) leaves the others waiting in their next collective until its timeout. The
+    block must hold no collective of its own. Without a process group, a plain block."""
+    if not dist.is_initialized():
+        yield
+        return
+    error = None
+    try:
+        yield
+    except Exception as raised:  # noqa: BLE001 - reported to every rank, then raised again
+        error = raised
+    problems: list = [None] * dist.get_world_size()
+    said = None if error is None else f"{type(error).__name__}: {error}"
+    dist.all_gather_object(problems, said)
+    if error is not None:
+        raise error
+    failed = {rank: problem for rank, problem in enumerate(problems) if problem is not None}
+    if failed:
+        detail = "; ".join(f"rank {rank}: {problem}" for rank, problem in failed.items())
+        raise RuntimeError(f"{what} failed on rank(s) {sorted(failed)} ({detail})")
+
+
+def same_everywhere(what: str, value) -> None:
+    """Raises on every rank unless every rank passes an equal `value` (a fingerprint of
+    something each rank read for itself, as the prepared dataset on each machine)."""
+    if not dist.is_initialized():
+        return
+    values: list = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    differ = [rank for rank, other in enumerate(values) if other != values[0]]
+    if differ:
+        raise ValueError(
+            f"{what} differs between ranks: rank(s) {differ} read {values[differ[0]]!r}, "
+            f"rank 0 {values[0]!r}"
+        )

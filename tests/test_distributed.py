@@ -1,11 +1,13 @@
 """electra_fast.distributed in a plain process: the device choice and its errors, and the
 share and gather of a list (identities without a process group; two ranks' halves are
-tested under torchrun in tests/finetuning/test_distributed.py)."""
+tested under torchrun in tests/finetuning/test_distributed.py); in two gloo processes, the
+failures and differences that every rank must raise together."""
 
 import pytest
 import torch
 
 from electra_fast import distributed
+from tests.gloo import run_ranks
 
 
 def test_device_choice_and_errors(monkeypatch):
@@ -33,3 +35,37 @@ def test_share_and_gather_alone():
     items = list(range(7))
     assert distributed.share(items) == items and distributed.gather(items, 7) == items
     assert distributed.is_main()
+
+
+def fail_on(rank, world, root, failing):
+    with distributed.together("opening the dataset"):
+        if rank in failing:
+            raise FileNotFoundError(f"no data on rank {rank}")
+    return "went on"
+
+
+def test_a_block_that_fails_on_one_rank_raises_on_every_rank(tmp_path):
+    results = run_ranks(fail_on, tmp_path, [1])
+    assert results[1] == {"error": "FileNotFoundError", "message": "no data on rank 1"}
+    assert results[0] == {
+        "error": "RuntimeError",
+        "message": "opening the dataset failed on rank(s) [1] "
+        "(rank 1: FileNotFoundError: no data on rank 1)",
+    }
+    assert run_ranks(fail_on, tmp_path / "none", []) == [{"result": "went on"}] * 2
+    with distributed.together("alone"):  # no process group: a plain block
+        pass
+    with pytest.raises(KeyError), distributed.together("alone"):
+        raise KeyError("raised as it is")
+
+
+def compare(rank, world, root, values):
+    distributed.same_everywhere("the prepared dataset", values[rank])
+    return "same"
+
+
+def test_values_that_differ_between_ranks_raise_on_every_rank(tmp_path):
+    results = run_ranks(compare, tmp_path, ["10 examples", "12 examples"])
+    message = "the prepared dataset differs between ranks: rank(s) [1] read '12 examples', "
+    assert results == [{"error": "ValueError", "message": message + "rank 0 '10 examples'"}] * 2
+    assert run_ranks(compare, tmp_path / "same", ["a", "a"]) == [{"result": "same"}] * 2

@@ -3,6 +3,7 @@ that shards by rank and resumes where it stopped."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -40,6 +41,15 @@ class PretrainingDataset(torch.utils.data.Dataset):
         self._shards = [open_shard(shards, s["name"]) for s in self.manifest["shards"]]
         counts = [len(index) - 1 for _, index in self._shards]
         self._ends = np.cumsum(counts)
+
+    def fingerprint(self) -> str:
+        """What makes two copies of the dataset the same examples wherever they lie (the
+        manifest without its paths, hashed), as a short string: compared between the machines
+        of a run."""
+        keys = ("tokenizer_checksum", "vocab_size", "max_seq_length", "seed", "counts", "shards")
+        settings = json.dumps({key: self.manifest.get(key) for key in keys}, sort_keys=True)
+        digest = hashlib.sha256(settings.encode()).hexdigest()[:16]
+        return f"{len(self)} examples, vocabulary {self.vocab_size}, manifest {digest}"
 
     def __len__(self) -> int:
         return int(self._ends[-1]) if len(self._ends) else 0

@@ -23,6 +23,7 @@ rank 0 writes.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import sys
@@ -91,9 +92,15 @@ def finetune(
         raise ValueError(f"train_batch_size={hparams.train_batch_size} must be a multiple of "
                          f"the world size {world}")  # fmt: skip
     task = task_for(hparams.task)
-    train = task.load(train_file, hparams) if train_file is not None else None
+    # Each machine reads its own copies of the files and the model: a rank that cannot stops
+    # every rank, and copies that differ are an error (the ranks' shares would not add up).
+    with distributed.together("reading the data and the model"):
+        train = task.load(train_file, hparams) if train_file is not None else None
+        resolved = hparams.resolved(ElectraConfig.load(model_dir).hidden_size)
+        digests = _digests(train_file, eval_file, predict_file)
+    distributed.same_everywhere("the data files' contents", digests)
+    hparams = resolved
     torch.manual_seed(hparams.seed)  # the new head's initialisation, then dropout
-    hparams = hparams.resolved(ElectraConfig.load(model_dir).hidden_size)
     net = task.build(model_dir, hparams, train, train_file is None)
     net.to(device)
     set_gradient_checkpointing(net, hparams.gradient_checkpointing)
@@ -264,3 +271,18 @@ def _save_model(net, tok, directory: Path) -> None:
 
 
 __all__ = ["finetune"]
+
+
+def _digests(*files) -> list[str | None]:
+    """SHA-256 of each file given (None for one not given), to compare between machines."""
+    digests = []
+    for file in files:
+        if file is None or not Path(file).is_file():
+            digests.append(None)
+            continue
+        digest = hashlib.sha256()
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        digests.append(digest.hexdigest()[:16])
+    return digests

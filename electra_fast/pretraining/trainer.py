@@ -73,7 +73,9 @@ def pretrain(
     kind = distributed.device_type(device)
     rank, world = distributed.init(kind)
     device = distributed.device_for(rank, kind)
-    dataset = PretrainingDataset(data)
+    with distributed.together("opening the dataset"):  # each machine reads its own copy
+        dataset = PretrainingDataset(data)
+    distributed.same_everywhere(f"the prepared dataset {data}", dataset.fingerprint())
     vocab_size = dataset.vocab_size
     if hparams.vocab_size is not None and hparams.vocab_size != vocab_size:
         raise ValueError(

@@ -53,6 +53,11 @@ def test_shards_are_identical_whatever_the_process_count(tmp_path, corpus):
     assert other_seed["counts"]["tokens"] != one["counts"]["tokens"] or not filecmp.cmp(
         tmp_path / "one/shards" / names[1], tmp_path / "seed/shards" / names[1], False
     )
+    # The fingerprint the machines of a run compare: the same examples in other directories
+    # (with other paths in their manifests) agree, another seed's do not.
+    fingerprint = PretrainingDataset(tmp_path / "one").fingerprint()
+    assert PretrainingDataset(tmp_path / "two").fingerprint() == fingerprint
+    assert PretrainingDataset(tmp_path / "seed").fingerprint() != fingerprint
 
 
 def test_examples_are_the_builders_fed_one_line_at_a_time(tmp_path, corpus):

@@ -3,13 +3,10 @@ directories, as machines without a shared filesystem do: rank 0's choice holds o
 and a rank that cannot read rank 0's file stops both ranks with the same error instead of
 resuming elsewhere (or waiting forever)."""
 
-import json
-
 import pytest
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from electra_fast.pretraining import checkpoint as checkpoints
+from tests.gloo import run_ranks
 
 
 def saved(step: int) -> dict:
@@ -24,36 +21,26 @@ def write(directory, steps, damaged=()):
     directory.mkdir(parents=True, exist_ok=True)
 
 
-def rank_main(rank, world, root, resume):
-    """One rank: its own view of the checkpoints (root/rank<r>), its outcome to a file."""
-    dist.init_process_group("gloo", init_method=f"file://{root}/rendezvous", rank=rank,
-                            world_size=world)  # fmt: skip
-    try:
-        found = checkpoints.resume_point(root / f"rank{rank}", resume, rank, world)
-        outcome = {"step": found[0]["step"] if found else None,
-                   "file": found[1].name if found else None}  # fmt: skip
-    except (ValueError, RuntimeError) as error:
-        outcome = {"error": type(error).__name__, "message": str(error)}
-    finally:
-        dist.destroy_process_group()
-    (root / f"outcome{rank}.json").write_text(json.dumps(outcome))
+def resume_on_rank(rank, world, root, resume):
+    """One rank's resume point over its own view of the checkpoints (root/rank<r>)."""
+    found = checkpoints.resume_point(root / f"rank{rank}", resume, rank, world)
+    return {"step": found[0]["step"] if found else None, "file": found[1].name if found else None}
 
 
 def outcomes(root, resume=True):
-    mp.spawn(rank_main, args=(2, root, resume), nprocs=2, join=True)
-    return [json.loads((root / f"outcome{r}.json").read_text()) for r in range(2)]
+    return run_ranks(resume_on_rank, root, resume)
 
 
 def test_every_rank_loads_rank_0s_newest(tmp_path):
     write(tmp_path / "rank0", [2, 4])
     write(tmp_path / "rank1", [2, 4, 6])  # a newer file than rank 0's: not rank 0's choice
-    assert outcomes(tmp_path) == [{"step": 4, "file": "step-00000004.pt"}] * 2
+    assert outcomes(tmp_path) == [{"result": {"step": 4, "file": "step-00000004.pt"}}] * 2
 
 
 def test_no_checkpoint_on_rank_0_starts_every_rank_afresh(tmp_path):
     write(tmp_path / "rank0", [])
     write(tmp_path / "rank1", [2])  # stale: rank 0 will write its own
-    assert outcomes(tmp_path) == [{"step": None, "file": None}] * 2
+    assert outcomes(tmp_path) == [{"result": {"step": None, "file": None}}] * 2
 
 
 @pytest.mark.parametrize(
