@@ -11,6 +11,7 @@ it. It prints a line per case, and writes the report as one JSON object to --jso
 """
 
 import argparse
+import importlib.util
 import json
 import platform
 import resource
@@ -67,6 +68,8 @@ WAYS = {
         "    sys.exit(3)\n"
     ),
 }
+if importlib.util.find_spec("execnet") is None:  # pytest-xdist's transport, not always there
+    del WAYS["execnet worker"]
 # What ran in the process before the throw (on the main thread), as in a test worker that has
 # run other tests first.
 BEFORE = {
