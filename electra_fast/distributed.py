@@ -4,6 +4,7 @@ their shares of a list."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import gc
 import os
@@ -119,3 +120,40 @@ def same_everywhere(what: str, value) -> None:
             f"{what} differs between ranks: rank(s) {differ} read {values[differ[0]]!r}, "
             f"rank 0 {values[0]!r}"
         )
+
+
+class StopRequests:
+    """Stop requests (SIGINT, SIGTERM) that the ranks agree on: a signal may reach the ranks
+    at different steps, or only some of them, yet every rank must leave the loop after the same
+    step, or one would wait in a collective for another that has left. `request()` notes this
+    rank's; `agreed()`, called once per step on every rank, says whether any rank had asked
+    `lag` calls ago: each call starts an all-reduce (max) of the flags on a gloo group of their
+    own (on the CPU, so that a GPU step never waits for it) and reads the one started `lag`
+    calls before, by then long done. Without a process group, the local request at once."""
+
+    def __init__(self, lag: int = 2):
+        self.requested = False
+        distributed_run = dist.is_initialized() and dist.get_world_size() > 1
+        self._group = dist.new_group(backend="gloo") if distributed_run else None
+        self._lag = lag
+        self._pending: collections.deque = collections.deque()
+
+    def request(self, *_) -> None:  # a signal handler's arguments, ignored
+        self.requested = True
+
+    def agreed(self) -> bool:
+        if self._group is None:
+            return self.requested
+        flag = torch.tensor([int(self.requested)], dtype=torch.int32)
+        work = dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group, async_op=True)
+        self._pending.append((work, flag))
+        if len(self._pending) <= self._lag:
+            return False
+        work, flag = self._pending.popleft()
+        work.wait()
+        return bool(flag.item())
+
+    def close(self) -> None:
+        """Waits for the all-reduces still under way (before the process group goes)."""
+        while self._pending:
+            self._pending.popleft()[0].wait()

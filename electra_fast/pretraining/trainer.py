@@ -211,15 +211,12 @@ def pretrain(
         torch.manual_seed(_step_seed(hparams.seed, step, micro, f"dropout/{rank}"))
         return draw_keys(device, key_generator)
 
-    stop_requested = []
-    previous_handlers = (
-        {
-            s: signal.signal(s, lambda *_: stop_requested.append(True))
-            for s in (signal.SIGINT, signal.SIGTERM)
-        }
-        if rank == 0 or world == 1
-        else {}
-    )
+    # Every rank takes SIGINT and SIGTERM (torchrun passes them on to its workers, not always
+    # at the same step, and a machine's own may reach only its ranks); they stop together.
+    stops = distributed.StopRequests()
+    previous_handlers = {
+        s: signal.signal(s, stops.request) for s in (signal.SIGINT, signal.SIGTERM)
+    }
 
     def checkpoint():
         skipped = skips.check(step)  # every rank: too many skipped steps stop all, unsaved
@@ -242,7 +239,7 @@ def pretrain(
     last_stop = stop_at_step if stop_at_step is not None else hparams.num_train_steps
     try:
         while step < min(hparams.num_train_steps, last_stop):
-            if stop_requested:
+            if stops.agreed():
                 break
             logged = log is not None and (
                 (step + 1) % hparams.iterations_per_loop == 0 or step == 0
@@ -292,6 +289,7 @@ def pretrain(
             board.close()
         for s, handler in previous_handlers.items():
             signal.signal(s, handler)
+        stops.close()
     if world > 1:
         # Every rank returns once rank 0 has written the last checkpoint and the export, and
         # all of them then tear gloo down together: a rank that left while another was still
