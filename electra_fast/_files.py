@@ -5,6 +5,7 @@ cannot leave unreadable."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -88,3 +89,12 @@ def _after_last_newline(f, end: int, chunk: int = 1 << 16) -> int:
             return start + found + 1
         end = start
     return 0
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes (hex), read a megabyte at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,7 +1,8 @@
 """electra_fast._files: a log a killed writer left with an unfinished line is cut back to its
 last whole line before anything is appended; a failed file write or directory fill keeps the old
-one."""
+one; a file's SHA-256 read in blocks is hashlib's of its bytes."""
 
+import hashlib
 import io
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from electra_fast._files import (
     _after_last_newline,
     atomic_path,
+    file_sha256,
     open_log,
     replace_directory,
     write_atomically,
@@ -93,3 +95,11 @@ def test_a_block_that_writes_nothing_is_an_error_and_keeps_the_file(tmp_path):
     with pytest.raises(FileNotFoundError), atomic_path(path):
         pass
     assert path.read_text() == "old"
+
+
+def test_file_sha256_reads_in_blocks_as_one_read_would(tmp_path):
+    data = bytes(range(256)) * 9000  # more than two of its megabyte blocks
+    (tmp_path / "f").write_bytes(data)
+    assert file_sha256(tmp_path / "f") == hashlib.sha256(data).hexdigest()
+    (tmp_path / "empty").write_bytes(b"")
+    assert file_sha256(tmp_path / "empty") == hashlib.sha256(b"").hexdigest()

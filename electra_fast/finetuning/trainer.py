@@ -23,7 +23,6 @@ rank 0 writes.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import sys
@@ -36,7 +35,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from electra_fast import amp, distributed, tokenization
-from electra_fast._files import open_log, replace_directory, write_atomically
+from electra_fast._files import file_sha256, open_log, replace_directory, write_atomically
 from electra_fast.finetuning.hparams import FinetuneHparams
 from electra_fast.finetuning.metrics import summarize_trials
 from electra_fast.finetuning.optimization import layerwise_groups
@@ -270,19 +269,9 @@ def _save_model(net, tok, directory: Path) -> None:
     replace_directory(directory, fill)
 
 
-__all__ = ["finetune"]
-
-
 def _digests(*files) -> list[str | None]:
     """SHA-256 of each file given (None for one not given), to compare between machines."""
-    digests = []
-    for file in files:
-        if file is None or not Path(file).is_file():
-            digests.append(None)
-            continue
-        digest = hashlib.sha256()
-        with open(file, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        digests.append(digest.hexdigest()[:16])
-    return digests
+    return [file_sha256(f)[:16] if f is not None and Path(f).is_file() else None for f in files]
+
+
+__all__ = ["finetune"]

