@@ -4,7 +4,6 @@ their shares of a list."""
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import gc
 import os
@@ -127,33 +126,40 @@ class StopRequests:
     at different steps, or only some of them, yet every rank must leave the loop after the same
     step, or one would wait in a collective for another that has left. `request()` notes this
     rank's; `agreed()`, called once per step on every rank, says whether any rank had asked
-    `lag` calls ago: each call starts an all-reduce (max) of the flags on a gloo group of their
-    own (on the CPU, so that a GPU step never waits for it) and reads the one started `lag`
-    calls before, by then long done. Without a process group, the local request at once."""
+    `lag` calls before. Each call all-reduces (max) the flags on `device` in the run's own
+    process group, queued like the step's collectives, and reads the result of the call `lag`
+    calls back, long arrived by then: a GPU step never waits for it, and every rank decides on
+    the same values at the same call. Without a process group, the local request at once."""
 
-    def __init__(self, lag: int = 2):
+    def __init__(self, device: torch.device, lag: int = 2):
         self.requested = False
-        distributed_run = dist.is_initialized() and dist.get_world_size() > 1
-        self._group = dist.new_group(backend="gloo") if distributed_run else None
-        self._lag = lag
-        self._pending: collections.deque = collections.deque()
+        self._distributed = dist.is_initialized() and dist.get_world_size() > 1
+        self._device, self._lag = device, lag
+        self._lazy = device.type == "cuda"
+        # A ring of lag + 1 host buffers (pinned on a GPU): a buffer is written again only after
+        # the read of its previous value, which waited for that copy.
+        self._host = [torch.zeros(1, dtype=torch.int32, pin_memory=self._lazy)
+                      for _ in range(lag + 1)]  # fmt: skip
+        self._events: list = [None] * (lag + 1)
+        self._calls = 0
 
     def request(self, *_) -> None:  # a signal handler's arguments, ignored
         self.requested = True
 
     def agreed(self) -> bool:
-        if self._group is None:
+        if not self._distributed:
             return self.requested
-        flag = torch.tensor([int(self.requested)], dtype=torch.int32)
-        work = dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group, async_op=True)
-        self._pending.append((work, flag))
-        if len(self._pending) <= self._lag:
+        slot = self._calls % (self._lag + 1)
+        flag = torch.full((1,), int(self.requested), dtype=torch.int32, device=self._device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        self._host[slot].copy_(flag, non_blocking=self._lazy)
+        if self._lazy:
+            self._events[slot] = torch.cuda.Event()
+            self._events[slot].record()
+        self._calls += 1
+        if self._calls <= self._lag:
             return False
-        work, flag = self._pending.popleft()
-        work.wait()
-        return bool(flag.item())
-
-    def close(self) -> None:
-        """Waits for the all-reduces still under way (before the process group goes)."""
-        while self._pending:
-            self._pending.popleft()[0].wait()
+        oldest = self._calls % (self._lag + 1)  # the slot written lag calls ago
+        if self._events[oldest] is not None:
+            self._events[oldest].synchronize()
+        return bool(self._host[oldest].item())

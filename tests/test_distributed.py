@@ -69,3 +69,23 @@ def test_values_that_differ_between_ranks_raise_on_every_rank(tmp_path):
     message = "the prepared dataset differs between ranks: rank(s) [1] read '12 examples', "
     assert results == [{"error": "ValueError", "message": message + "rank 0 '10 examples'"}] * 2
     assert run_ranks(compare, tmp_path / "same", ["a", "a"]) == [{"result": "same"}] * 2
+
+
+def stop_at(rank, world, root, request_at):
+    """The call of agreed() at which the ranks stop, rank 1 alone asking at `request_at`."""
+    stops = distributed.StopRequests(torch.device("cpu"))
+    for call in range(1, 10):
+        if rank == 1 and call == request_at:
+            stops.request()
+        if stops.agreed():
+            return call
+    return None
+
+
+def test_one_ranks_stop_request_is_agreed_by_every_rank_two_calls_later(tmp_path):
+    assert run_ranks(stop_at, tmp_path, 3) == [{"result": 5}] * 2
+    assert run_ranks(stop_at, tmp_path / "never", 0) == [{"result": None}] * 2
+    alone = distributed.StopRequests(torch.device("cpu"))  # no process group: at once
+    assert not alone.agreed()
+    alone.request()
+    assert alone.agreed()

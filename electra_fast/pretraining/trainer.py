@@ -213,7 +213,7 @@ def pretrain(
 
     # Every rank takes SIGINT and SIGTERM (torchrun passes them on to its workers, not always
     # at the same step, and a machine's own may reach only its ranks); they stop together.
-    stops = distributed.StopRequests()
+    stops = distributed.StopRequests(device)
     previous_handlers = {
         s: signal.signal(s, stops.request) for s in (signal.SIGINT, signal.SIGTERM)
     }
@@ -289,7 +289,6 @@ def pretrain(
             board.close()
         for s, handler in previous_handlers.items():
             signal.signal(s, handler)
-        stops.close()
     if world > 1:
         # Every rank returns once rank 0 has written the last checkpoint and the export, and
         # all of them then tear gloo down together: a rank that left while another was still
