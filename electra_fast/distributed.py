@@ -95,15 +95,22 @@ def together(what: str) -> Iterator[None]:
         yield
     except Exception as raised:  # noqa: BLE001 - reported to every rank, then raised again
         error = raised
-    problems: list = [None] * dist.get_world_size()
-    said = None if error is None else f"{type(error).__name__}: {error}"
-    dist.all_gather_object(problems, said)
+    failed = failures(None if error is None else f"{type(error).__name__}: {error}")
     if error is not None:
         raise error
-    failed = {rank: problem for rank, problem in enumerate(problems) if problem is not None}
     if failed:
         detail = "; ".join(f"rank {rank}: {problem}" for rank, problem in failed.items())
         raise RuntimeError(f"{what} failed on rank(s) {sorted(failed)} ({detail})")
+
+
+def failures(problem: str | None) -> dict[int, str]:
+    """Every rank's `problem` (None: none), gathered on every rank: rank -> problem of the ranks
+    that had one, so that all of them can raise alike. Without a process group, this rank's."""
+    if not dist.is_initialized():
+        return {} if problem is None else {0: problem}
+    problems: list = [None] * dist.get_world_size()
+    dist.all_gather_object(problems, problem)
+    return {rank: said for rank, said in enumerate(problems) if said is not None}
 
 
 def same_everywhere(what: str, value) -> None:

@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 
 from electra_fast._files import atomic_path
+from electra_fast.distributed import failures
 
 _NAME = re.compile(r"^step-(\d+)\.pt$")
 
@@ -102,11 +103,7 @@ def resume_point(directory: Path, resume: bool, rank: int, world: int) -> tuple[
             saved = load_checkpoint(path), path
         except (ValueError, OSError) as error:
             problem = f"{type(error).__name__}: {error}"
-    problems: list = [problem]
-    if world > 1:
-        problems = [None] * world
-        dist.all_gather_object(problems, problem)
-    failed = {r: p for r, p in enumerate(problems) if p is not None}
+    failed = failures(problem)
     if failed:
         said = "; ".join(f"rank {r}: {p}" for r, p in failed.items())
         raise RuntimeError(
