@@ -128,27 +128,55 @@ def same_everywhere(what: str, value) -> None:
         )
 
 
+class LateReads:
+    """Small device values read on the host a fixed number of calls after they were sent:
+    `send(value)` queues a copy of `value` (pinned host memory on a GPU) and returns, as a
+    list, the value sent `lag` calls before (None for the first `lag` calls). That copy has
+    long arrived, so a GPU step never waits for it, and ranks that send equal values at every
+    call see the same value at the same call, which a read of "whatever has arrived" would
+    not give them. `lag` 0 reads the value just sent (the host waits for it)."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device,
+                 lag: int = 2):  # fmt: skip
+        if lag < 0:
+            raise ValueError(f"lag must be 0 or more, got {lag}")
+        self._lag, self._lazy = lag, device.type == "cuda"
+        # A ring of lag + 1 buffers: a buffer is written again only after the read of its
+        # previous value, which waited for that copy.
+        self._host = [torch.zeros(shape, dtype=dtype, pin_memory=self._lazy)
+                      for _ in range(lag + 1)]  # fmt: skip
+        self._events: list = [None] * (lag + 1)
+        self._calls = 0
+
+    def send(self, value: torch.Tensor) -> list | None:
+        slot = self._calls % (self._lag + 1)
+        self._host[slot].copy_(value, non_blocking=self._lazy)
+        if self._lazy:
+            self._events[slot] = torch.cuda.Event()
+            self._events[slot].record()
+        self._calls += 1
+        if self._calls <= self._lag:
+            return None
+        oldest = self._calls % (self._lag + 1)  # the slot written lag calls ago
+        if self._events[oldest] is not None:
+            self._events[oldest].synchronize()
+        return self._host[oldest].tolist()
+
+
 class StopRequests:
     """Stop requests (SIGINT, SIGTERM) that the ranks agree on: a signal may reach the ranks
     at different steps, or only some of them, yet every rank must leave the loop after the same
     step, or one would wait in a collective for another that has left. `request()` notes this
     rank's; `agreed()`, called once per step on every rank, says whether any rank had asked
     `lag` calls before. Each call all-reduces (max) the flags on `device` in the run's own
-    process group, queued like the step's collectives, and reads the result of the call `lag`
-    calls back, long arrived by then: a GPU step never waits for it, and every rank decides on
-    the same values at the same call. Without a process group, the local request at once."""
+    process group, queued like the step's collectives, and reads the result `lag` calls later
+    (`LateReads`). Without a process group, the local request at once."""
 
     def __init__(self, device: torch.device, lag: int = 2):
         self.requested = False
         self._distributed = dist.is_initialized() and dist.get_world_size() > 1
-        self._device, self._lag = device, lag
-        self._lazy = device.type == "cuda"
-        # A ring of lag + 1 host buffers (pinned on a GPU): a buffer is written again only after
-        # the read of its previous value, which waited for that copy.
-        self._host = [torch.zeros(1, dtype=torch.int32, pin_memory=self._lazy)
-                      for _ in range(lag + 1)]  # fmt: skip
-        self._events: list = [None] * (lag + 1)
-        self._calls = 0
+        self._device = device
+        self._reads = LateReads((1,), torch.int32, device, lag)
 
     def request(self, *_) -> None:  # a signal handler's arguments, ignored
         self.requested = True
@@ -156,17 +184,7 @@ class StopRequests:
     def agreed(self) -> bool:
         if not self._distributed:
             return self.requested
-        slot = self._calls % (self._lag + 1)
         flag = torch.full((1,), int(self.requested), dtype=torch.int32, device=self._device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        self._host[slot].copy_(flag, non_blocking=self._lazy)
-        if self._lazy:
-            self._events[slot] = torch.cuda.Event()
-            self._events[slot].record()
-        self._calls += 1
-        if self._calls <= self._lag:
-            return False
-        oldest = self._calls % (self._lag + 1)  # the slot written lag calls ago
-        if self._events[oldest] is not None:
-            self._events[oldest].synchronize()
-        return bool(self._host[oldest].item())
+        late = self._reads.send(flag)
+        return late is not None and bool(late[0])

@@ -89,3 +89,28 @@ def test_one_ranks_stop_request_is_agreed_by_every_rank_two_calls_later(tmp_path
     assert not alone.agreed()
     alone.request()
     assert alone.agreed()
+
+
+@pytest.mark.parametrize("lag", [0, 1, 2, 3])
+def test_late_reads_give_the_value_sent_lag_calls_before(lag):
+    reads = distributed.LateReads((2,), torch.int64, torch.device("cpu"), lag)
+    sent = [torch.tensor([call, -call]) for call in range(8)]
+    got = [reads.send(value) for value in sent]
+    assert got == [None] * lag + [[call, -call] for call in range(8 - lag)]
+
+
+def test_a_negative_lag_is_refused():
+    with pytest.raises(ValueError, match="lag must be 0 or more, got -1"):
+        distributed.LateReads((1,), torch.int32, torch.device("cpu"), -1)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_late_reads_from_a_gpu_wait_for_nothing_newer():
+    reads = distributed.LateReads((1,), torch.float32, torch.device("cuda"), 2)
+    got = []
+    for call in range(6):
+        value = torch.full((1,), float(call), device="cuda")
+        torch.cuda._sleep(1_000_000)  # the copy of this call is queued behind a busy GPU
+        got.append(reads.send(value))
+    assert got == [None, None, [0.0], [1.0], [2.0], [3.0]]

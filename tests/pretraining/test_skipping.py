@@ -1,5 +1,6 @@
 """SkipCounter: the skip flag and the counts against a hand-kept tally, the stop after too many
-skipped steps in a row, one decision for all ranks, and on a GPU the late, non-blocking look."""
+skipped steps in a row, one decision for all ranks (which steps to skip, and at which step to
+stop, also when the look is late as on a GPU), and on a GPU the late, non-blocking look."""
 
 import math
 import os
@@ -10,6 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from electra_fast.pretraining.skipping import NonFiniteLoss, SkipCounter
+from tests.gloo import run_ranks
 
 INF, NAN = math.inf, math.nan
 
@@ -67,15 +69,40 @@ def test_every_rank_skips_when_one_ranks_loss_is_not_finite(tmp_path):
     assert got == {0: ([0.0, 1.0, 0.0], 1), 1: ([0.0, 1.0, 0.0], 1)}
 
 
+def stop_step(rank, world, root, nan_steps, lag):
+    """The step at which the run stops, only rank 1's loss being NaN at `nan_steps`."""
+    counter = SkipCounter(torch.device("cpu"), limit=2, lag=lag)
+    for step in range(1, 12):
+        loss = NAN if rank == 1 and step in nan_steps else 1.0
+        counter.flag(torch.tensor(loss), torch.tensor(1.0))
+        try:
+            counter.poll(step)
+        except NonFiniteLoss as stop:
+            return [step, str(stop)]
+    return None
+
+
+@pytest.mark.parametrize("lag", [0, 2])
+def test_every_rank_stops_at_the_same_step_lag_steps_after_the_limit(tmp_path, lag):
+    # On a GPU the look is 2 steps late; a look at whatever had arrived by then would let the
+    # ranks stop at different steps, one then waiting for the other in its next collective.
+    results = run_ranks(stop_step, tmp_path, [2, 4, 5], lag)
+    message = "2 steps in a row had a non-finite loss or gradient (seen at step"
+    assert results == [{"result": [5 + lag, f"{message} {5 + lag}; max_consecutive_nonfinite=2);"
+                                             " stopping. "]}] * 2  # fmt: skip
+    assert run_ranks(stop_step, tmp_path / "never", [2, 4], lag) == [{"result": None}] * 2
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_on_a_gpu_the_look_is_late_but_comes():
+def test_on_a_gpu_the_look_is_two_steps_late():
     counter = SkipCounter(torch.device("cuda"), limit=2)
-    for _ in range(2):
+    for step in range(1, 4):
         counter.flag(torch.tensor(NAN, device="cuda"), torch.tensor(1.0, device="cuda"))
-    counter.poll(2)  # sends the counts on their way; nothing on the host yet
-    torch.cuda.synchronize()
-    with pytest.raises(NonFiniteLoss, match="2 steps in a row"):
-        counter.poll(3)
-    with pytest.raises(NonFiniteLoss, match="2 steps in a row"):
-        counter.check(3)
+        counter.poll(step)  # at step 3 the counts of step 1: one skipped step
+    counter.flag(torch.tensor(1.0, device="cuda"), torch.tensor(1.0, device="cuda"))
+    with pytest.raises(NonFiniteLoss, match="2 steps in a row.*step 4"):
+        counter.poll(4)  # the counts of step 2
+    assert counter.skipped() == 3
+    with pytest.raises(NonFiniteLoss, match="3 steps in a row.*step 4"):
+        counter.check(4)
