@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from electra_fast import _extension
 
@@ -117,6 +118,23 @@ def test_a_build_whose_schema_lacks_an_argument_is_not_used(monkeypatch):
     assert (
         "predates these sources" in reason and "mask_tokens's argument no_such_argument" in reason
     )
+
+
+REFERENCE_TWINS = ["mask_tokens", "generator_step", "generator_step_tile",
+                   "generator_step_backward", "generator_step_backward_"]  # fmt: skip
+
+
+@pytest.mark.parametrize("op", REFERENCE_TWINS)
+def test_a_reference_op_has_its_kernels_schema(op):
+    """The reference ops spell out their schemas (older torch cannot infer them); a reference
+    whose schema drifted from the kernel's would trace and compile differently."""
+    import electra_fast.ops  # noqa: F401  (registers the reference ops)
+
+    if not _extension.EXTENSION_LOADED:
+        pytest.skip("no compiled kernels in this build")
+    kernel = getattr(torch.ops.electra_fast, op).default._schema
+    reference = getattr(getattr(torch.ops, _extension.REFERENCE_LIBRARY), op).default._schema
+    assert str(reference).split("::", 1)[1] == str(kernel).split("::", 1)[1]
 
 
 @pytest.mark.parametrize(("value", "forced"), [("1", True), ("0", False), ("", False)])

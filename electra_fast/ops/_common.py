@@ -1,11 +1,14 @@
-"""Pieces every op's Python wrapper needs: the Philox key of a call, and whether a validation
-that synchronises with the device may run."""
+"""Pieces every op's Python wrapper needs: the Philox key of a call, whether a validation
+that synchronises with the device may run, and the reference implementations as ops."""
 
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable, Iterable
 
 import torch
+
+from electra_fast._extension import REFERENCE_LIBRARY
 
 
 def philox_key(
@@ -81,9 +84,20 @@ def mm_float32(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None
     kernel after it; on the CPU the same product from float32 copies of the inputs. `out`: a
     float32 [a.shape[0], b.shape[1]] tensor to write. (On CUDA with a torch older than 2.8,
     the product in the inputs' dtype, widened: what autocast's backward gives.)"""
-    if not a.is_cuda or a.dtype == torch.float32:
+    # device.type, not is_cuda: torch 2.6's dynamo cannot trace is_cuda in a backward.
+    if a.device.type != "cuda" or a.dtype == torch.float32:
         return torch.mm(a.float(), b.float(), out=out)
     if _MM_OUT_DTYPE:
         return torch.mm(a, b, out_dtype=torch.float32, out=out)
     product = torch.mm(a, b)
     return product.float() if out is None else out.copy_(product)
+
+
+def reference_op(name: str, function: Callable, schema: str, mutates_args: Iterable[str] = ()):
+    """`function` as the op REFERENCE_LIBRARY::`name` (torch.library.custom_op), so that
+    torch.compile treats a reference like a kernel: one opaque node. `schema` is spelled out,
+    as the kernel's in csrc/ops/schemas.cpp, rather than inferred from the annotations: torch
+    2.6 and older cannot infer it from `list[int]`, 2.4 not from postponed annotations."""
+    return torch.library.custom_op(
+        f"{REFERENCE_LIBRARY}::{name}", mutates_args=tuple(mutates_args), schema=schema
+    )(function)

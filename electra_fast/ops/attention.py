@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from electra_fast import _extension
-from electra_fast.ops._common import may_synchronise, philox_key
+from electra_fast.ops._common import may_synchronise, philox_key, reference_op
 from electra_fast.ops._philox import MASK32, STREAM_ATTENTION_DROPOUT, philox4x32_10
 
 OP = "attention_forward"
@@ -288,12 +288,18 @@ def _dropout_backward(
     return attention_reference_backward(grad, q, k, v, lengths, keep, keep_scale, scale)
 
 
-_forward_op = torch.library.custom_op(
-    f"{_extension.REFERENCE_LIBRARY}::attention_dropout", mutates_args=()
-)(_dropout_forward)
-_backward_op = torch.library.custom_op(
-    f"{_extension.REFERENCE_LIBRARY}::attention_dropout_backward", mutates_args=()
-)(_dropout_backward)
+_forward_op = reference_op(
+    "attention_dropout",
+    _dropout_forward,
+    "(Tensor q, Tensor k, Tensor v, Tensor lengths, Tensor seed, float dropout_p, float scale) "
+    "-> Tensor",
+)
+_backward_op = reference_op(
+    "attention_dropout_backward",
+    _dropout_backward,
+    "(Tensor grad, Tensor q, Tensor k, Tensor v, Tensor lengths, Tensor seed, float dropout_p, "
+    "float scale) -> (Tensor, Tensor, Tensor)",
+)
 _forward_op.register_fake(lambda q, k, v, lengths, seed, p, scale: torch.empty_like(q))
 _backward_op.register_fake(
     lambda grad, q, k, v, lengths, seed, p, scale: tuple(torch.empty_like(t) for t in (q, k, v))

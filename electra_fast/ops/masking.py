@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from electra_fast import _extension
-from electra_fast.ops._common import may_synchronise, philox_key
+from electra_fast.ops._common import may_synchronise, philox_key, reference_op
 from electra_fast.ops._philox import STREAM_MASKING, philox_elements
 
 OP = "mask_tokens"
@@ -266,9 +266,14 @@ def _mask_tokens_fake(
 # The reference as an opaque op of its own, so that torch.compile treats the fallback like the
 # kernel: one node in the graph. Traced into instead, inductor takes many minutes to generate code
 # for the ten Philox rounds fused with the sort.
-_mask_tokens_reference_op = torch.library.custom_op(
-    f"{_extension.REFERENCE_LIBRARY}::{OP}", mutates_args=()
-)(mask_tokens_reference)
+_mask_tokens_reference_op = reference_op(
+    OP,
+    mask_tokens_reference,
+    "(Tensor input_ids, Tensor attention_mask, Tensor seed, int[] special_ids, "
+    "int mask_token_id, int vocab_size, float mask_prob, int max_predictions, "
+    "float replace_prob, float random_prob, bool bernoulli, int row_offset) "
+    "-> (Tensor, Tensor, Tensor, Tensor)",
+)
 _mask_tokens_reference_op.register_fake(_mask_tokens_fake)
 if _extension.EXTENSION_LOADED:
     torch.library.register_fake(f"{_extension.LIBRARY}::{OP}")(_mask_tokens_fake)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from electra_fast import _extension
-from electra_fast.ops._common import may_synchronise, philox_key
+from electra_fast.ops._common import may_synchronise, philox_key, reference_op
 from electra_fast.ops._philox import STREAM_SAMPLING, philox_elements
 
 OP = "generator_step"
@@ -373,19 +373,38 @@ def step_ops(logits: torch.Tensor):
 
 
 _REFERENCES = {
-    "generator_step": (generator_step_reference, _step_fake, ()),
-    "generator_step_tile": (generator_step_tile_reference, _tile_fake, ()),
-    "generator_step_backward": (generator_step_backward_reference, _backward_fake, ()),
+    "generator_step": (
+        generator_step_reference,
+        _step_fake,
+        "(Tensor logits, Tensor labels, Tensor seed, float temperature, bool disallow_labels, "
+        "int ignore_index, bool inplace_backward, int row_offset) -> (Tensor, Tensor, Tensor)",
+        (),
+    ),
+    "generator_step_tile": (
+        generator_step_tile_reference,
+        _tile_fake,
+        "(Tensor logits, Tensor labels, Tensor seed, float temperature, bool disallow_labels, "
+        "int ignore_index, int vocab_start, int vocab_size, int row_offset) "
+        "-> (Tensor, Tensor, Tensor, Tensor)",
+        (),
+    ),
+    "generator_step_backward": (
+        generator_step_backward_reference,
+        _backward_fake,
+        "(Tensor grad_loss, Tensor logits, Tensor labels, Tensor lse, int ignore_index, "
+        "int vocab_start) -> Tensor",
+        (),
+    ),
     "generator_step_backward_": (
         generator_step_backward_inplace_reference,
         _backward_inplace_fake,
+        "(Tensor grad_loss, Tensor(a!) logits, Tensor labels, Tensor lse, int ignore_index, "
+        "int vocab_start) -> ()",
         ("logits",),
     ),
 }
-for _name, (_function, _fake, _mutates) in _REFERENCES.items():
-    _op = torch.library.custom_op(
-        f"{_extension.REFERENCE_LIBRARY}::{_name}", mutates_args=_mutates
-    )(_function)
+for _name, (_function, _fake, _schema, _mutates) in _REFERENCES.items():
+    _op = reference_op(_name, _function, _schema, _mutates)
     _op.register_fake(_fake)
     if _extension.EXTENSION_LOADED:
         torch.library.register_fake(f"{_extension.LIBRARY}::{_name}")(_fake)
