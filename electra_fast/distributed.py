@@ -99,8 +99,7 @@ def together(what: str) -> Iterator[None]:
     if error is not None:
         raise error
     if failed:
-        detail = "; ".join(f"rank {rank}: {problem}" for rank, problem in failed.items())
-        raise RuntimeError(f"{what} failed on rank(s) {sorted(failed)} ({detail})")
+        raise RuntimeError(f"{what} failed on rank(s) {sorted(failed)} ({said(failed)})")
 
 
 def failures(problem: str | None) -> dict[int, str]:
@@ -110,7 +109,12 @@ def failures(problem: str | None) -> dict[int, str]:
         return {} if problem is None else {0: problem}
     problems: list = [None] * dist.get_world_size()
     dist.all_gather_object(problems, problem)
-    return {rank: said for rank, said in enumerate(problems) if said is not None}
+    return {rank: problem for rank, problem in enumerate(problems) if problem is not None}
+
+
+def said(failed: dict[int, str]) -> str:
+    """What `failures` gathered, as one line for an error message."""
+    return "; ".join(f"rank {rank}: {problem}" for rank, problem in failed.items())
 
 
 def same_everywhere(what: str, value) -> None:

@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 
 from electra_fast._files import atomic_path
-from electra_fast.distributed import failures
+from electra_fast.distributed import failures, said
 
 _NAME = re.compile(r"^step-(\d+)\.pt$")
 
@@ -105,10 +105,9 @@ def resume_point(directory: Path, resume: bool, rank: int, world: int) -> tuple[
             problem = f"{type(error).__name__}: {error}"
     failed = failures(problem)
     if failed:
-        said = "; ".join(f"rank {r}: {p}" for r, p in failed.items())
         raise RuntimeError(
             f"rank 0 resumes from {directory / value}, which rank(s) {sorted(failed)} cannot "
-            f"read ({said}). Only rank 0 writes checkpoints: on several machines, --out must be "
-            f"on a filesystem they all share (or its checkpoints/ copied to each machine)"
+            f"read ({said(failed)}). Only rank 0 writes checkpoints: on several machines, --out "
+            f"must be on a filesystem they all share (or its checkpoints/ copied to each machine)"
         )
     return saved
