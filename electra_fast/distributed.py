@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import time
 from collections.abc import Iterator
 
 import torch
@@ -42,6 +43,13 @@ def close() -> None:
     """Leaves the process group, if this process joined one."""
     if dist.is_available() and dist.is_initialized():
         gc.collect()  # DistributedDataParallel's reducer goes before its process group
+        if torch.__version__ < (2, 8):
+            # Before 2.8 torch destroys a group holding the GIL while it joins the group's
+            # worker threads (pytorch/pytorch#154976), and a gloo worker that is still letting
+            # go of a finished collective's tensor needs the GIL to free it: the two wait for
+            # each other forever, in about one run in six on torch 2.6. A pause lets the
+            # workers finish first.
+            time.sleep(0.1)
         dist.destroy_process_group()
 
 

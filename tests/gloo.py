@@ -8,6 +8,8 @@ import uuid
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from electra_fast import distributed
+
 
 def _rank_main(rank, world, root, rendezvous, fn, args):
     # A time limit, so that a rank that never comes fails the test instead of hanging it.
@@ -18,7 +20,7 @@ def _rank_main(rank, world, root, rendezvous, fn, args):
     except Exception as error:  # noqa: BLE001 - the test looks at which, and what it said
         outcome = {"error": type(error).__name__, "message": str(error)}
     finally:
-        dist.destroy_process_group()
+        distributed.close()
     (root / f"outcome{rank}.json").write_text(json.dumps(outcome))
 
 

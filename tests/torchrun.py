@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import tempfile
 
 
 def torchrun_cli(port: int, *arguments: str, processes: int = 2) -> None:
@@ -10,6 +11,10 @@ def torchrun_cli(port: int, *arguments: str, processes: int = 2) -> None:
     succeed."""
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(processes),
                "--master-port", str(port), "-m", "electra_fast.cli", *arguments]  # fmt: skip
-    environment = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=environment)
+    # torchrun leaves a torchelastic_* folder in the temporary directory at every run.
+    with tempfile.TemporaryDirectory() as scratch:
+        environment = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1",
+                       "TMPDIR": scratch}  # fmt: skip
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                                env=environment)  # fmt: skip
     assert result.returncode == 0, result.stderr[-6000:]
