@@ -39,25 +39,22 @@ class Counter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--top", type=int, default=15, help="list the most called ops")
-    parser.add_argument("--bf16", action="store_true", help="under CPU bf16 autocast")
-    args = parser.parse_args()
-    top = args.top
+def counted_step(bf16: bool, batch: int = 2):
+    """ELECTRA-small's step as the loop runs it, at `batch` sequences of 128 tokens, as a
+    function of a dispatch mode: it runs one step under the mode and returns how many ops each
+    part called (the mode's `calls`). One step has run already: it allocates Adam's moments."""
     config = ElectraConfig.preset("small", vocab_size=30522, mask_token_id=103,
                                   special_token_ids=(0, 100, 101, 102))  # fmt: skip
     model = ElectraForPretraining(config)
     optimizer = AdamWeightDecay(parameter_groups(model, 0.01), lr=1e-4)
     train_step = TrainStep(model, optimizer, SkipCounter(torch.device("cpu"), limit=10),
                            max_grad_norm=1.0, autocast=amp.autocast(
-                               "bf16" if args.bf16 else "fp32", torch.device("cpu")))  # fmt: skip
-    batch = {"input_ids": torch.randint(1000, 30522, (2, 128))}
+                               "bf16" if bf16 else "fp32", torch.device("cpu")))  # fmt: skip
+    batch = {"input_ids": torch.randint(1000, 30522, (batch, 128))}
     batch["attention_mask"] = torch.ones_like(batch["input_ids"])
     batch["token_type_ids"] = torch.zeros_like(batch["input_ids"])
 
-    def step(counter: Counter) -> dict[str, int]:
-        """One step as the loop runs it, counted into `counter`; the ops of each part."""
+    def step(counter: TorchDispatchMode) -> dict[str, int]:
         parts = {}
         for part in ("forward and backward", "clip, flag, Adam"):
             with counter:
@@ -69,13 +66,21 @@ def main() -> None:
             parts[part] = sum(counter.calls.values()) - sum(parts.values())
         return parts
 
-    step(Counter())  # the first step allocates Adam's moments
+    step(Counter())
+    return step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--top", type=int, default=15, help="list the most called ops")
+    parser.add_argument("--bf16", action="store_true", help="under CPU bf16 autocast")
+    args = parser.parse_args()
     counter = Counter()
-    parts = step(counter)
+    parts = counted_step(args.bf16)(counter)
     not_views = sum(n for op, n in counter.calls.items() if op.split(".")[1] not in VIEWS)
     print(", ".join(f"{part}: {n}" for part, n in parts.items()))
     print(f"{sum(parts.values())} ops in all, {not_views} of them not views")
-    for op, n in counter.calls.most_common(top):
+    for op, n in counter.calls.most_common(args.top):
         print(f"  {n:5d} {op}")
 
 

@@ -70,3 +70,42 @@ def test_throw_check_reports_each_throw_caught(tmp_path):
     assert len(report["cases"]) == len(lines) == 2 * (ways + 4)
     for case, result in report["cases"].items():
         assert result["exit"] == 0 and result["said"].startswith("caught "), (case, result)
+
+
+def test_step_traffic_counts_bytes_and_flops_by_hand():
+    """Traffic's accounting against hand counts: a matmul reads its operands, writes its
+    product and does 2 x M x N x K FLOPs; an in-place add reads both tensors and writes one; a
+    view moves nothing; mm_float32 as on CUDA reads bf16 and writes float32, once."""
+    sys.path.insert(0, str(HERE))
+    import torch
+    from step_traffic import Traffic
+
+    a, b = torch.randn(64, 32), torch.randn(32, 16)
+    x, y = torch.randn(100), torch.randn(100)
+    traffic = Traffic(bandwidth=1e9, peak=1e12)
+    with traffic:
+        torch.mm(a, b)
+        x.add_(y)
+        a.t()
+    assert traffic.bytes["aten.mm"] == 4 * (64 * 32 + 32 * 16 + 64 * 16)
+    assert traffic.flops["aten.mm"] == 2 * 64 * 32 * 16
+    assert traffic.bytes["aten.add_"] == 4 * 100 * 3
+    assert "aten.t" not in traffic.bytes and traffic.calls["aten.t"] == 1
+    assert traffic.floor["aten.mm"] == pytest.approx(4 * (64 * 32 + 32 * 16 + 64 * 16) / 1e9)
+
+    half, a, b = Traffic(bandwidth=1e9, peak=1e12), a.bfloat16(), b.bfloat16()
+    with half:
+        product = half.mm_float32_as_on_cuda(a, b)
+    assert product.dtype == torch.float32
+    assert dict(half.bytes) == {"aten.mm": 2 * (64 * 32 + 32 * 16) + 4 * 64 * 16}
+    assert half.calls["aten.mm"] == 1
+
+
+def test_step_traffic_gives_a_floor_per_step():
+    text = run("step_traffic.py", "--batch", "1", "--top", "4")
+    moved, flops = map(float, re.search(r"([\d.]+) GB moved, ([\d.]+) TFLOP", text).groups())
+    ms, millions = map(float, re.search(r"([\d.]+) ms per step, ([\d.]+)M tokens/s", text).groups())
+    assert moved > 0 and ms >= moved / 2953 * 1e3 * 0.99  # no op is faster than its bytes
+    assert millions == pytest.approx(128 / ms / 1e3, rel=0.02)
+    rows = re.findall(r"^\| `([\w.]+)` \| \d+ \|", text, re.M)
+    assert len(rows) == 4 and "aten.t" not in rows
