@@ -26,15 +26,13 @@ import sys
 from pathlib import Path
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
+from torch.utils._python_dispatch import _disable_current_modes
 from torch.utils._pytree import tree_flatten
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
-from benchmarks.count_step_ops import VIEWS, counted_step  # noqa: E402
+from benchmarks.count_step_ops import LENGTH, VIEWS, Counter, counted_step  # noqa: E402
 from electra_fast.model import casts  # noqa: E402
 from electra_fast.ops import _common, sampling_linear  # noqa: E402
-
-TOKENS_PER_SEQUENCE = 128
 
 
 def tensors(tree) -> list[torch.Tensor]:
@@ -74,23 +72,22 @@ def matmul_flops(name: str, args: tuple) -> float:
     return 0.0
 
 
-class Traffic(TorchDispatchMode):
-    """Per op name: calls (every op, views too, as count_step_ops.Counter), and for the others
-    bytes moved, FLOPs and the floor in seconds at `bandwidth` bytes/s and `peak` FLOP/s."""
+class Traffic(Counter):
+    """Per op name: calls (every op, views too, counted by count_step_ops.Counter), and for the
+    others bytes moved, FLOPs and the floor in seconds at `bandwidth` bytes/s and `peak`
+    FLOP/s."""
 
     def __init__(self, bandwidth: float, peak: float):
         super().__init__()
         self.bandwidth, self.peak = bandwidth, peak
-        self.calls = collections.Counter()
         self.bytes = collections.Counter()
         self.flops = collections.Counter()
         self.floor = collections.Counter()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        name = f"{func.namespace}.{func._opname}"
-        self.calls[name] += 1
+        out = super().__torch_dispatch__(func, types, args, kwargs)
         if func._opname not in VIEWS:
+            name = f"{func.namespace}.{func._opname}"
             self.record(name, moved_bytes(func, args, kwargs or {}, out), matmul_flops(name, args))
         return out
 
@@ -107,7 +104,7 @@ class Traffic(TorchDispatchMode):
             product = _common.mm_float32(a, b, out=out)
         self.calls["aten.mm"] += 1
         moved = a.nbytes + b.nbytes + product.nbytes
-        self.record("aten.mm", moved, 2.0 * math.prod(a.shape) * b.shape[-1])
+        self.record("aten.mm", moved, matmul_flops("aten.mm", (a, b)))
         return product
 
 
@@ -126,10 +123,10 @@ def main() -> None:
     for module in (casts, sampling_linear):
         module.mm_float32 = traffic.mm_float32_as_on_cuda
     step(traffic)
-    tokens = args.batch * TOKENS_PER_SEQUENCE
+    tokens = args.batch * LENGTH
     floor = sum(traffic.floor.values())
     moved, flops = sum(traffic.bytes.values()), sum(traffic.flops.values())
-    print(f"ELECTRA-small step, {args.batch} x {TOKENS_PER_SEQUENCE} tokens, bf16 autocast: "
+    print(f"ELECTRA-small step, {args.batch} x {LENGTH} tokens, bf16 autocast: "
           f"{moved / 1e9:.2f} GB moved, {flops / 1e12:.2f} TFLOP")  # fmt: skip
     print(f"floor at {args.bandwidth:.0f} GB/s and {args.tflops:.0f} TFLOP/s: {floor * 1e3:.2f} ms "
           f"per step, {tokens / floor / 1e6:.2f}M tokens/s at most")  # fmt: skip
