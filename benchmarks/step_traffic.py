@@ -8,11 +8,12 @@ FLOPs / peak, and the step's floor is the sum over its ops, which run one after 
 Defaults: the 2,953 GB/s that a 1 GiB copy reached on the H100 of
 benchmarks/results/2026-11-24_h100.md, and the H100 SXM's 989 dense bf16 TFLOP/s from NVIDIA's
 data sheet, which no matmul reaches. So the floor is below any real step, by how much is what
-the GPU runs measure. Where the recording differs from a GPU step: CPU autocast casts as CUDA's
-does but for LayerNorm's output (float32 on CUDA: the GPU moves more there) and the weight
-gradients' matmuls (the CPU multiplies float32 copies of bf16 operands, casts a GPU does not
-run); a tensor that one op reads twice counts twice, and an op that writes a tensor in place
-counts a read of it too.
+the GPU runs measure. CPU autocast casts as CUDA's does but for LayerNorm and the weight
+gradients' matmuls, which the script makes as on CUDA: every LayerNorm (torch's and
+dropout_add_layer_norm) runs in float32 and writes float32, its input cast first; a weight
+gradient's matmul reads bf16 and writes float32 (the CPU would multiply float32 copies of its
+operands). A tensor that one op reads twice counts twice, and an op that writes a tensor in
+place counts a read of it too.
 
     python benchmarks/step_traffic.py [--batch 128] [--bandwidth 2953] [--tflops 989] [--top 20]
 """
@@ -21,18 +22,21 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import math
 import sys
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import _disable_current_modes
 from torch.utils._pytree import tree_flatten
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 from benchmarks.count_step_ops import LENGTH, VIEWS, Counter, counted_step  # noqa: E402
 from electra_fast.model import casts  # noqa: E402
-from electra_fast.ops import _common, sampling_linear  # noqa: E402
+from electra_fast.ops import _common, layer_norm, sampling_linear  # noqa: E402
 
 
 def tensors(tree) -> list[torch.Tensor]:
@@ -108,6 +112,38 @@ class Traffic(Counter):
         return product
 
 
+class LayerNormAsOnCuda(TorchFunctionMode):
+    """Under CPU autocast, torch's layer_norm as CUDA autocast runs it: its input cast to float32
+    (a kernel of its own on the GPU too), the output float32. CPU autocast would leave a
+    bfloat16 input, and the output, in bfloat16."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.layer_norm and torch.is_autocast_enabled("cpu"):
+            args = (args[0].float(), *args[1:])
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def recorded_as_on_cuda(traffic: Traffic):
+    """Within: the CPU calls the ops, in the dtypes, that CUDA would where autocast or our code
+    treat the two devices differently, and `traffic` records the weight gradients' matmuls as
+    CUDA runs them."""
+    replaced = [(module, "mm_float32", traffic.mm_float32_as_on_cuda)
+                for module in (casts, sampling_linear)]  # fmt: skip
+    replaced.append((layer_norm, "autocast_to_float32",
+                     lambda x: torch.is_autocast_enabled(x.device.type)))  # fmt: skip
+    saved = [(module, name, getattr(module, name)) for module, name, _ in replaced]
+    try:
+        for module, name, value in replaced:
+            setattr(module, name, value)
+        with LayerNormAsOnCuda():
+            yield
+    finally:
+        for module, name, value in saved:
+            setattr(module, name, value)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=128, help="sequences of 128 tokens")
@@ -120,9 +156,8 @@ def main() -> None:
     torch.manual_seed(0)
     traffic = Traffic(args.bandwidth * 1e9, args.tflops * 1e12)
     step = counted_step(bf16=True, batch=args.batch)
-    for module in (casts, sampling_linear):
-        module.mm_float32 = traffic.mm_float32_as_on_cuda
-    step(traffic)
+    with recorded_as_on_cuda(traffic):
+        step(traffic)
     tokens = args.batch * LENGTH
     floor = sum(traffic.floor.values())
     moved, flops = sum(traffic.bytes.values()), sum(traffic.flops.values())

@@ -101,6 +101,34 @@ def test_step_traffic_counts_bytes_and_flops_by_hand():
     assert half.calls["aten.mm"] == 1
 
 
+def test_step_traffic_records_layer_norms_as_cuda_autocast_runs_them():
+    """Under CPU autocast, within recorded_as_on_cuda, both LayerNorms give what CUDA autocast
+    gives (torch's documented float32 layer_norm; our op's CUDA rule): float32 outputs, torch's
+    from an input cast first, which counts; and both leave as they were found."""
+    sys.path.insert(0, str(HERE))
+    import torch
+    import torch.nn.functional as F
+    from step_traffic import Traffic, recorded_as_on_cuda
+
+    from electra_fast.ops import dropout_add_layer_norm, layer_norm
+
+    x, residual = torch.randn(4, 16, dtype=torch.bfloat16), torch.randn(4, 16)
+    weight, bias = torch.ones(16), torch.zeros(16)
+    rule = layer_norm.autocast_to_float32
+    traffic = Traffic(bandwidth=1e9, peak=1e12)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert F.layer_norm(x, (16,), weight, bias).dtype == torch.bfloat16
+        with recorded_as_on_cuda(traffic), traffic:
+            assert F.layer_norm(x, (16,), weight, bias).dtype == torch.float32
+            out, out_x = dropout_add_layer_norm(
+                x, residual.bfloat16(), weight, bias, with_out_x=True
+            )
+        assert F.layer_norm(x, (16,), weight, bias).dtype == torch.bfloat16
+    assert (out.dtype, out_x.dtype) == (torch.float32, torch.bfloat16)
+    assert traffic.calls["aten._to_copy"] >= 1 and traffic.bytes["aten._to_copy"] >= 6 * 4 * 16
+    assert layer_norm.autocast_to_float32 is rule
+
+
 def test_step_traffic_gives_a_floor_per_step():
     text = run("step_traffic.py", "--batch", "1", "--top", "4")
     moved, flops = map(float, re.search(r"([\d.]+) GB moved, ([\d.]+) TFLOP", text).groups())

@@ -76,8 +76,8 @@ def dropout_add_layer_norm(
     x_dtype = x.dtype
     # (promote_types is an op of its own: a trip through the dispatcher saved per layer.)
     dtype = x.dtype if x.dtype == residual.dtype else torch.promote_types(x.dtype, residual.dtype)
-    if x.is_cuda and torch.is_autocast_enabled("cuda"):
-        dtype = torch.float32  # CUDA autocast runs layer_norm in float32, whatever its input
+    if autocast_to_float32(x):
+        dtype = torch.float32
     residual = residual.to(dtype).contiguous()
     mixed = dtype == torch.float32 and x.dtype in (torch.bfloat16, torch.float16)
     x = (x if mixed else x.to(dtype)).contiguous()
@@ -99,6 +99,13 @@ def dropout_add_layer_norm(
         x, residual, weight, bias, key, dropout_p, eps, x_bias=x_bias
     )
     return (out, out.to(x_dtype)) if with_out_x else out
+
+
+def autocast_to_float32(x: torch.Tensor) -> bool:
+    """Whether autocast runs this call in float32 whatever its inputs: CUDA autocast does, as it
+    does torch's layer_norm; CPU autocast leaves layer_norm in its input's dtype.
+    (benchmarks/step_traffic.py replaces this function to record a step as CUDA runs it.)"""
+    return x.is_cuda and torch.is_autocast_enabled("cuda")
 
 
 def use_kernel(x: torch.Tensor, dtype: torch.dtype) -> bool:
