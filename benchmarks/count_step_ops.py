@@ -42,8 +42,8 @@ class Counter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def counted_step(bf16: bool, batch: int = 2):
-    """ELECTRA-small's step as the loop runs it, at `batch` sequences of LENGTH tokens, as a
+def counted_step(bf16: bool, batch: int = 2, length: int = LENGTH):
+    """ELECTRA-small's step as the loop runs it, at `batch` sequences of `length` tokens, as a
     function of a dispatch mode: it runs one step under the mode and returns how many ops each
     part called (the mode's `calls`). One step has run already: it allocates Adam's moments."""
     config = ElectraConfig.preset("small", vocab_size=30522, mask_token_id=103,
@@ -53,7 +53,7 @@ def counted_step(bf16: bool, batch: int = 2):
     train_step = TrainStep(model, optimizer, SkipCounter(torch.device("cpu"), limit=10),
                            max_grad_norm=1.0, autocast=amp.autocast(
                                "bf16" if bf16 else "fp32", torch.device("cpu")))  # fmt: skip
-    batch = {"input_ids": torch.randint(1000, 30522, (batch, LENGTH))}
+    batch = {"input_ids": torch.randint(1000, 30522, (batch, length))}
     batch["attention_mask"] = torch.ones_like(batch["input_ids"])
     batch["token_type_ids"] = torch.zeros_like(batch["input_ids"])
 

@@ -1,4 +1,4 @@
-"""A floor under the GPU time of one pretraining step of ELECTRA-small (B sequences of 128 tokens,
+"""A floor under the GPU time of one pretraining step of ELECTRA-small (B sequences of L tokens,
 bf16 autocast), from what each of its ops must move and compute. The step's ops are recorded on
 the CPU under a dispatch mode, as in count_step_ops.py. For each op that is not a view: the bytes
 of its tensor inputs and outputs, each read or written once, as a kernel that streams them would;
@@ -15,7 +15,8 @@ gradient's matmul reads bf16 and writes float32 (the CPU would multiply float32 
 operands). A tensor that one op reads twice counts twice, and an op that writes a tensor in
 place counts a read of it too.
 
-    python benchmarks/step_traffic.py [--batch 128] [--bandwidth 2953] [--tflops 989] [--top 20]
+    python benchmarks/step_traffic.py [--batch 128] [--length 128] [--bandwidth 2953]
+        [--tflops 989] [--top 20]
 """
 
 from __future__ import annotations
@@ -146,22 +147,27 @@ def recorded_as_on_cuda(traffic: Traffic):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch", type=int, default=128, help="sequences of 128 tokens")
+    parser.add_argument("--batch", type=int, default=128, help="sequences per step")
+    parser.add_argument(
+        "--length", type=int, default=LENGTH, help="tokens per sequence, at most 512"
+    )
     parser.add_argument("--bandwidth", type=float, default=2953.0, help="memory GB/s")
     parser.add_argument("--tflops", type=float, default=989.0, help="matmul TFLOP/s")
     parser.add_argument("--top", type=int, default=20, help="list the ops with the most floor")
     args = parser.parse_args()
     if args.batch < 1 or args.bandwidth <= 0 or args.tflops <= 0 or args.top < 0:
         parser.error("--batch must be 1 or more, --bandwidth and --tflops above 0, --top 0 or more")
+    if not 1 <= args.length <= 512:
+        parser.error(f"--length must be in [1, 512] (ELECTRA-small's positions), got {args.length}")
     torch.manual_seed(0)
     traffic = Traffic(args.bandwidth * 1e9, args.tflops * 1e12)
-    step = counted_step(bf16=True, batch=args.batch)
+    step = counted_step(bf16=True, batch=args.batch, length=args.length)
     with recorded_as_on_cuda(traffic):
         step(traffic)
-    tokens = args.batch * LENGTH
+    tokens = args.batch * args.length
     floor = sum(traffic.floor.values())
     moved, flops = sum(traffic.bytes.values()), sum(traffic.flops.values())
-    print(f"ELECTRA-small step, {args.batch} x {LENGTH} tokens, bf16 autocast: "
+    print(f"ELECTRA-small step, {args.batch} x {args.length} tokens, bf16 autocast: "
           f"{moved / 1e9:.2f} GB moved, {flops / 1e12:.2f} TFLOP")  # fmt: skip
     print(f"floor at {args.bandwidth:.0f} GB/s and {args.tflops:.0f} TFLOP/s: {floor * 1e3:.2f} ms "
           f"per step, {tokens / floor / 1e6:.2f}M tokens/s at most")  # fmt: skip

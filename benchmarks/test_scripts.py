@@ -130,10 +130,18 @@ def test_step_traffic_records_layer_norms_as_cuda_autocast_runs_them():
 
 
 def test_step_traffic_gives_a_floor_per_step():
-    text = run("step_traffic.py", "--batch", "1", "--top", "4")
+    text = run("step_traffic.py", "--batch", "1", "--length", "64", "--top", "4")
+    assert "1 x 64 tokens" in text
     moved, flops = map(float, re.search(r"([\d.]+) GB moved, ([\d.]+) TFLOP", text).groups())
     ms, millions = map(float, re.search(r"([\d.]+) ms per step, ([\d.]+)M tokens/s", text).groups())
     assert moved > 0 and ms >= moved / 2953 * 1e3 * 0.99  # no op is faster than its bytes
-    assert millions == pytest.approx(128 / ms / 1e3, rel=0.02)
+    assert millions == pytest.approx(64 / ms / 1e3, rel=0.02)
     rows = re.findall(r"^\| `([\w.]+)` \| \d+ \|", text, re.M)
     assert len(rows) == 4 and "aten.t" not in rows
+
+
+@pytest.mark.parametrize("flag", [("--length", "513"), ("--length", "0"), ("--batch", "0")])
+def test_step_traffic_refuses_sizes_it_cannot_record(flag):
+    done = subprocess.run([sys.executable, str(HERE / "step_traffic.py"), *flag],
+                          capture_output=True, text=True, timeout=300, cwd=HERE.parent)  # fmt: skip
+    assert done.returncode == 2 and flag[0] in done.stderr
