@@ -27,6 +27,7 @@ import contextlib
 import math
 import sys
 from pathlib import Path
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
@@ -130,19 +131,16 @@ def recorded_as_on_cuda(traffic: Traffic):
     """Within: the CPU calls the ops, in the dtypes, that CUDA would where autocast or our code
     treat the two devices differently, and `traffic` records the weight gradients' matmuls as
     CUDA runs them."""
-    replaced = [(module, "mm_float32", traffic.mm_float32_as_on_cuda)
-                for module in (casts, sampling_linear)]  # fmt: skip
-    replaced.append((layer_norm, "autocast_to_float32",
-                     lambda x: torch.is_autocast_enabled(x.device.type)))  # fmt: skip
-    saved = [(module, name, getattr(module, name)) for module, name, _ in replaced]
-    try:
-        for module, name, value in replaced:
-            setattr(module, name, value)
-        with LayerNormAsOnCuda():
-            yield
-    finally:
-        for module, name, value in saved:
-            setattr(module, name, value)
+    with contextlib.ExitStack() as stack:
+        for module in (casts, sampling_linear):
+            stack.enter_context(
+                mock.patch.object(module, "mm_float32", traffic.mm_float32_as_on_cuda)
+            )
+        stack.enter_context(mock.patch.object(
+            layer_norm, "autocast_to_float32", lambda x: torch.is_autocast_enabled(x.device.type)
+        ))  # fmt: skip
+        stack.enter_context(LayerNormAsOnCuda())
+        yield
 
 
 def main() -> None:

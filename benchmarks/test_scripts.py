@@ -14,9 +14,13 @@ from electra_fast import _extension
 HERE = Path(__file__).resolve().parent
 
 
-def run(script: str, *args: str) -> str:
-    done = subprocess.run([sys.executable, str(HERE / script), *args], capture_output=True,
+def launch(script: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(HERE / script), *args], capture_output=True,
                           text=True, timeout=300, cwd=HERE.parent)  # fmt: skip
+
+
+def run(script: str, *args: str) -> str:
+    done = launch(script, *args)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -142,6 +146,5 @@ def test_step_traffic_gives_a_floor_per_step():
 
 @pytest.mark.parametrize("flag", [("--length", "513"), ("--length", "0"), ("--batch", "0")])
 def test_step_traffic_refuses_sizes_it_cannot_record(flag):
-    done = subprocess.run([sys.executable, str(HERE / "step_traffic.py"), *flag],
-                          capture_output=True, text=True, timeout=300, cwd=HERE.parent)  # fmt: skip
+    done = launch("step_traffic.py", *flag)
     assert done.returncode == 2 and flag[0] in done.stderr
