@@ -66,7 +66,10 @@ if has tests; then
     left=$(( deadline - $(date +%s) ))
     (( left > 10 )) || { echo "tests: no time left for -m '$selection'"; status=1; break; }
     PYTHONUNBUFFERED=1 timeout "$left" "$python" -m pytest -v -p no:cacheprovider -m "$selection" \
-      $per_test $workers -rfE tests > "$log" 2>&1 || status=1
+      $per_test $workers -rfE tests > "$log" 2>&1
+    code=$?
+    (( code == 0 )) || status=1
+    (( code == 124 )) && echo "tests -m '$selection': cut short after $left s (TESTS_S)"
     # Result lines name a test (::) and are not the summary's, which start with the outcome.
     results=$(grep "::" "$log" | grep -vE "^(FAILED|ERROR) ")
     echo "tests -m '$selection': $(grep -cE "PASSED|SKIPPED|XFAIL|XPASS" <<< "$results") passed" \

@@ -22,6 +22,7 @@ _EXPORTS = {
     "attention_qkvpacked": "electra_fast.ops",
     "bias_gelu": "electra_fast.ops",
     "build_discriminator_inputs": "electra_fast.ops",
+    "column_sums": "electra_fast.ops",
     "dropout_add_layer_norm": "electra_fast.ops",
     "generator_step": "electra_fast.ops",
     "generator_step_linear": "electra_fast.ops",

@@ -32,6 +32,7 @@ OP_NAMES = (
     "dropout_add_layer_norm_backward",
     "bias_gelu",
     "bias_gelu_backward",
+    "column_sums",
 )
 # Registrations that the Python side relies on and does not make itself: a build without them
 # is treated as not loaded (after a `git pull` without a rebuild, say).
@@ -41,6 +42,7 @@ EXPECTED_REGISTRATIONS = (
     ("attention_qkv_forward", "Autograd"),
     ("dropout_add_layer_norm", "Autograd"),
     ("bias_gelu", "Autograd"),
+    ("column_sums", "Autograd"),
 )
 # An argument per op whose schema gained it last: a build of older sources lacks it.
 EXPECTED_ARGUMENTS = {"dropout_add_layer_norm": "with_out_x"}

@@ -215,6 +215,28 @@ at::Tensor bias_gelu_autograd(const at::Tensor& x, const at::Tensor& bias, bool 
   return BiasGelu::apply(x, bias, approximate)[0];
 }
 
+// column_sums runs in the backward formulas of linear layers, where nothing records it; its
+// formula here keeps it differentiable elsewhere: the incoming gradient, repeated over x's rows.
+class ColumnSums : public torch::autograd::Function<ColumnSums> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x) {
+    static const auto op = handle<at::Tensor(const at::Tensor&)>("electra_fast::column_sums");
+    at::AutoDispatchBelowADInplaceOrView guard;
+    ctx->saved_data["shape"] = x.sizes();
+    ctx->saved_data["dtype"] = x.scalar_type();
+    ctx->set_materialize_grads(false);
+    return {op.call(x)};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    if (!grads[0].defined()) return {at::Tensor()};
+    const auto dtype = ctx->saved_data["dtype"].toScalarType();
+    return {grads[0].to(dtype).expand(ctx->saved_data["shape"].toIntVector())};
+  }
+};
+
+at::Tensor column_sums_autograd(const at::Tensor& x) { return ColumnSums::apply(x)[0]; }
+
 std::tuple<at::Tensor, at::Tensor> attention_forward_autograd(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const std::optional<at::Tensor>& lengths, const std::optional<at::Tensor>& cu_seqlens,
@@ -240,6 +262,7 @@ TORCH_LIBRARY_IMPL(electra_fast, Autograd, m) {
   m.impl("attention_qkv_forward", &attention_qkv_forward_autograd);
   m.impl("dropout_add_layer_norm", &dropout_add_layer_norm_autograd);
   m.impl("bias_gelu", &bias_gelu_autograd);
+  m.impl("column_sums", &column_sums_autograd);
 }
 
 }  // namespace electra_fast

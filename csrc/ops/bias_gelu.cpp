@@ -4,15 +4,12 @@
 // rows and then over the blocks in order, so that it does not depend on the number of threads.
 #include "bias_gelu.h"
 
-#include <ATen/Parallel.h>
 #include <ATen/ops/add.h>
 #include <ATen/ops/gelu.h>
 #include <ATen/ops/gelu_backward.h>
 #include <torch/library.h>
 
-#include <algorithm>
 #include <tuple>
-#include <vector>
 
 #include "block_sums.h"
 #include "checks.h"
@@ -44,8 +41,6 @@ void check_bias_gelu_backward(const at::Tensor& grad, const at::Tensor& x, const
 
 namespace {
 
-constexpr int64_t kRowsPerBlock = 32;  // of the bias gradient's partial sums
-
 const char* gelu_kind(bool approximate) { return approximate ? "tanh" : "none"; }
 
 at::Tensor bias_gelu_cpu(const at::Tensor& x, const at::Tensor& bias, bool approximate) {
@@ -61,19 +56,7 @@ std::tuple<at::Tensor, at::Tensor> bias_gelu_backward_cpu(const at::Tensor& grad
   const at::Tensor dx = at::gelu_backward(grad.to(at::kFloat).contiguous(),
                                           at::add(x.to(at::kFloat), bias), gelu_kind(approximate));
   const int64_t N = x.size(-1), M = x.numel() / N;
-  const int64_t blocks = (M + kRowsPerBlock - 1) / kRowsPerBlock;
-  const float* d = dx.const_data_ptr<float>();
-  std::vector<float> partial(static_cast<size_t>(blocks * N), 0.0f);
-  at::parallel_for(0, blocks, 1, [&](int64_t first, int64_t last) {
-    for (int64_t block = first; block < last; ++block) {
-      float* sums = partial.data() + block * N;
-      for (int64_t row = block * kRowsPerBlock; row < std::min(M, (block + 1) * kRowsPerBlock);
-           ++row) {
-        for (int64_t c = 0; c < N; ++c) sums[c] += d[row * N + c];
-      }
-    }
-  });
-  return {dx.to(x.scalar_type()), sum_over_blocks(partial, blocks, N)};
+  return {dx.to(x.scalar_type()), column_sums_in_blocks(dx.const_data_ptr<float>(), M, N)};
 }
 
 }  // namespace

@@ -85,6 +85,9 @@ TORCH_LIBRARY(electra_fast, m) {
   m.def(
       "bias_gelu_backward(Tensor grad, Tensor x, Tensor bias, bool approximate) "
       "-> (Tensor, Tensor)");
+  // The float32 sums of x over every dimension but the last (column_sums.h): a linear layer's
+  // bias gradient from its output's.
+  m.def("column_sums(Tensor x) -> Tensor");
 }
 
 // Test-only ops (no CPU kernel, no Python wrapper), for tests/ops/test_wgmma.py.

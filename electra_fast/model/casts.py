@@ -14,7 +14,7 @@ were about 600 of the step's kernels and 2.1 ms of its 18.4 ms. Here:
 - `linear(x, module)` is F.linear(x, module.weight, module.bias) in such a forward. Its backward
   returns the float32 weight's gradient from a matmul that writes float32 (mm_float32): the sum
   is not rounded to bfloat16 before it is widened, as autocast's is, so it is closer to the
-  float32 gradient; the bias's comes from a sum that accumulates and writes float32; and a
+  float32 gradient; the bias's from column_sums, which accumulates and writes float32; and a
   float32 input's (under CUDA autocast a LayerNorm's output is float32) from such a matmul too.
 
 Outside such a forward, without autocast, or under torch.compile (whose inductor fuses casts
@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from electra_fast.ops._common import mm_float32
+from electra_fast.ops.column_sums import column_sums
 
 # id(parameter) -> its cast, in the forward under way (None outside one).
 _ACTIVE: ContextVar[dict[int, torch.Tensor] | None] = ContextVar("weight_casts", default=None)
@@ -141,5 +142,5 @@ class _LinearOnCasts(torch.autograd.Function):
         if need_weight:
             grad_weight = mm_float32(rows.t(), x.reshape(-1, x.shape[-1]))
         if need_bias:
-            grad_bias = rows.sum(0, dtype=torch.float32)
+            grad_bias = column_sums(rows)
         return grad_x, grad_weight, grad_bias, None, None

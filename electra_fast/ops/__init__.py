@@ -3,6 +3,7 @@
 from electra_fast._extension import OP_NAMES
 from electra_fast.ops.attention import attention, attention_qkvpacked
 from electra_fast.ops.bias_gelu import bias_gelu
+from electra_fast.ops.column_sums import column_sums
 from electra_fast.ops.layer_norm import dropout_add_layer_norm
 from electra_fast.ops.masking import MaskedTokens, mask_tokens, mask_tokens_reference
 from electra_fast.ops.sampling import (
@@ -19,6 +20,7 @@ __all__ = [
     "attention",
     "attention_qkvpacked",
     "bias_gelu",
+    "column_sums",
     "DiscriminatorInputs",
     "GeneratorStep",
     "MaskedTokens",

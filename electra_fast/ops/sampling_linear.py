@@ -26,6 +26,7 @@ import math
 import torch
 
 from electra_fast.ops._common import mm_float32, philox_key
+from electra_fast.ops.column_sums import column_sums
 from electra_fast.ops.sampling import (
     LOGIT_DTYPES,
     GeneratorStep,
@@ -198,7 +199,7 @@ class _GeneratorStepLinear(torch.autograd.Function):
                 if need_weight:
                     mm(grad.t(), hidden, out=grad_weight[start:end])
                 if need_bias:
-                    grad_bias[start:end] = grad.sum(0, dtype=lse.dtype)
+                    grad_bias[start:end] = column_sums(grad)
         grad_hidden = grad_hidden.to(hidden_dtype) if need_hidden else None
         grad_weight = grad_weight.to(weight_dtype) if need_weight else None
         return grad_hidden, grad_weight, grad_bias, None, None, None, None, None, None, None

@@ -1,6 +1,7 @@
 // Eight consecutive elements converted to and from float: one 16-byte load or store for 2-byte
 // types, two for float. The address must be 16-byte aligned (aligned16 checks tensors on the
-// host).
+// host). load_group and store_group take kWidth elements: load8/store8 when kWidth is 8, else
+// one by one.
 #pragma once
 #include <ATen/core/Tensor.h>
 
@@ -35,6 +36,26 @@ __device__ __forceinline__ void store8(T* p, const float (&in)[8]) {
 #pragma unroll
   for (int i = 0; i < 8; ++i) pack.v[i] = static_cast<T>(in[i]);
   *reinterpret_cast<Pack8<T>*>(p) = pack;
+}
+
+template <int kWidth, typename T>
+__device__ __forceinline__ void load_group(const T* p, float (&out)[kWidth]) {
+  if constexpr (kWidth == 8) {
+    load8(p, out);
+  } else {
+#pragma unroll
+    for (int i = 0; i < kWidth; ++i) out[i] = static_cast<float>(p[i]);
+  }
+}
+
+template <int kWidth, typename T>
+__device__ __forceinline__ void store_group(T* p, const float (&in)[kWidth]) {
+  if constexpr (kWidth == 8) {
+    store8(p, in);
+  } else {
+#pragma unroll
+    for (int i = 0; i < kWidth; ++i) p[i] = static_cast<T>(in[i]);
+  }
 }
 
 }  // namespace electra_fast
