@@ -1,18 +1,19 @@
-"""A linear layer's bias gradient, the column sums of its output's gradient dY [M, N], four ways:
-torch's reduction (`dY.sum(0)`, what autograd's addmm backward runs), the same in fp32
-(`dY.float().sum(0)`), a matrix product with a row of ones (`ones[1, M] @ dY`, cuBLAS with
-fp32 accumulation), and our column_sums op (what the model's linear layers use). In the H100
-profile of an ELECTRA-small step (benchmarks/results/2026-11-24_h100.md) the 100 bf16
-bias-gradient reductions took 2.3 ms of the step's 18.4, about 23 us each for at most 16,384 x
-1,024 elements that HBM reads in 11 us.
+"""A linear layer's bias gradient, the column sums of its output's gradient dY [M, N], five ways:
+torch's reduction (`dY.sum(0)`, what autograd's addmm backward runs), the same written in fp32
+(`dY.sum(0, dtype=torch.float32)`, what the model's linear layers ran before column_sums), the
+same after a cast (`dY.float().sum(0)`), a matrix product with a row of ones (`ones[1, M] @ dY`,
+cuBLAS with fp32 accumulation), and our column_sums op (what the model's linear layers use).
+In the H100 profile of an ELECTRA-small step (benchmarks/results/2026-11-24_h100.md) the 100
+bf16 bias-gradient reductions took 2.3 ms of the step's 18.4, about 23 us each for at most
+16,384 x 1,024 elements that HBM reads in 11 us.
 
 The second benchmark is what the model does instead for its feed-forward layers: bias_gelu's
 forward and backward, which returns the bias gradient from the fp32 values of its own backward,
 against torch's gelu of the biased input followed by the reduction.
 
 Sizes: the 16,384 tokens of a 128 x 128 batch at ELECTRA-small's widths (256, 768 for the fused
-query, key and value, and 1,024 for the feed-forward), bf16 on a GPU; 1,024 tokens in fp32 on
-the CPU.
+query, key and value, and 1,024 for the feed-forward), bf16 on a GPU; 1,024 tokens in fp32 and bf16
+on the CPU.
 """
 
 import pytest
@@ -28,6 +29,8 @@ WIDTHS = [256, 768, 1024]
 def bias_grad_of(provider: str):
     if provider == "torch_sum":
         return lambda dy, ones: dy.sum(0)
+    if provider == "torch_sum_to_fp32":
+        return lambda dy, ones: dy.sum(0, dtype=torch.float32)
     if provider == "torch_sum_fp32":
         return lambda dy, ones: dy.float().sum(0)
     if provider == "electra_fast":
@@ -35,10 +38,15 @@ def bias_grad_of(provider: str):
     return lambda dy, ones: (ones @ dy)[0]
 
 
-@pytest.mark.parametrize("provider", ["electra_fast", "torch_sum", "torch_sum_fp32", "matmul_ones"])
+@pytest.mark.parametrize(
+    "provider", ["electra_fast", "torch_sum", "torch_sum_to_fp32", "torch_sum_fp32", "matmul_ones"]
+)
 @pytest.mark.parametrize("N", WIDTHS)
-def test_bias_grad(benchmark, device, provider, N):
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+def test_bias_grad(benchmark, device, provider, N, dtype):
+    """bf16 on a GPU; on the CPU float32 (its default precision) and bf16 (its autocast's)."""
+    if device.type == "cuda" and dtype == torch.float32:
+        pytest.skip("bf16 only on a GPU, as autocast runs the step there")
     M = smoke_size(benchmark, 16384 if device.type == "cuda" else 1024, 64)
     g = torch.Generator().manual_seed(0)
     dy = torch.randn(M, N, generator=g).to(device, dtype)
