@@ -10,6 +10,9 @@ import torch
 
 from electra_fast._extension import REFERENCE_LIBRARY
 
+# The dtypes the elementwise ops take: their kernels' three, and float64 for their references.
+FLOATS = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
 
 def philox_key(
     device: torch.device,

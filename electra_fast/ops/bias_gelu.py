@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from electra_fast import _extension
+from electra_fast.ops._common import FLOATS
 
 OP = "bias_gelu"
-FLOATS = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 APPROXIMATIONS = ("none", "tanh")
 
 

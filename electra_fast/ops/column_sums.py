@@ -3,10 +3,11 @@ rows.
 
 torch's `dY.sum(0)` computes the same, but in the H100 profile of an ELECTRA-small step
 (benchmarks/results/2026-11-24_h100.md) its reductions of the bias gradients, bf16 [16384, N],
-moved about 0.5 TB/s of the GPU's 3. The kernels here (csrc/ops/column_sums.cpp,
-csrc/ops/cuda/column_sums.cu) read x once, 16 bytes at a time on a GPU, each thread keeping its
-columns' sums in registers down a block of rows; the blocks' partial sums are then added in a
-fixed order, so that the result does not depend on the number of threads.
+moved about 0.5 TB/s of the GPU's 3. The kernels here read x once and sum it in fixed blocks of
+rows, whose partial sums are then added in a fixed order, so that the result does not depend on
+the number of threads: on a GPU (csrc/ops/cuda/column_sums.cuh) 16 bytes at a time, each thread
+keeping its columns' sums in registers down its block; on the CPU (csrc/ops/block_sums.h) four
+rows at a time.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from __future__ import annotations
 import torch
 
 from electra_fast import _extension
+from electra_fast.ops._common import FLOATS
 
 OP = "column_sums"
-FLOATS = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
 
 def column_sums(x: torch.Tensor) -> torch.Tensor:

@@ -25,12 +25,11 @@ import torch
 import torch.nn.functional as F
 
 from electra_fast import _extension
-from electra_fast.ops._common import philox_key
+from electra_fast.ops._common import FLOATS, philox_key
 from electra_fast.ops._philox import STREAM_RESIDUAL_DROPOUT, philox_elements
 from electra_fast.ops.attention import dropout_keep_scale, dropout_threshold
 
 OP = "dropout_add_layer_norm"
-FLOATS = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 CUDA_MAX_HIDDEN = 6144
 CUDA_MAX_HIDDEN_X_BIAS = 4096  # the backward's shared memory holds three sums per column
 
