@@ -16,7 +16,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <initializer_list>
 #include <tuple>
 
 #include "../bias_gelu.h"
@@ -73,11 +72,6 @@ template <typename T, int kWidth>
 __global__ void __launch_bounds__(kColumnSumThreads)
     backward_kernel(GeluGradient<T, kWidth> values, int64_t M, int lanes, float* partial) {
   sum_block_columns<kWidth>(values, M, values.N, lanes, partial);
-}
-
-// The vector path: whole 8-column groups in 16-byte aligned tensors.
-bool vector_path(int64_t N, std::initializer_list<const at::Tensor*> tensors) {
-  return N % 8 == 0 && aligned16(tensors);
 }
 
 at::Tensor bias_gelu_cuda(const at::Tensor& x, const at::Tensor& bias, bool approximate) {

@@ -36,7 +36,7 @@ at::Tensor column_sums_cuda(const at::Tensor& x) {
   check_column_sums(x);
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t N = x.size(-1), M = N == 0 ? 0 : x.numel() / N;
-  const bool vector = N % 8 == 0 && aligned16({&x});
+  const bool vector = vector_path(N, {&x});
   const ColumnSumLaunch launch(M, N, vector ? 8 : 1, x.options());
   if (M > 0 && N > 0) {
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();

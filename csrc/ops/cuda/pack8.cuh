@@ -18,6 +18,12 @@ inline bool aligned16(std::initializer_list<const at::Tensor*> tensors) {
   });
 }
 
+// Whether rows of N elements can be read 8 at a time: whole 8-element groups in 16-byte
+// aligned tensors.
+inline bool vector_path(int64_t N, std::initializer_list<const at::Tensor*> tensors) {
+  return N % 8 == 0 && aligned16(tensors);
+}
+
 template <typename T>
 struct alignas(16) Pack8 {
   T v[8];
