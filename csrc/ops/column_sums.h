@@ -1,9 +1,9 @@
 // column_sums: the float32 sums of x [..., N] over every dimension but the last, a linear
 // layer's bias gradient from its output's. torch's dY.sum(0) reads dY as well, but on an H100 its
-// reductions of the bias gradients of an ELECTRA-small step moved about 0.5 TB/s
-// (benchmarks/results/2026-11-24_h100.md); these kernels read x once, 16 bytes at a time, and
-// add the partial sums of fixed blocks of rows in a fixed order, so that the result does not
-// depend on the number of threads.
+// reductions of the bias gradients of an ELECTRA-small step took 2.3 ms
+// (benchmarks/results/2026-11-24_h100.md) for about 1.1 GB counted by hand, 0.5 TB/s; these kernels
+// read x once, 16 bytes at a time, and add the partial sums of fixed blocks of rows in a fixed
+// order, so that the result does not depend on the number of threads.
 #pragma once
 #include <ATen/core/Tensor.h>
 
