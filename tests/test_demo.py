@@ -3,7 +3,6 @@ promises exists and loads, a second call resumes instead of starting again, and 
 are refused by name."""
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -11,11 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.torchrun import cpu_environment
+
 DEMO = Path(__file__).resolve().parents[1] / "scripts" / "demo.py"
 
 
 def demo(*arguments: str, steps_variable: str | None = None):
-    environment = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    environment = cpu_environment()
     environment.pop("DEMO_STEPS", None)
     if steps_variable is not None:
         environment["DEMO_STEPS"] = steps_variable

@@ -15,6 +15,7 @@ import torch
 
 from electra_fast.pretraining.checkpoint import checkpoints, load_checkpoint
 from tests.pretraining.test_trainer import dataset, hparams  # noqa: F401  (fixture)
+from tests.torchrun import cpu_environment
 
 LONG = hparams(num_train_steps=100_000, iterations_per_loop=1, save_checkpoints_steps=100_000)
 
@@ -49,9 +50,8 @@ def stopped_step(out: Path) -> int:
 @pytest.mark.parametrize("sent", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_saves_and_stops_one_process(dataset, tmp_path, sent):  # noqa: F811
     out = tmp_path / "run"
-    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(command(sys.executable, data=dataset, out=out), env=environment,
-                               stderr=subprocess.PIPE, text=True)  # fmt: skip
+    arguments = command(sys.executable, data=dataset, out=out)
+    process = subprocess.Popen(arguments, env=cpu_environment(), stderr=subprocess.PIPE, text=True)
     wait_for_steps(process, out, 3)
     process.send_signal(sent)
     _, stderr = process.communicate(timeout=120)
@@ -80,8 +80,7 @@ def test_a_signal_to_one_rank_stops_both_after_the_same_step(dataset, tmp_path):
     out = tmp_path / "run"
     torchrun = (sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
                 "--master-port", "29751")  # fmt: skip
-    environment = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(command(*torchrun, data=dataset, out=out), env=environment,
+    process = subprocess.Popen(command(*torchrun, data=dataset, out=out), env=cpu_environment(),
                                stderr=subprocess.PIPE, text=True)  # fmt: skip
     wait_for_steps(process, out, 3)
     ranks = workers(process.pid)
