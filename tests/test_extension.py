@@ -194,3 +194,7 @@ def test_the_sm90a_build_has_wgmma_and_the_sm80_code_mma_sync():
     assert re.search(r"HGMMA\.64x64x16\.F32\.BF16 \S+, gdesc\[\S+\]\.tnspA\.tnspB", sass)
     assert re.search(r"HGMMA\.64x128x16\.F32\.BF16 \S+, gdesc\[\S+\]\.tnspA\.tnspB", sass)
     assert "HMMA.16816.F32.BF16" in sass  # the sm80 kernels
+    # dQ summed over blocks: 8-byte float atomics in the sm90 code, half the instructions.
+    assert "REDG.E.ADD.F32x2" in sass
+    # dQ within one block of keys: the second warpgroup hands its share to the first.
+    assert re.search(r"BAR\.ARV 0x3, 0x100", sass) and re.search(r"BAR\.SYNC\S* 0x3, 0x100", sass)

@@ -3,7 +3,9 @@ and gradients against the fp64 reference within twice torch's error, the lse, pa
 packing, and dropout with the sm80 kernels' mask. Shapes cross their tiles: the forward takes
 128 queries per block (64 per warpgroup, one of them idle when a sequence ends early) against
 tiles of 128 keys; the backward 128 keys per block (64 per warpgroup) against tiles of 64
-queries; the last tiles partial."""
+queries; the last tiles partial. The backward has two ways of summing dQ, both covered: atomics
+into an fp32 sum when a sequence may span blocks (L > 128), the block's own writes when none can
+(L <= 128)."""
 
 import pytest
 import torch
@@ -41,6 +43,7 @@ CASES = [  # (B, L, H, D, lengths or None)
     (2, 300, 2, 64, [300, 129]),  # three key tiles, one key into the second
     (1, 512, 12, 64, [400]),
     (2, 200, 2, 128, [200, 65]),
+    (3, 96, 2, 128, [96, 65, 20]),  # dQ written by the blocks, in two parts of 64 columns
 ]
 
 
@@ -65,12 +68,13 @@ def test_lse_is_the_logsumexp_of_the_scaled_scores(D):
 
 
 @pytest.mark.parametrize("D", [64, 128])
-def test_agrees_with_the_sm80_kernels_with_dropout(monkeypatch, D):
+@pytest.mark.parametrize("L", [300, 128])
+def test_agrees_with_the_sm80_kernels_with_dropout(monkeypatch, D, L):
     """The dropout decisions depend on positions only, so both kernels drop the same
     probabilities: outputs and gradients differ by rounding alone."""
-    B, L, H = 3, 300, 4
+    B, H = 3, 4
     q, k, v = qkv(B, L, H, D, dtype=torch.bfloat16, device=DEVICE, seed=2)
-    lengths = torch.tensor([300, 130, 33], device=DEVICE)
+    lengths = torch.tensor([L, 100, 33], device=DEVICE)
     grad = torch.randn(B, L, H, D, device=DEVICE).to(torch.bfloat16)
 
     def call():
@@ -124,3 +128,49 @@ def test_the_fused_projection_layout_reads_like_contiguous():
     got = electra_fast.attention(q, k, v, lengths=lengths)
     want = electra_fast.attention(*(t.contiguous() for t in (q, k, v)), lengths=lengths)
     assert torch.equal(got, want)
+
+
+def test_dq_written_by_the_blocks_is_the_same_on_every_run():
+    """With every sequence within one block's keys, no atomics order dQ's sums."""
+    B, L, H, D = 4, 128, 4, 64
+    q, k, v = qkv(B, L, H, D, dtype=torch.bfloat16, device=DEVICE, seed=3)
+    lengths = torch.tensor([128, 100, 64, 1], device=DEVICE)
+    grad = torch.randn(B, L, H, D, device=DEVICE).to(torch.bfloat16)
+
+    def grads():
+        inputs = [t.detach().requires_grad_() for t in (q, k, v)]
+        electra_fast.attention(*inputs, lengths=lengths, dropout_p=0.1, seed=5).backward(grad)
+        return [t.grad for t in inputs]
+
+    first = grads()
+    for _ in range(3):
+        assert all(torch.equal(a, b) for a, b in zip(first, grads(), strict=True))
+
+
+@pytest.mark.parametrize("layout", ["padded", "packed"])
+@pytest.mark.parametrize("D", [64, 128])
+def test_fused_projection_gradient_agrees_with_the_sm80_kernels(monkeypatch, layout, D):
+    """attention_qkvpacked's backward writes dq, dk and dv as views of one tensor (rows 3 * H * D
+    apart), here with dQ written by the blocks."""
+    lengths = [128, 70, 0, 33]
+    B, L, H = len(lengths), 128, 2
+    fused = torch.stack(qkv(B, L, H, D, dtype=torch.bfloat16, device=DEVICE, seed=4), dim=2)
+    length_tensor = torch.tensor(lengths, device=DEVICE)
+    real = torch.arange(L, device=DEVICE) < length_tensor[:, None]
+    if layout == "padded":
+        arguments = {"lengths": length_tensor}
+    else:
+        fused = fused[real]
+        cu = torch.tensor([0, 128, 198, 198, 231], dtype=torch.int32, device=DEVICE)
+        arguments = {"cu_seqlens": cu, "max_seqlen": L}
+    grad = torch.randn(fused.select(-3, 0).shape, device=DEVICE).to(torch.bfloat16)
+
+    def dqkv():
+        leaf = fused.detach().requires_grad_()
+        electra_fast.attention_qkvpacked(leaf, **arguments).backward(grad)
+        return leaf.grad
+
+    ours, theirs = dqkv(), sm80(monkeypatch, dqkv)
+    torch.testing.assert_close(ours, theirs, rtol=2e-2, atol=2e-2)
+    if layout == "padded":
+        assert torch.all(ours[~real] == 0)

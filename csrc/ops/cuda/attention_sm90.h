@@ -17,9 +17,14 @@ bool attention_sm90_applies(const at::Tensor& q, int64_t head_dim);
 // kernel), on the current stream.
 void attention_forward_sm90(const AttentionCall& call, at::Tensor& out, at::Tensor& lse);
 
-// Writes dq_sum (fp32, zeroed: the kernel adds into it), dk and dv of a prepared backward call,
-// on the current stream.
-void attention_backward_sm90(const AttentionBackwardCall& b, const at::Tensor& dq_sum,
+// Whether the wgmma backward can write dq itself: every sequence fits one block's 128 keys, so
+// no two blocks add into the same rows of dq.
+bool attention_sm90_backward_writes_dq(const AttentionParams& p);
+
+// Writes dk, dv and dq of a prepared backward call, on the current stream. dq is either the
+// gradient itself, in q's dtype with rows p.grad_row_stride apart (only where
+// attention_sm90_backward_writes_dq), or a zeroed fp32 sum [rows, H, D] that the blocks add into.
+void attention_backward_sm90(const AttentionBackwardCall& b, const at::Tensor& dq,
                              const at::Tensor& dk, const at::Tensor& dv);
 
 }  // namespace electra_fast

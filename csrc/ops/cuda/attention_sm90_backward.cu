@@ -5,13 +5,23 @@
 // cp.async). Per tile, each warpgroup:
 //   S = Q K_w^T and dP = dO V_w^T   (64 queries x its 64 keys; Q, K, dO, V K-major in shared)
 //   P, dS in registers              (rows are queries, so dropout is the forward's strip)
-//   dQ += dS K_w                    (dS straight from the registers; fp32 atomics into dq)
+//   dQ += dS K_w                    (dS straight from the registers)
 //   dV += P^T dO, dK += dS^T Q      (P and dS stored once to shared memory, read transposed)
 // Only tiles with real tokens are visited, and a warpgroup whose keys all lie past the
 // sequence's end sits the loop out.
+// dQ: when a sequence may be longer than one block's keys, every block adds its share into an
+// fp32 sum with atomics, which the host zeroes first and casts into dq after. When no sequence
+// is (max_seqlen <= 128, all of ELECTRA's length-128 pretraining), the block holds every key of
+// its sequence, so a tile's dQ is complete once the two warpgroups' shares are added: the second
+// hands its share to the first through shared memory, which writes the rows in q's dtype. That
+// saves the fp32 buffer's fill (4 bytes written per element of dq), its atomics (4 read and 4
+// written per block adding, in L2 while it holds them) and the cast (4 read, 2 written), where
+// the direct write is 2 bytes; and dQ comes out the same on every run.
 #include <ATen/core/Tensor.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
+
+#include <type_traits>
 
 #include "attention_sm90.h"
 #include "attention_tiles.cuh"
@@ -38,6 +48,13 @@ struct BackwardLayout {
   static constexpr int kDS = kP + kGroups * kScoreBytes;
   static constexpr int kBytes = kDS + kGroups * kScoreBytes;
   static constexpr size_t kSharedBytes = kBytes + 1024;  // room to align the base
+  // Writing dQ directly, the second warpgroup's share of a tile's dQ, 64 columns per part
+  // (one part per 64 of D), fp32 rows 72 floats apart: its 8-byte stores hit each bank at most
+  // twice. Each warp of the first warpgroup then stages its 16 rows in q's dtype over its own.
+  static constexpr int kDqPitch = 64 + 8;
+  static constexpr int kDqPartBytes = kQueries * kDqPitch * 4;
+  static constexpr int kDQ = kBytes;
+  static constexpr size_t kSharedBytesDirect = kDQ + (D / 64) * kDqPartBytes + 1024;
   // After the loop dK is staged through K and V, dV through the Q and dO stages: 16 rows of
   // kPitch per warp.
   static constexpr int kStageBytes = kGroups * 4 * 16 * Shape<D>::kPitch * 2;
@@ -48,14 +65,21 @@ struct BackwardLayout {
 // The device helpers exist only where the kernel has a body (sm_90a device code).
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 
-// Only the 128 threads of one warpgroup meet here (barrier 0 is __syncthreads). Immediate
-// barrier numbers: with a register operand ptxas reserves all 16.
+// Named barriers (barrier 0 is __syncthreads), numbered by immediates: with a register operand
+// ptxas reserves all 16. bar.sync waits for `kThreads` arrivals in all; bar.arrive counts this
+// thread's and goes on.
+template <int kBarrier, int kThreads>
+__device__ __forceinline__ void barrier_sync() {
+  asm volatile("bar.sync %0, %1;\n" ::"n"(kBarrier), "n"(kThreads) : "memory");
+}
+template <int kBarrier, int kThreads>
+__device__ __forceinline__ void barrier_arrive() {
+  asm volatile("bar.arrive %0, %1;\n" ::"n"(kBarrier), "n"(kThreads) : "memory");
+}
+
+// Only the 128 threads of one warpgroup meet here (barriers 1 and 2).
 __device__ __forceinline__ void warpgroup_sync(int group) {
-  if (group == 0) {
-    asm volatile("bar.sync 1, 128;\n" ::: "memory");
-  } else {
-    asm volatile("bar.sync 2, 128;\n" ::: "memory");
-  }
+  group == 0 ? barrier_sync<1, 128>() : barrier_sync<2, 128>();
 }
 
 // This warp's 16 rows of a 64 x 64 accumulator strip into a [row][column] tile in the 128-byte
@@ -72,6 +96,37 @@ __device__ __forceinline__ void store_swizzled(unsigned char* tile, const float 
     for (int nt = 0; nt < 8; ++nt) {
       *reinterpret_cast<uint32_t*>(tile + row * kRowBytes + ((nt ^ (row % 8)) << 4) + 4 * t) =
           pack2<T>(acc[nt][2 * r], acc[nt][2 * r + 1]);
+    }
+  }
+}
+
+// Producer and consumer of one part of dQ (barriers 3 and 4, the two parts of D = 128): the
+// second warpgroup arrives once its share is in shared memory, the first waits for it.
+__device__ __forceinline__ void dq_part_stored(int part) {
+  part == 0 ? barrier_arrive<3, 256>() : barrier_arrive<4, 256>();
+}
+__device__ __forceinline__ void wait_for_dq_part(int part) {
+  part == 0 ? barrier_sync<3, 256>() : barrier_sync<4, 256>();
+}
+
+// This warp's 16 rows of a 64-column accumulator to (add = false) or added from (add = true) a
+// [row][column] fp32 tile whose rows are `pitch` floats apart, starting at the warp's first row.
+template <bool kAdd>
+__device__ __forceinline__ void exchange_rows(float* tile, int pitch, float (&acc)[8][4],
+                                              int lane) {
+  const int g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+      float2* at = reinterpret_cast<float2*>(tile + (g + 8 * r) * pitch + nt * 8 + 2 * t);
+      if constexpr (kAdd) {
+        const float2 other = *at;
+        acc[nt][2 * r] += other.x;
+        acc[nt][2 * r + 1] += other.y;
+      } else {
+        *at = make_float2(acc[nt][2 * r], acc[nt][2 * r + 1]);
+      }
     }
   }
 }
@@ -96,12 +151,15 @@ __device__ __forceinline__ void add_to_dq(float* dq, int64_t row_stride, const f
 
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 
-template <typename T, int D>
+// kDirectDq: dq is the gradient itself (q's dtype, rows p.grad_row_stride apart) and every
+// sequence fits the block's keys; otherwise dq is the zeroed fp32 sum [rows, H, D].
+template <typename T, int D, bool kDirectDq>
 __global__ void __launch_bounds__(kThreads, 1)
     attention_backward_sm90_kernel(const AttentionParams p, const T* __restrict__ grad_out,
                                    const T* __restrict__ q, const T* __restrict__ k,
                                    const T* __restrict__ v, const float* __restrict__ lse,
-                                   const float* __restrict__ grad_dot_out, float* __restrict__ dq,
+                                   const float* __restrict__ grad_dot_out,
+                                   std::conditional_t<kDirectDq, T, float>* __restrict__ dq,
                                    T* __restrict__ dk, T* __restrict__ dv) {
 #if !defined(__CUDA_ARCH_FEAT_SM90_ALL)
   __trap();  // launched only by a build with sm_90a code, on a 9.0 device
@@ -123,6 +181,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const bool group_active = key0 < length;
   const int cols = length - key0;  // this warpgroup's real keys, when fewer than 64
   const int tiles = n0 < length ? (length + kQueries - 1) / kQueries : 0;
+  const int limit = rows_written(p, length);
   const int64_t head = h * D;
   unsigned char* const p_tile = base + L::kP + group * kScoreBytes;
   unsigned char* const ds_tile = base + L::kDS + group * kScoreBytes;
@@ -217,8 +276,28 @@ __global__ void __launch_bounds__(kThreads, 1)
     };
     auto add_dq = [&](int half) {
       fence_accumulators(dq_part);
-      add_to_dq(dq + (seq.start * H + h) * D, H * D, dq_part, p.scale, m0 + warp_row, length,
-                half * 64, lane);
+      if constexpr (kDirectDq) {
+        float* const shared_rows =
+            reinterpret_cast<float*>(base + L::kDQ + half * L::kDqPartBytes) +
+            warp_row * L::kDqPitch;
+        if (group == 1) {
+          exchange_rows<false>(shared_rows, L::kDqPitch, dq_part, lane);
+          dq_part_stored(half);
+          return;
+        }
+        if (length > 64) {  // the second warpgroup has keys, and so a share
+          wait_for_dq_part(half);
+          exchange_rows<true>(shared_rows, L::kDqPitch, dq_part, lane);
+        }
+        __syncwarp();  // the warp's fp32 rows are read: they become its staging rows
+        const float factor[2] = {p.scale, p.scale};
+        store_rows<T, 64>(dq_part, factor, reinterpret_cast<T*>(shared_rows),
+                          dq + seq.start * p.grad_row_stride + head + half * 64, p.grad_row_stride,
+                          m0 + warp_row, length, limit, lane);
+      } else {
+        add_to_dq(dq + (seq.start * H + h) * D, H * D, dq_part, p.scale, m0 + warp_row, length,
+                  half * 64, lane);
+      }
     };
     issue_dq(0);
     warpgroup_sync(group);  // the warpgroup's P and dS are in shared memory
@@ -251,8 +330,23 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
 
   __syncthreads();  // every warpgroup is done with K, V, Q and dO: they become staging space
+  if constexpr (kDirectDq) {
+    // dQ's rows past the visited tiles, up to the padded length, are zeros.
+    if (group == 0) {
+      float* const shared_rows = reinterpret_cast<float*>(base + L::kDQ) + warp_row * L::kDqPitch;
+      const float zeros[8][4] = {}, factor[2] = {0.0f, 0.0f};
+      for (int m0 = tiles * kQueries; m0 < limit; m0 += kQueries) {
+#pragma unroll
+        for (int half = 0; half < D / 64; ++half) {
+          store_rows<T, 64>(zeros, factor, reinterpret_cast<T*>(shared_rows),
+                            dq + seq.start * p.grad_row_stride + head + half * 64,
+                            p.grad_row_stride, m0 + warp_row, length, limit, lane);
+          __syncwarp();  // read before the next call writes the staging rows
+        }
+      }
+    }
+  }
   const int first_row = key0 + warp_row;
-  const int limit = rows_written(p, length);
   const float dk_factor[2] = {p.scale, p.scale}, dv_factor[2] = {p.keep_scale, p.keep_scale};
   T* const stage_k = reinterpret_cast<T*>(base + L::kK) + warp * 16 * S::kPitch;
   T* const stage_v = reinterpret_cast<T*>(base + L::kQ) + warp * 16 * S::kPitch;
@@ -266,20 +360,32 @@ __global__ void __launch_bounds__(kThreads, 1)
 
 }  // namespace
 
-void attention_backward_sm90(const AttentionBackwardCall& b, const at::Tensor& dq_sum,
+bool attention_sm90_backward_writes_dq(const AttentionParams& p) { return p.max_seqlen <= kKeys; }
+
+void attention_backward_sm90(const AttentionBackwardCall& b, const at::Tensor& dq,
                              const at::Tensor& dk, const at::Tensor& dv) {
   const AttentionCall& call = b.call;
   const AttentionParams& p = call.params;
+  const bool direct = dq.scalar_type() != at::kFloat;
+  TORCH_CHECK(!direct || attention_sm90_backward_writes_dq(p),
+              "attention_backward_sm90: dq in q's dtype needs max_seqlen <= ", kKeys, ", got ",
+              p.max_seqlen);
   dispatch_wgmma_kernel(call.q.scalar_type(), p.head_dim, "backward", [&]<typename T, int D>() {
-    auto kernel = attention_backward_sm90_kernel<T, D>;
-    constexpr size_t bytes = BackwardLayout<D>::kSharedBytes;
-    allow_shared_bytes(kernel, bytes);
-    kernel<<<grid_of(p, kKeys), kThreads, bytes, c10::cuda::getCurrentCUDAStream()>>>(
-        p, data<const T>(b.grad_out), data<const T>(call.q), data<const T>(call.k),
-        data<const T>(call.v), b.lse.const_data_ptr<float>(),
-        b.grad_dot_out.const_data_ptr<float>(), dq_sum.mutable_data_ptr<float>(), data<T>(dk),
-        data<T>(dv));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    auto launch = [&]<bool kDirect>(auto* dq_data, size_t bytes) {
+      auto kernel = attention_backward_sm90_kernel<T, D, kDirect>;
+      allow_shared_bytes(kernel, bytes);
+      kernel<<<grid_of(p, kKeys), kThreads, bytes, c10::cuda::getCurrentCUDAStream()>>>(
+          p, data<const T>(b.grad_out), data<const T>(call.q), data<const T>(call.k),
+          data<const T>(call.v), b.lse.const_data_ptr<float>(),
+          b.grad_dot_out.const_data_ptr<float>(), dq_data, data<T>(dk), data<T>(dv));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    };
+    if (direct) {
+      launch.template operator()<true>(data<T>(dq), BackwardLayout<D>::kSharedBytesDirect);
+    } else {
+      launch.template operator()<false>(dq.mutable_data_ptr<float>(),
+                                        BackwardLayout<D>::kSharedBytes);
+    }
   });
 }
 
