@@ -109,16 +109,21 @@ fi
 # CUDA graphs: what to work on next. And a step of one 16-token sequence, where the GPU should
 # have almost nothing to do: on the first GPU run a narrow step of that size replayed from graphs
 # still took 15.2 ms (bench_step_host, whose generator then had heads of 16 and so ran the
-# reference attention; profile_step's tiny step is ELECTRA-small's layers, heads of 64).
+# reference attention; profile_step's tiny step is ELECTRA-small's layers, heads of 64). Last,
+# the graphs again on the opt-in wgmma attention kernels (whose backward writes dq directly at
+# length 128), to see what they would change in a step.
 if has profile; then
-  for mode in eager graphs tiny; do
+  for mode in eager graphs tiny wgmma; do
+    wgmma=0
     case $mode in
       graphs) flags=(--graphs) ;;
       tiny) flags=(--graphs --batch 1 --length 16) ;;
+      wgmma) flags=(--graphs); wgmma=1 ;;
       *) flags=() ;;
     esac
-    timeout "${PROFILE_S:-120}" "$python" benchmarks/profile_step.py --device cuda "${flags[@]}" \
-      --out "$out/profile_$mode.md" > "$out/profile_$mode.log" 2>&1 || status=1
+    ELECTRA_FAST_WGMMA=$wgmma timeout "${PROFILE_S:-120}" "$python" benchmarks/profile_step.py \
+      --device cuda "${flags[@]}" --out "$out/profile_$mode.md" > "$out/profile_$mode.log" 2>&1 \
+      || status=1
     echo "profile $mode: $(head -1 "$out/profile_$mode.md" 2> /dev/null || tail -1 "$out/profile_$mode.log")"
   done
 fi

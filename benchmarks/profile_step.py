@@ -10,6 +10,7 @@ it waits for the device.
 """
 
 import argparse
+import os
 import re
 import sys
 import time
@@ -126,6 +127,8 @@ def main() -> None:
         synchronise()
     name = torch.cuda.get_device_name(device) if cuda else "CPU"
     mode = "replayed from CUDA graphs" if args.graphs else "eager"
+    if cuda and os.environ.get("ELECTRA_FAST_WGMMA") == "1":
+        mode += ", wgmma attention kernels"
     title = (f"ELECTRA-small step, B={B} L={L}, {mode}, {name}: "
              f"{B * L / wall_ms * 1000:,.0f} tokens/s")  # fmt: skip
     text = table(own_times(trace, cuda), args.steps, wall_ms, args.top, title)
