@@ -148,11 +148,25 @@ void keep_flags(const AttentionParams& p, uint64_t seed, int64_t bh, int64_t que
   }
 }
 
-template <typename scalar_t>
+// Calls fn.template operator()<kD>() with kD = 64, the head dim of every ELECTRA size, or 0 for
+// any other (read at run time). A head dim known at compile time gives the loops over it fixed
+// trip counts: at B=8 L=128 H=4 fp32 with dropout, on two cores, the forward took 1.2 ms instead
+// of 1.7 and the backward 3.6 instead of 4.3 (a script outside the repository), with the same
+// gradients to the bit. The tests' other head dims take the run-time path.
+template <typename Fn>
+void with_head_dim(int64_t head_dim, Fn&& fn) {
+  if (head_dim == 64) {
+    fn.template operator()<64>();
+  } else {
+    fn.template operator()<0>();
+  }
+}
+
+template <typename scalar_t, int kD>
 EF_CPU_CLONES void forward_tile(const AttentionParams& p, uint64_t seed, const scalar_t* q,
                                 const scalar_t* k, const scalar_t* v, scalar_t* out, float* lse,
                                 int64_t task) {
-  const int64_t H = p.heads, D = p.head_dim;
+  const int64_t H = p.heads, D = kD != 0 ? kD : p.head_dim;
   const int64_t m_tiles = (p.max_seqlen + kTile - 1) / kTile;
   const int64_t bh = task / m_tiles, b = bh / H, h = bh % H, m0 = (task % m_tiles) * kTile;
   const SequenceBounds s = sequence_bounds(p, b);
@@ -218,13 +232,13 @@ EF_INLINE void add_rank_block(const float (*coefficient)[kTile], const float* co
   }
 }
 
-template <typename scalar_t>
+template <typename scalar_t, int kD>
 EF_CPU_CLONES void backward_head(const AttentionParams& p, uint64_t seed, const scalar_t* grad_out,
                                  const scalar_t* q, const scalar_t* k, const scalar_t* v,
                                  const float* lse, const float* grad_dot_out, scalar_t* dq,
                                  scalar_t* dk, scalar_t* dv, int64_t bh) {
   static_assert(kQueryBlock == 4, "add_rank_block takes four rows");
-  const int64_t H = p.heads, D = p.head_dim, b = bh / H, h = bh % H;
+  const int64_t H = p.heads, D = kD != 0 ? kD : p.head_dim, b = bh / H, h = bh % H;
   const SequenceBounds s = sequence_bounds(p, b);
   const int64_t n = s.length;
   std::vector<float> qf(n * D), gf(n * D), dq_acc(n * D, 0.0f), zeros(D, 0.0f);
@@ -315,13 +329,15 @@ std::tuple<at::Tensor, at::Tensor> attention_forward_cpu(
   const uint64_t key = p.philox_key();
   const int64_t tasks = p.batch * p.heads * ((p.max_seqlen + kTile - 1) / kTile);
   EF_DISPATCH_FLOATS(q.scalar_type(), "attention_forward_cpu", [&] {
-    at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t task = begin; task < end; ++task) {
-        forward_tile<scalar_t>(p, key, q.const_data_ptr<scalar_t>(),
-                               call.k.const_data_ptr<scalar_t>(), call.v.const_data_ptr<scalar_t>(),
-                               out.mutable_data_ptr<scalar_t>(), lse.mutable_data_ptr<float>(),
-                               task);
-      }
+    with_head_dim(p.head_dim, [&]<int kD>() {
+      at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t task = begin; task < end; ++task) {
+          forward_tile<scalar_t, kD>(
+              p, key, q.const_data_ptr<scalar_t>(), call.k.const_data_ptr<scalar_t>(),
+              call.v.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(),
+              lse.mutable_data_ptr<float>(), task);
+        }
+      });
     });
   });
   return {out, lse};
@@ -357,15 +373,17 @@ void run_backward_cpu(AttentionBackwardCall& b, const at::Tensor& dq, const at::
   const AttentionParams& p = call.params;
   const uint64_t key = p.philox_key();
   EF_DISPATCH_FLOATS(call.q.scalar_type(), "attention_backward_cpu", [&] {
-    at::parallel_for(0, p.batch * p.heads, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t bh = begin; bh < end; ++bh) {
-        backward_head<scalar_t>(
-            p, key, b.grad_out.const_data_ptr<scalar_t>(), call.q.const_data_ptr<scalar_t>(),
-            call.k.const_data_ptr<scalar_t>(), call.v.const_data_ptr<scalar_t>(),
-            b.lse.const_data_ptr<float>(), b.grad_dot_out.const_data_ptr<float>(),
-            dq.mutable_data_ptr<scalar_t>(), dk.mutable_data_ptr<scalar_t>(),
-            dv.mutable_data_ptr<scalar_t>(), bh);
-      }
+    with_head_dim(p.head_dim, [&]<int kD>() {
+      at::parallel_for(0, p.batch * p.heads, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t bh = begin; bh < end; ++bh) {
+          backward_head<scalar_t, kD>(
+              p, key, b.grad_out.const_data_ptr<scalar_t>(), call.q.const_data_ptr<scalar_t>(),
+              call.k.const_data_ptr<scalar_t>(), call.v.const_data_ptr<scalar_t>(),
+              b.lse.const_data_ptr<float>(), b.grad_dot_out.const_data_ptr<float>(),
+              dq.mutable_data_ptr<scalar_t>(), dk.mutable_data_ptr<scalar_t>(),
+              dv.mutable_data_ptr<scalar_t>(), bh);
+        }
+      });
     });
   });
 }
