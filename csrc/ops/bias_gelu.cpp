@@ -20,9 +20,7 @@ void check_bias_gelu(const at::Tensor& x, const at::Tensor& bias) {
   TORCH_CHECK_VALUE(x.dim() >= 1 && x.size(-1) >= 1, "x must have a last dimension, got shape ",
                     x.sizes());
   EF_CHECK_CONTIGUOUS(x);
-  const auto xt = x.scalar_type();
-  EF_CHECK_DTYPE(x, xt == at::kFloat || xt == at::kBFloat16 || xt == at::kHalf,
-                 "float32, bfloat16 or float16");
+  EF_CHECK_FLOATS(x);
   const int64_t N = x.size(-1);
   TORCH_CHECK_VALUE(bias.dim() == 1 && bias.size(0) == N && bias.scalar_type() == at::kFloat &&
                         bias.is_contiguous() && bias.device() == x.device(),

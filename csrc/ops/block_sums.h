@@ -12,6 +12,9 @@
 
 namespace electra_fast {
 
+// Rows per block of the partial sums.
+constexpr int64_t kRowsPerBlock = 32;
+
 // `partial` holds `blocks` rows of `width` sums; returns their column sums, float32 [width]:
 // each added over the blocks in order in double and rounded once.
 inline at::Tensor sum_over_blocks(const std::vector<float>& partial, int64_t blocks,
@@ -55,7 +58,6 @@ void sum_rows(const T* __restrict data, int64_t rows, int64_t N, float* __restri
 // (sum_rows), then over the blocks in order (sum_over_blocks).
 template <typename T>
 at::Tensor column_sums_in_blocks(const T* data, int64_t M, int64_t N) {
-  constexpr int64_t kRowsPerBlock = 32;
   const int64_t blocks = (M + kRowsPerBlock - 1) / kRowsPerBlock;
   std::vector<float> partial(static_cast<size_t>(blocks * N));
   at::parallel_for(0, blocks, 1, [&](int64_t first, int64_t last) {

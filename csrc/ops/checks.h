@@ -14,3 +14,9 @@
 #define EF_CHECK_CONTIGUOUS(x) TORCH_CHECK_VALUE((x).is_contiguous(), #x " must be contiguous")
 #define EF_CHECK_DTYPE(x, cond, expected) \
   TORCH_CHECK_TYPE((cond), #x " must be ", expected, ", got ", (x).scalar_type())
+// The floating-point dtypes of the elementwise kernels.
+#define EF_CHECK_FLOATS(x)                                                                \
+  EF_CHECK_DTYPE(x,                                                                       \
+                 (x).scalar_type() == at::kFloat || (x).scalar_type() == at::kBFloat16 || \
+                     (x).scalar_type() == at::kHalf,                                      \
+                 "float32, bfloat16 or float16")

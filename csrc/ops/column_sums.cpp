@@ -12,9 +12,7 @@ namespace electra_fast {
 void check_column_sums(const at::Tensor& x) {
   TORCH_CHECK_VALUE(x.dim() >= 1, "x must have a last dimension, got shape ", x.sizes());
   EF_CHECK_CONTIGUOUS(x);
-  const auto type = x.scalar_type();
-  EF_CHECK_DTYPE(x, type == at::kFloat || type == at::kBFloat16 || type == at::kHalf,
-                 "float32, bfloat16 or float16");
+  EF_CHECK_FLOATS(x);
 }
 
 namespace {

@@ -36,8 +36,7 @@ ResidualDropout check_dropout_add_layer_norm(const at::Tensor& x, const at::Tens
                     ", got ", residual.sizes());
   EF_CHECK_DEVICE(residual, x.device());
   const auto rt = residual.scalar_type(), xt = x.scalar_type();
-  EF_CHECK_DTYPE(residual, rt == at::kFloat || rt == at::kBFloat16 || rt == at::kHalf,
-                 "float32, bfloat16 or float16");
+  EF_CHECK_FLOATS(residual);
   EF_CHECK_DTYPE(x, xt == rt || (rt == at::kFloat && (xt == at::kBFloat16 || xt == at::kHalf)),
                  "residual's dtype, or bfloat16/float16 with a float32 residual");
   const int64_t H = x.size(-1);
@@ -109,8 +108,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> new_dropout_add_layer
 
 namespace {
 
-constexpr int64_t kRowsPerBlock = 32;  // of the parameter gradients' partial sums
-constexpr int kLanes = 8;              // partial sums of a row's reductions
+constexpr int kLanes = 8;  // partial sums of a row's reductions
 
 // keep[(r - first) * H + c] = 1 where column c of row r in [first, first + rows) survives the
 // dropout (everywhere without dropout). The rows' Philox blocks have consecutive indices
