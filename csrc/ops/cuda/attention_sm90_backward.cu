@@ -183,6 +183,10 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int tiles = n0 < length ? (length + kQueries - 1) / kQueries : 0;
   const int limit = rows_written(p, length);
   const int64_t head = h * D;
+  // This head's columns of the sequence's first row of dq: the gradient's rows are
+  // p.grad_row_stride apart, the fp32 sum's H * D.
+  const int64_t dq_stride = kDirectDq ? p.grad_row_stride : H * D;
+  auto* const dq_head = dq + seq.start * dq_stride + head;
   unsigned char* const p_tile = base + L::kP + group * kScoreBytes;
   unsigned char* const ds_tile = base + L::kDS + group * kScoreBytes;
 
@@ -291,12 +295,10 @@ __global__ void __launch_bounds__(kThreads, 1)
         }
         __syncwarp();  // the warp's fp32 rows are read: they become its staging rows
         const float factor[2] = {p.scale, p.scale};
-        store_rows<T, 64>(dq_part, factor, reinterpret_cast<T*>(shared_rows),
-                          dq + seq.start * p.grad_row_stride + head + half * 64, p.grad_row_stride,
-                          m0 + warp_row, length, limit, lane);
+        store_rows<T, 64>(dq_part, factor, reinterpret_cast<T*>(shared_rows), dq_head + half * 64,
+                          dq_stride, m0 + warp_row, length, limit, lane);
       } else {
-        add_to_dq(dq + (seq.start * H + h) * D, H * D, dq_part, p.scale, m0 + warp_row, length,
-                  half * 64, lane);
+        add_to_dq(dq_head, dq_stride, dq_part, p.scale, m0 + warp_row, length, half * 64, lane);
       }
     };
     issue_dq(0);
@@ -338,9 +340,8 @@ __global__ void __launch_bounds__(kThreads, 1)
       for (int m0 = tiles * kQueries; m0 < limit; m0 += kQueries) {
 #pragma unroll
         for (int half = 0; half < D / 64; ++half) {
-          store_rows<T, 64>(zeros, factor, reinterpret_cast<T*>(shared_rows),
-                            dq + seq.start * p.grad_row_stride + head + half * 64,
-                            p.grad_row_stride, m0 + warp_row, length, limit, lane);
+          store_rows<T, 64>(zeros, factor, reinterpret_cast<T*>(shared_rows), dq_head + half * 64,
+                            dq_stride, m0 + warp_row, length, limit, lane);
           __syncwarp();  // read before the next call writes the staging rows
         }
       }
