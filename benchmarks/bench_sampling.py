@@ -1,7 +1,8 @@
 """The generator step, forward + backward, at ELECTRA's M = 2432 masked rows (batch 128 x 19
 slots) and the English, Japanese and Vietnamese vocabularies, bf16:
 
-- electra_fast: generator_step (and with inplace_backward);
+- electra_fast: generator_step (and with inplace_backward, whose rounds each copy the logits
+  first, since its backward overwrites them);
 - torch_gumbel: the unfused sequence, as the official code does it: cross_entropy, uniform
   noise, two logs, argmax;
 - torch_multinomial: cross_entropy, then softmax and torch.multinomial;
@@ -67,8 +68,13 @@ def test_generator_step(benchmark, device, provider, V):
     logits, labels = step_inputs(M, V, device)
     call = step_call(provider)
 
+    inplace = provider.endswith("inplace")
+
     def forward_backward():
-        x = (logits * 1).requires_grad_()  # a fresh non-leaf, as a linear layer's output
+        # The step's forward and backward only, on a leaf sharing the logits' storage: no copy
+        # is timed. In place, the gradient overwrites the logits, so that provider starts each
+        # round from a fresh copy (a read and a write of [M, V] more than the others).
+        x = (logits * 1 if inplace else logits.detach()).requires_grad_()
         loss, samples = call(x, labels)
         loss.sum().backward()
         return samples
