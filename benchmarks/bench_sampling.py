@@ -50,7 +50,11 @@ def step_call(provider):
         inplace = provider.endswith("inplace")
 
         def ours(logits, labels):
-            out = electra_fast.generator_step(logits, labels, inplace_backward=inplace)
+            # Labels in range by construction: no check reading them back to the host at each
+            # call (the pretraining step checks its batch's ids once, not at each op).
+            out = electra_fast.generator_step(
+                logits, labels, inplace_backward=inplace, check_values=False
+            )
             return out.loss, out.samples
 
         return ours
@@ -133,11 +137,13 @@ def test_generator_step_linear(benchmark, device, provider, E):
         for p in params:
             p.grad = None
         if provider == "electra_fast_linear":
-            loss = electra_fast.generator_step_linear(*params, labels).loss
+            loss = electra_fast.generator_step_linear(*params, labels, check_values=False).loss
         else:
             logits = torch.addmm(params[2], params[0], params[1].t())
             if provider == "linear+electra_fast":
-                loss = electra_fast.generator_step(logits, labels, inplace_backward=True).loss
+                loss = electra_fast.generator_step(
+                    logits, labels, inplace_backward=True, check_values=False
+                ).loss
             else:
                 loss = torch_gumbel(logits, labels)[0]
         loss.sum().backward()
