@@ -19,7 +19,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from electra_fast import _extension
-from electra_fast.model import ElectraConfig, ElectraForPretraining
+from electra_fast.model import ElectraConfig, ElectraForPretraining, set_gradient_checkpointing
 from electra_fast.ops.sampling_linear import DEFAULT_VOCAB_TILE
 
 pytestmark = pytest.mark.skipif(
@@ -46,10 +46,11 @@ class OpLog(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.fixture
-def traced_forward(monkeypatch):
+@pytest.fixture(params=[False, True], ids=["plain", "checkpointed"])
+def traced_forward(monkeypatch, request):
     """ELECTRA-small's pretraining forward (batch 8 x 128, metrics on) under CUDA bf16
-    autocast on fake CUDA tensors of an sm_90 device: (config, output, op log)."""
+    autocast on fake CUDA tensors of an sm_90 device, with and without gradient checkpointing:
+    (config, output, op log)."""
     # The attention's wrapper asks the device's compute capability (mma.sync needs sm80).
     monkeypatch.setattr(torch.cuda, "get_device_properties",
                         lambda device=None: SimpleNamespace(major=9, minor=0))  # fmt: skip
@@ -63,6 +64,7 @@ def traced_forward(monkeypatch):
             pytest.skip(f"torch {torch.__version__} cannot fill a fake CUDA tensor here: {error}")
         with torch.device("cuda"):
             model = ElectraForPretraining(config)
+            set_gradient_checkpointing(model, request.param)
             ids = torch.randint(1000, VOCAB, (8, 128))
             keys = torch.randint(0, 2**62, (2,))
         # torch.autocast("cuda") refuses without a GPU; the flags are what it would set.
