@@ -1,5 +1,6 @@
 """Loading the extension, falling back to the references, and `python -m electra_fast.info`."""
 
+import functools
 import json
 import re
 import subprocess
@@ -176,18 +177,24 @@ def cuobjdump() -> str | None:
     return found
 
 
-def test_the_sm90a_build_has_wgmma_and_the_sm80_code_mma_sync():
-    """The attention kernels compiled to the tensor-core instructions they were written for: a
-    build whose wgmma kernels fell back to nothing (a guard never true) would still pass every
-    CPU test."""
+@functools.cache
+def extension_sass() -> str:
+    """The SASS of every kernel in _C (sm_80 and sm_90a code), read once."""
     tool = cuobjdump()
     if not _extension.sm90a_kernels_built() or tool is None:
         pytest.skip("needs a build with sm_90a kernels and cuobjdump")
     from electra_fast import _C
 
-    sass = subprocess.run(
+    return subprocess.run(
         [tool, "-sass", _C.__file__], capture_output=True, text=True, check=True, timeout=300
     ).stdout
+
+
+def test_the_sm90a_build_has_wgmma_and_the_sm80_code_mma_sync():
+    """The attention kernels compiled to the tensor-core instructions they were written for: a
+    build whose wgmma kernels fell back to nothing (a guard never true) would still pass every
+    CPU test."""
+    sass = extension_sass()
     assert "HGMMA.64x128x16.F32.BF16" in sass  # S = QK^T, and PV at D = 128
     assert "HGMMA.64x64x16.F32.BF16" in sass  # PV at D = 64
     # The backward's dV += P^T dO and dK += dS^T Q read [query][key] tiles transposed.
@@ -198,3 +205,22 @@ def test_the_sm90a_build_has_wgmma_and_the_sm80_code_mma_sync():
     assert "REDG.E.ADD.F32x2" in sass
     # dQ within one block of keys: the second warpgroup hands its share to the first.
     assert re.search(r"BAR\.ARV 0x3, 0x100", sass) and re.search(r"BAR\.SYNC\S* 0x3, 0x100", sass)
+
+
+def test_the_sm80_backward_up_to_128_keys_has_no_atomics():
+    """attention_backward_kernel<T, D, 2> (8 warps, every key of a sequence) writes dq itself;
+    <T, D, 1> adds it into the fp32 sum with atomics. Every variant of each, on both targets."""
+    functions = re.split(r"\n\s*Function : ", extension_sass())[1:]
+    halves = {1: 0, 2: 0}
+    for function in functions:
+        name = function.split(maxsplit=1)[0]
+        found = re.search(r"attention_backward_kernelI\w+?Li(\d+)ELi([12])EE", name)
+        if found is None:
+            continue
+        atomics = re.findall(r"\b(?:RED|ATOM)\S*", function)
+        halves[int(found[2])] += 1
+        if found[2] == "2":
+            assert not atomics, name
+        else:
+            assert atomics, name
+    assert halves == {1: 12, 2: 12}  # 2 dtypes x 3 head dims x 2 targets each

@@ -31,6 +31,7 @@ CASES = [  # (B, L, H, D, lengths or None)
     (1, 1, 1, 32, None),
     (2, 77, 3, 64, [77, 1]),
     (3, 128, 4, 64, [128, 0, 65]),  # an all-padded sequence
+    (3, 100, 2, 64, [64, 100, 30]),  # CUDA: keys 64 to 127 of the block, none / some / none
     (1, 300, 2, 128, [299]),
     (2, 33, 2, 32, [10, 33]),
     (2, 70, 1, 16, [70, 3]),  # a head dim the CUDA kernels leave to the torch path

@@ -212,3 +212,30 @@ def test_the_op_takes_a_seed_only_with_dropout(kernel, device):
     )
     with pytest.raises(ValueError, match="seed .* is required with dropout_p=0.1"):
         kernel.attention_forward(q, k, v, None, None, 9, None, 0.1, 0.3)
+
+
+def test_dq_is_the_same_on_every_run_and_zero_past_the_lengths(kernel, device):
+    """Up to 128 keys the CUDA backward's blocks hold every key of their sequence and write dq
+    themselves, in two halves of 64 keys, without atomics: the same bits on every run, and
+    zeros in every padded row, even in memory that held NaN (the CPU twin sums in a fixed order
+    too). Sequences end in either half, exactly at its end, or are empty."""
+    B, L, H, D = 6, 128, 4, 64
+    dtype = kernel_dtype(device)
+    q, k, v = qkv(B, L, H, D, dtype=dtype, device=device, seed=3)
+    lengths = torch.tensor([128, 100, 64, 33, 1, 0], device=device)
+    grad = torch.randn(B, L, H, D, device=device).to(dtype)
+    padded = torch.arange(L, device=device) >= lengths[:, None]
+
+    def grads():
+        # Freed at once: the allocator hands its NaN-filled memory to the gradients below.
+        torch.full((4 * B * L * H * D,), float("nan"), dtype=dtype, device=device)
+        inputs = [t.detach().requires_grad_() for t in (q, k, v)]
+        electra_fast.attention(*inputs, lengths=lengths, dropout_p=0.1, seed=5).backward(grad)
+        return [t.grad for t in inputs]
+
+    first = grads()
+    for name, g in zip(["dq", "dk", "dv"], first, strict=True):
+        assert torch.all(g[padded] == 0), name
+        assert torch.isfinite(g).all(), name
+    for _ in range(3):
+        assert all(torch.equal(a, b) for a, b in zip(first, grads(), strict=True))

@@ -87,8 +87,7 @@ def test_a_training_step_never_makes_the_host_wait():
 
 def test_graph_replays_train_as_the_eager_step():
     """GraphedStep: 3 eager runs of each part, then recorded and replayed. The losses and the
-    parameters follow the eager TrainStep's from the same start, up to the order of the
-    attention backward's atomic adds (dQ) and of a few ulps a step."""
+    parameters follow the eager TrainStep's from the same start, up to a few ulps a step."""
     from electra_fast.pretraining.step import GraphedStep
     from tests.pretraining.test_graphs import train
 
