@@ -64,8 +64,8 @@ def make_inputs(L, H, padded, device, *, dtype=torch.bfloat16, tokens=TOKENS):
 def attention_call(provider, lengths, dropout_p, L):
     """One call as an encoder layer makes it: the lengths are checked (or the SDPA mask built)
     once per batch, outside the call, since every layer of the encoder reuses them. A check of
-    the lengths' values inside the call would read them back to the host at each call: on the
-    first H100 run that synchronisation made a padded call slower than a full one."""
+    the lengths' values inside the call would read them back to the host at each call (on the
+    first H100 run, with that synchronisation, a padded call took longer than a full one)."""
     mask = None
     if lengths is not None and provider.startswith("sdpa") and provider != "sdpa_flash_unmasked":
         mask = (torch.arange(L, device=lengths.device) < lengths[:, None])[:, None, None, :]
