@@ -313,6 +313,14 @@ void launch_backward(const AttentionBackwardCall& b, float* dq_sum, T* dq, const
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// Runs `add`, which adds dQ into the zeroed fp32 sum it is given, then casts the sum into dq.
+template <typename Fn>
+void through_dq_sum(const at::Tensor& q, const at::Tensor& dq, Fn&& add) {
+  at::Tensor dq_sum = at::zeros(q.sizes(), q.options().dtype(at::kFloat));
+  add(dq_sum);
+  dq.copy_(dq_sum);
+}
+
 // The backward kernels over a prepared call (a RunAttentionBackward, attention.h). Sequences of
 // at most 128 keys take the kernels that write dq (the wgmma one, or the sm80 one in two halves
 // where the device gives a block its shared memory); longer ones add dq into an fp32 sum with
@@ -327,30 +335,25 @@ void run_backward_cuda(AttentionBackwardCall& b, const at::Tensor& dq, const at:
     dq.zero_();
     return;
   }
-  const bool sm90 = attention_sm90_applies(q, p.head_dim);
   b.grad_dot_out = attention_grad_dot_out_cuda(b);
-  if (sm90 && attention_sm90_backward_writes_dq(p)) {
-    attention_backward_sm90(b, dq, dk, dv);
+  if (attention_sm90_applies(q, p.head_dim)) {
+    if (attention_sm90_backward_writes_dq(p)) {
+      attention_backward_sm90(b, dq, dk, dv);
+    } else {
+      through_dq_sum(q, dq,
+                     [&](const at::Tensor& sum) { attention_backward_sm90(b, sum, dk, dv); });
+    }
     return;
   }
-  bool wrote_dq = false;
-  if (!sm90 && p.max_seqlen <= 2 * kTile) {
-    dispatch_kernel(q.scalar_type(), p.head_dim, [&]<typename T, int D>() {
-      if (backward_shared_bytes<D, 2>() > shared_bytes_allowed(q)) return;
+  dispatch_kernel(q.scalar_type(), p.head_dim, [&]<typename T, int D>() {
+    if (p.max_seqlen <= 2 * kTile && backward_shared_bytes<D, 2>() <= shared_bytes_allowed(q)) {
       launch_backward<T, D, 2>(b, nullptr, data<T>(dq), dk, dv);
-      wrote_dq = true;
-    });
-  }
-  if (wrote_dq) return;
-  at::Tensor dq_sum = at::zeros(q.sizes(), q.options().dtype(at::kFloat));
-  if (sm90) {
-    attention_backward_sm90(b, dq_sum, dk, dv);
-  } else {
-    dispatch_kernel(q.scalar_type(), p.head_dim, [&]<typename T, int D>() {
-      launch_backward<T, D, 1>(b, dq_sum.mutable_data_ptr<float>(), nullptr, dk, dv);
-    });
-  }
-  dq.copy_(dq_sum);
+    } else {
+      through_dq_sum(q, dq, [&](const at::Tensor& sum) {
+        launch_backward<T, D, 1>(b, sum.mutable_data_ptr<float>(), nullptr, dk, dv);
+      });
+    }
+  });
 }
 
 AttentionGrads attention_backward_cuda(const at::Tensor& grad_out, const at::Tensor& q,
